@@ -1,0 +1,123 @@
+"""Checkpoints: written atomically, read without ever unpickling arbitrary objects.
+
+A checkpoint is one ``torch.save`` file holding only tensors and plain containers: the model's
+weights, its :class:`~casn_core.models.casn.ModelConfig`, and (from training) optimizer and
+scheduler state, epoch, the full training config. Reading uses ``torch.load(weights_only=True)``,
+which refuses any pickle that would construct other objects or call functions.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from casn_core.models.casn import CASN, ModelConfig
+
+FORMAT = "casn-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be read or does not fit; the message names the file."""
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` to ``path`` atomically: a temporary file in the same folder, fsync, rename.
+
+    A crash at any point leaves either the previous file or the new one, never a partial file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "version": VERSION, **payload}
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a CASN checkpoint safely; every failure is a :class:`CheckpointError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): truncated or never written")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"refusing to load {path}: it contains pickled Python objects other than tensors and plain "
+            f"containers, which could run code when unpickled ({str(exc).splitlines()[0]})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupted: {type(exc).__name__}: {exc}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a CASN checkpoint (no '{FORMAT}' format marker)")
+    for key in ("model", "model_config"):
+        if key not in payload:
+            raise CheckpointError(f"checkpoint {path} lacks its '{key}' entry")
+    return payload
+
+
+def model_from_checkpoint(
+    payload: dict[str, Any], path: str | os.PathLike = "<checkpoint>", expect: dict[str, Any] | None = None
+) -> CASN:
+    """Rebuild the model stored in a loaded checkpoint.
+
+    ``expect`` (e.g. ``{"backbone": "pcb", "num_classes": 751}``) is checked first, so that a
+    checkpoint of another backbone or identity count is reported as such rather than as a
+    tensor-shape error.
+    """
+    try:
+        config = ModelConfig(**payload["model_config"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} has an invalid model config: {exc}") from None
+    for key, wanted in (expect or {}).items():
+        found = getattr(config, key)
+        if found != wanted:
+            raise CheckpointError(f"checkpoint {path} was trained with {key}={found!r}, but {key}={wanted!r} is needed here")
+    model = CASN(config, pretrained="none")
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise CheckpointError(
+            f"checkpoint {path} does not match its own model config ({config.backbone}, "
+            f"{config.num_classes} identities): {first}"
+        ) from None
+    return model
+
+
+def load_model(
+    path: str | os.PathLike, device: str | torch.device = "cpu", expect: dict[str, Any] | None = None
+) -> tuple[CASN, dict[str, Any]]:
+    """Load a checkpoint and return ``(model in eval mode on device, checkpoint payload)``."""
+    payload = load_checkpoint(path)
+    model = model_from_checkpoint(payload, path, expect).to(device).eval()
+    return model, payload
+
+
+def model_payload(model: CASN, **extra: Any) -> dict[str, Any]:
+    """The minimal checkpoint content of a model: its weights and config (plus ``extra`` entries)."""
+    module = model.module if hasattr(model, "module") else model
+    return {"model": module.state_dict(), "model_config": module.config.to_dict(), **extra}

@@ -1,0 +1,178 @@
+"""CASN's objective ``L = L_ide + lambda1 L_ia + lambda2 L_sa`` (paper eq. 6) and its terms.
+
+Each term is switchable for the paper's ablation (Table 3): ``ide``, ``ide,ia``, ``ide,sa``,
+``ide,ia,sa`` (= CASN). Defaults are the paper's (sec. 4): lambda1 0.5, lambda2 0.05, alpha 0.2;
+GAIN's omega 10 and sigma 0.5 for the soft mask; alignment threshold 0.3 (DESIGN.md sec. 2).
+Batch losses are means over the batch (the paper writes sums; means keep lr independent of batch size).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from casn_core.attention.identification import gradcam, mask_images
+from casn_core.attention.siamese import PairAttention, attention_from_indicator
+
+LOSS_CHOICES = ("ide", "ide,ia", "ide,sa", "ide,ia,sa")
+
+
+@dataclass
+class LossConfig:
+    """Which terms are on and their weights."""
+
+    use_ia: bool = True
+    use_sa: bool = True
+    lambda1: float = 0.5
+    lambda2: float = 0.05
+    alpha: float = 0.2
+    omega: float = 10.0
+    sigma: float = 0.5
+    threshold: float = 0.3
+    aligned_length: int | None = None
+
+    @classmethod
+    def from_names(cls, names: str, **overrides) -> "LossConfig":
+        """``"ide,ia,sa"`` -> both attention terms on; ``ide`` is always on."""
+        parts = [p.strip() for p in names.split(",") if p.strip()]
+        unknown = set(parts) - {"ide", "ia", "sa"}
+        if unknown or "ide" not in parts:
+            raise ValueError(f"--losses must be one of {', '.join(LOSS_CHOICES)}; got {names!r}")
+        return cls(use_ia="ia" in parts, use_sa="sa" in parts, **overrides)
+
+    @property
+    def names(self) -> str:
+        return ",".join(["ide"] + (["ia"] if self.use_ia else []) + (["sa"] if self.use_sa else []))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class LossTerms:
+    """The total loss and each term (zero tensors for terms that are switched off)."""
+
+    total: torch.Tensor
+    ide: torch.Tensor
+    ia: torch.Tensor
+    bce: torch.Tensor
+    consistency: torch.Tensor
+    sa: torch.Tensor
+
+    def as_floats(self) -> dict[str, float]:
+        return {name: float(value.detach()) for name, value in vars(self).items()}
+
+
+def ide_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``L_ide``: cross-entropy over identities (eq. 1)."""
+    return F.cross_entropy(logits.float(), labels)
+
+
+def bce_loss(pair_logits: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
+    """``L_bce``: two-way softmax cross-entropy of same/different (eq. 3)."""
+    return F.cross_entropy(pair_logits.float(), same.long())
+
+
+def identification_attention_loss(
+    model: nn.Module,
+    images: torch.Tensor,
+    feature_map: torch.Tensor,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    omega: float = 10.0,
+    sigma: float = 0.5,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``L_ia`` (eq. 2): the true-class probability on the image with its Grad-CAM regions erased.
+
+    ``logits`` must come from ``feature_map``. The Grad-CAM is built with ``create_graph=True`` so
+    the loss reaches the parameters both through the masked image's forward pass and through the
+    map. DESIGN.md sec. 2: the score is the softmax probability, bounded below by 0 (a raw logit can
+    be pushed to minus infinity without learning anything). Returns ``(loss, cam)``.
+    """
+    true_scores = logits.float().gather(1, labels[:, None]).squeeze(1)
+    cam = gradcam(feature_map, true_scores, create_graph=True)
+    masked = mask_images(images, cam, omega, sigma)
+    masked_logits = model(masked).logits.float()
+    probability = torch.softmax(masked_logits, dim=1).gather(1, labels[:, None]).squeeze(1)
+    return probability.mean(), cam
+
+
+def siamese_attention_loss(
+    model: nn.Module,
+    feature_map1: torch.Tensor,
+    feature_map2: torch.Tensor,
+    features1: torch.Tensor,
+    features2: torch.Tensor,
+    same: torch.Tensor,
+    alpha: float = 0.2,
+    threshold: float = 0.3,
+    length: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, PairAttention]:
+    """``L_sa = L_bce + alpha ||M*_m1 - M*_m2||_2`` (eq. 5); the distance term on positive pairs only.
+
+    The indicator (eq. 4) is a constant; the maps carry gradient into the backbone through ``A``.
+    Returns ``(L_sa, L_bce, mean positive distance, attention)``.
+    """
+    diff = features1 - features2
+    pair_logits = model.bce_head(diff)
+    bce = bce_loss(pair_logits, same)
+    # Eq. 4 from the same forward pass that L_bce trains: d(sum_p z1_p)/d f-, no graph kept.
+    (grad,) = torch.autograd.grad(pair_logits[:, 1].float().sum(), diff, retain_graph=True)
+    indicator = (grad > 0).float()
+    positive = same > 0.5
+    if positive.any():
+        same_probability = torch.softmax(pair_logits.detach().float(), dim=1)[:, 1]
+        attention = attention_from_indicator(
+            model.pool, indicator[positive], feature_map1[positive], feature_map2[positive],
+            same_probability[positive], threshold, length,
+        )
+        consistency = attention.distance.mean()
+    else:
+        attention = None
+        consistency = bce.new_zeros(())
+    return bce + alpha * consistency, bce, consistency, attention
+
+
+def casn_loss(
+    model: nn.Module,
+    images1: torch.Tensor,
+    images2: torch.Tensor,
+    labels1: torch.Tensor,
+    labels2: torch.Tensor,
+    same: torch.Tensor,
+    config: LossConfig,
+) -> LossTerms:
+    """``L = L_ide + lambda1 L_ia + lambda2 L_sa`` (eq. 6) for a batch of pairs.
+
+    Both images of every pair go through the shared backbone in one pass; ``L_ide`` and ``L_ia``
+    use all 2B images, ``L_sa`` the B pairs.
+    """
+    batch = images1.shape[0]
+    images = torch.cat([images1, images2])
+    labels = torch.cat([labels1, labels2])
+    out = model(images)
+    zero = out.features.new_zeros(())
+    ide = ide_loss(out.logits, labels)
+    total = ide
+    ia = bce = consistency = sa = zero
+    if config.use_ia:
+        ia, _ = identification_attention_loss(
+            model, images, out.feature_map, out.logits, labels, config.omega, config.sigma
+        )
+        total = total + config.lambda1 * ia
+    if config.use_sa:
+        sa, bce, consistency, _ = siamese_attention_loss(
+            model,
+            out.feature_map[:batch],
+            out.feature_map[batch:],
+            out.features[:batch],
+            out.features[batch:],
+            same,
+            config.alpha,
+            config.threshold,
+            config.aligned_length,
+        )
+        total = total + config.lambda2 * sa
+    return LossTerms(total, ide, ia, bce, consistency, sa)
