@@ -1,0 +1,179 @@
+"""Evaluation and explanation: ``python -m casn_core eval`` and ``python -m casn_core explain``.
+
+Evaluation follows the paper (sec. 4, "Evaluation Protocol"; DESIGN.md sec. 3 and 5): features are
+extracted once, the gallery is ranked by feature distance, then by the combined feature + Siamese
+attention distance on the top K, and both rankings are scored with the Market-1501 protocol.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from casn_core.checkpoint import CheckpointError, load_model
+from casn_core.engine.inference import (
+    FeatureCache, casn_distmat, explain_pair_tensors, explanation_dict, extract, feature_distance, resolve_device,
+)
+from casn_core.metrics import evaluate_rank
+from casn_core.models.casn import CASN
+
+
+def summarise(result: dict) -> dict:
+    """``{"rank1", "rank5", "rank10", "mAP", "mINP"}`` (fractions) from :func:`evaluate_rank`'s output."""
+    cmc = result["cmc"]
+    return {
+        "rank1": float(cmc[0]),
+        "rank5": float(cmc[min(4, len(cmc) - 1)]),
+        "rank10": float(cmc[min(9, len(cmc) - 1)]),
+        "mAP": float(result["mAP"]),
+        "mINP": float(result["mINP"]),
+    }
+
+
+def extract_split(model: CASN, records: list, height: int, width: int, batch_size: int = 64, workers: int = 0,
+                  amp: str = "none", progress: bool = True, desc: str = "extract") -> FeatureCache:
+    """Extract the cached maps and features of a list of image records at the model's input size."""
+    from casn_core.data import ImageDataset, build_test_transform
+
+    dataset = ImageDataset(records, build_test_transform(height, width))
+    return extract(model, dataset, records, batch_size=batch_size, workers=workers, amp=amp,
+                   progress=progress, desc=desc)
+
+
+def evaluate_caches(model: CASN, query: FeatureCache, gallery: FeatureCache, topk: int | None = 100,
+                    attention_weight: float = 1.0, threshold: float = 0.3, casn: bool = True,
+                    progress: bool = True) -> dict:
+    """Score feature ranking and CASN ranking of cached query and gallery features."""
+    args = (query.pids, gallery.pids, query.camids, gallery.camids)
+    feat = feature_distance(query.features, gallery.features).numpy()
+    max_rank = min(50, len(gallery))
+    results = {"num_query": len(query), "num_gallery": len(gallery),
+               "feature": summarise(evaluate_rank(feat, *args, max_rank=max_rank))}
+    if casn:
+        combined = casn_distmat(model, query, gallery, topk, attention_weight, threshold, progress)
+        results["casn"] = summarise(evaluate_rank(combined, *args, max_rank=max_rank))
+        results["casn_settings"] = {"topk": "all" if topk is None else topk, "attention_weight": attention_weight,
+                                    "threshold": threshold}
+    return results
+
+
+def evaluate_model(model: CASN, data: str, height: int, width: int, device: torch.device | str = "cpu",
+                   amp: str = "none", topk: int | None = 100, attention_weight: float = 1.0,
+                   threshold: float = 0.3, batch_size: int = 64, workers: int = 0, casn: bool = True,
+                   progress: bool = True) -> dict:
+    """Evaluate ``model`` on the query/gallery splits of the dataset at ``data``."""
+    from casn_core.data import load_market
+
+    dataset = load_market(data, splits=("query", "gallery"))
+    was_training = model.training
+    model.eval()
+    query = extract_split(model, list(dataset.query), height, width, batch_size, workers, amp, progress, "query")
+    gallery = extract_split(model, list(dataset.gallery), height, width, batch_size, workers, amp, progress, "gallery")
+    results = evaluate_caches(model, query, gallery, topk, attention_weight, threshold, casn, progress)
+    model.train(was_training)
+    return results
+
+
+def format_table(results: dict) -> str:
+    """A readable table of the evaluation results (percentages)."""
+    lines = [f"query {results['num_query']}  gallery {results['num_gallery']}",
+             f"{'ranking':<10}{'R-1':>8}{'R-5':>8}{'R-10':>8}{'mAP':>8}{'mINP':>8}"]
+    for name in ("feature", "casn"):
+        if name in results:
+            r = results[name]
+            lines.append(f"{name:<10}" + "".join(f"{100 * r[k]:>7.1f}%" for k in ("rank1", "rank5", "rank10", "mAP", "mINP")))
+    return "\n".join(lines)
+
+
+def _input_size(payload: dict) -> tuple[int, int]:
+    height, width = payload.get("input_size", (256, 128))
+    return int(height), int(width)
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--data", required=True, help="dataset root with query/ and bounding_box_test/")
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--topk", default="100", help="CASN re-ranking depth K, or 'all'")
+    parser.add_argument("--attention-weight", type=float, default=1.0, help="w in d = d_f + w d_a")
+    parser.add_argument("--threshold", type=float, default=None, help="alignment threshold (default: training's)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
+
+
+def _threshold(args: argparse.Namespace, payload: dict) -> float:
+    if args.threshold is not None:
+        return args.threshold
+    return float(payload.get("train_config", {}).get("threshold", 0.3))
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Entry point of ``python -m casn_core eval``."""
+    topk = None if str(args.topk).lower() == "all" else int(args.topk)
+    try:
+        model, payload = load_model(args.checkpoint, resolve_device(args.device))
+        height, width = _input_size(payload)
+        results = evaluate_model(model, args.data, height, width, next(model.parameters()).device, args.amp, topk,
+                                 args.attention_weight, _threshold(args, payload), args.batch_size, args.workers)
+    except (CheckpointError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(format_table(results))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--image1", required=True)
+    parser.add_argument("--image2", required=True)
+    parser.add_argument("--json", help="write the explanation here")
+    parser.add_argument("--figure", help="write a PNG figure here")
+    parser.add_argument("--threshold", type=float, default=None, help="alignment threshold (default: training's)")
+    parser.add_argument("--device", default="auto")
+
+
+def explain_files(model: CASN, payload: dict, path1: str, path2: str, threshold: float) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Explain one pair of image files: ``(explanation dict, RGB image 1, RGB image 2)`` at model input size."""
+    from casn_core.data import build_test_transform
+    from casn_core.images import load_rgb
+
+    height, width = _input_size(payload)
+    transform = build_test_transform(height, width)
+    pil1, pil2 = load_rgb(path1), load_rgb(path2)
+    attention, fdist = explain_pair_tensors(model, transform(pil1).to(next(model.parameters()).device),
+                                            transform(pil2).to(next(model.parameters()).device), threshold)
+    shown = [np.asarray(p.resize((width, height))) for p in (pil1, pil2)]
+    return explanation_dict(attention.detach(), fdist, threshold), shown[0], shown[1]
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    """Entry point of ``python -m casn_core explain``."""
+    from casn_core.images import ImageInputError
+    from casn_core.visualize import explanation_figure, figure_png
+
+    try:
+        model, payload = load_model(args.checkpoint, resolve_device(args.device))
+        threshold = _threshold(args, payload)
+        explanation, image1, image2 = explain_files(model, payload, args.image1, args.image2, threshold)
+    except (CheckpointError, ImageInputError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"same-person probability {explanation['same_probability']:.4f}  feature distance "
+          f"{explanation['feature_distance']:.4f}  attention distance {explanation['attention_distance']:.4f}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(explanation))
+    if args.figure:
+        Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
+        title = f"{Path(args.image1).name} vs {Path(args.image2).name}"
+        Path(args.figure).write_bytes(figure_png(explanation_figure(image1, image2, explanation, title)))
+    return 0

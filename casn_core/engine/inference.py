@@ -1,0 +1,230 @@
+"""Inference: cached feature maps, feature ranking, CASN re-ranking and one-pair explanations.
+
+The backbone runs once per image (:func:`extract`); everything pair-wise afterwards works on the
+cached maps (DESIGN.md sec. 4): ranking by feature distance, the paper's combined distance
+(sec. 4, "Evaluation Protocol"; DESIGN.md sec. 3), and explanations of single pairs.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from casn_core.attention.siamese import PairAttention, pair_attention, pair_attention_grid
+from casn_core.models.casn import CASN
+
+
+@dataclass
+class FeatureCache:
+    """Per-image outputs of one backbone pass: ``maps`` = A (N, K, H, W), ``features`` = f (N, D)."""
+
+    maps: torch.Tensor
+    features: torch.Tensor
+    pids: np.ndarray
+    camids: np.ndarray
+    paths: list[str]
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {device} asked for, but CUDA is not available on this machine")
+    return torch.device(device)
+
+
+def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """Autocast for ``amp`` in {none, bf16, fp16} (fp16 only on CUDA)."""
+    if amp == "none":
+        return contextlib.nullcontext()
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError("--amp fp16 needs CUDA; use bf16 on the CPU")
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def extract_tensors(
+    model: CASN, images: torch.Tensor, amp: str = "none", map_dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(maps, features)`` for a batch of preprocessed images (N, 3, H, W), in eval mode."""
+    device = next(model.parameters()).device
+    with autocast_context(device, amp):
+        maps = model.feature_map(images.to(device))
+    maps = maps.float()
+    return maps.to(map_dtype), model.features(maps)
+
+
+@torch.no_grad()
+def extract(
+    model: CASN,
+    dataset: torch.utils.data.Dataset,
+    records: Sequence,
+    batch_size: int = 64,
+    workers: int = 0,
+    amp: str = "none",
+    channels_last: bool = False,
+    map_dtype: torch.dtype = torch.float32,
+    progress: bool = True,
+    desc: str = "extract",
+) -> FeatureCache:
+    """Run the backbone once over ``dataset`` (items ``(image, label, camid, index)``).
+
+    ``records`` (with ``pid``, ``camid``, ``path``) supplies the labels kept in the cache. Maps are
+    stored on the CPU in ``map_dtype`` (bfloat16 halves their memory and the ranking's traffic).
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=device.type == "cuda")
+    maps, feats = [], []
+    for images, *_ in tqdm(loader, desc=desc, disable=not progress, unit="batch"):
+        images = images.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        batch_maps, batch_feats = extract_tensors(model, images, amp, map_dtype)
+        maps.append(batch_maps.contiguous().cpu())
+        feats.append(batch_feats.float().cpu())
+    return FeatureCache(
+        maps=torch.cat(maps),
+        features=torch.cat(feats),
+        pids=np.asarray([r.pid for r in records]),
+        camids=np.asarray([r.camid for r in records]),
+        paths=[str(r.path) for r in records],
+    )
+
+
+def feature_distance(query_features: torch.Tensor, gallery_features: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance between L2-normalised features (the paper's retrieval feature ``f``)."""
+    q = F.normalize(query_features.float(), dim=1)
+    g = F.normalize(gallery_features.float(), dim=1)
+    return torch.cdist(q, g).clamp_min(0)
+
+
+def _unit_range(values: torch.Tensor) -> torch.Tensor:
+    low, high = values.min(), values.max()
+    return (values - low) / (high - low) if float(high - low) > 0 else torch.zeros_like(values)
+
+
+@dataclass
+class RankedQuery:
+    """One query's ranking: gallery ``order``, and the parts of the combined distance per position."""
+
+    order: np.ndarray
+    distance: np.ndarray
+    feature_part: np.ndarray
+    attention_part: np.ndarray
+    attention_distance: np.ndarray
+
+
+@torch.no_grad()
+def rank_query_casn(
+    model: CASN,
+    query_map: torch.Tensor,
+    gallery_maps: torch.Tensor,
+    feature_distances: torch.Tensor,
+    topk: int | None = 100,
+    weight: float = 1.0,
+    threshold: float = 0.3,
+    query_feature: torch.Tensor | None = None,
+    gallery_features: torch.Tensor | None = None,
+) -> RankedQuery:
+    """The paper's ranking for one query (sec. 4; DESIGN.md sec. 3).
+
+    The top ``topk`` gallery images by feature distance (``None`` = all) are re-scored by
+    ``d = norm(d_f) + weight * norm(d_a)``, each min-max normalised over those candidates, with
+    ``d_a`` the consistency distance of the pair's Siamese attention. Candidates beyond ``topk``
+    follow in their feature order.
+    """
+    num_gallery = feature_distances.shape[0]
+    k = num_gallery if topk is None else min(topk, num_gallery)
+    by_feature = torch.argsort(feature_distances, stable=True)
+    candidates = by_feature[:k]
+    attention = pair_attention_grid(
+        model,
+        query_map[None],
+        gallery_maps[candidates],
+        threshold=threshold,
+        query_features=None if query_feature is None else query_feature[None],
+        gallery_features=None if gallery_features is None else gallery_features[candidates],
+        keep_maps=False,
+    )
+    att = attention.distance[0]
+    feat_part = _unit_range(feature_distances[candidates])
+    att_part = weight * _unit_range(att)
+    combined = feat_part + att_part
+    reorder = torch.argsort(combined, stable=True)
+    rest = by_feature[k:]
+    order = torch.cat([candidates[reorder], rest])
+    tail = combined.max() + 1 + _unit_range(feature_distances[rest]) if len(rest) else combined.new_zeros(0)
+    nan_tail = torch.full((len(rest),), float("nan"))
+    return RankedQuery(
+        order=order.numpy(),
+        distance=torch.cat([combined[reorder], tail]).numpy(),
+        feature_part=torch.cat([feat_part[reorder], nan_tail]).numpy(),
+        attention_part=torch.cat([att_part[reorder], nan_tail]).numpy(),
+        attention_distance=torch.cat([att[reorder], nan_tail]).numpy(),
+    )
+
+
+def casn_distmat(
+    model: CASN,
+    query: FeatureCache,
+    gallery: FeatureCache,
+    topk: int | None = 100,
+    weight: float = 1.0,
+    threshold: float = 0.3,
+    progress: bool = True,
+) -> np.ndarray:
+    """A (num_query, num_gallery) matrix whose row order is the CASN ranking of each query.
+
+    Values are the combined distances for the re-scored candidates and larger values, in feature
+    order, for the rest, so :func:`casn_core.metrics.evaluate_rank` can score it directly.
+    """
+    dist = feature_distance(query.features, gallery.features)
+    out = np.empty(tuple(dist.shape), dtype=np.float64)
+    for i in tqdm(range(len(query)), desc="casn re-rank", disable=not progress, unit="query"):
+        ranked = rank_query_casn(model, query.maps[i], gallery.maps, dist[i], topk, weight, threshold,
+                                 query.features[i], gallery.features)
+        out[i, ranked.order] = ranked.distance
+    return out
+
+
+def explain_pair_tensors(
+    model: CASN, image1: torch.Tensor, image2: torch.Tensor, threshold: float = 0.3, amp: str = "none"
+) -> tuple[PairAttention, float]:
+    """Siamese attention of one pair of preprocessed images (3, H, W): ``(attention, feature distance)``."""
+    model.eval()
+    maps, feats = extract_tensors(model, torch.stack([image1, image2]), amp)
+    attention = pair_attention(model, maps[:1], maps[1:], threshold).detach()[0]
+    return attention, float(feature_distance(feats[:1], feats[1:])[0, 0])
+
+
+def explanation_dict(attention: PairAttention, feature_distance_value: float, threshold: float) -> dict:
+    """The JSON form of a pair explanation (keys of ``python -m casn_core explain --json``)."""
+    return {
+        "same_probability": float(attention.same_probability),
+        "feature_distance": float(feature_distance_value),
+        "attention_distance": float(attention.distance),
+        "threshold": float(threshold),
+        "map1": attention.maps1.tolist(),
+        "map2": attention.maps2.tolist(),
+        "rows1": attention.rows1.tolist(),
+        "rows2": attention.rows2.tolist(),
+        "span1": [int(v) for v in attention.span1.tolist()],
+        "span2": [int(v) for v in attention.span2.tolist()],
+        "aligned1": attention.aligned1.tolist(),
+        "aligned2": attention.aligned2.tolist(),
+    }
