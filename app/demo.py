@@ -1,0 +1,55 @@
+"""The bundled default: the committed demo checkpoint and a demo set generated at first start.
+
+The demo query/gallery set is the project's procedural pedestrians
+(:func:`casn_core.data.synth.generate_dataset`) with a fixed seed, written once into the cache
+folder (atomically: generated in a temporary folder, then renamed), so ``python app.py`` works on a
+fresh machine with no download. Its seed differs from the training set's, so the demo identities
+are unseen by the checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CHECKPOINT = REPO_ROOT / "checkpoints" / "casn_mobilenetv2_synth.pt"
+DEFAULT_CACHE_DIR = REPO_ROOT / ".cache" / "app"
+
+DEMO_SETTINGS = {"num_ids": 120, "num_cameras": 4, "images_per_id": 8, "seed": 20190616, "height": 256, "width": 128}
+"""Procedural demo set: fixed seed (not the training seed), Market layout. The generator makes the
+second half of the identities the test identities: 60 people, 480 query + gallery images."""
+
+
+def demo_data_dir(cache_dir: str | os.PathLike) -> Path:
+    tag = "_".join(f"{k}{v}" for k, v in DEMO_SETTINGS.items())
+    return Path(cache_dir) / "demo_data" / tag
+
+
+def ensure_demo_data(cache_dir: str | os.PathLike, log=print, settings: dict | None = None) -> Path:
+    """The demo dataset folder, generated deterministically on first use."""
+    from casn_core.data.synth import generate_dataset
+
+    settings = dict(DEMO_SETTINGS if settings is None else settings)
+    out = demo_data_dir(cache_dir) if settings == DEMO_SETTINGS else Path(cache_dir) / "demo_data" / "custom"
+    marker = out / ".complete"
+    if marker.is_file():
+        return out
+    log(f"demo data: generating {settings['num_ids']} procedural identities x {settings['num_cameras']} cameras "
+        f"(seed {settings['seed']}) into {out} (first start only)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=out.parent))
+    try:
+        generate_dataset(tmp, num_ids=settings["num_ids"], num_cameras=settings["num_cameras"],
+                         images_per_id=settings["images_per_id"], seed=settings["seed"],
+                         height=settings["height"], width=settings["width"], workers=min(4, os.cpu_count() or 1))
+        (tmp / ".complete").write_text(json.dumps(settings))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

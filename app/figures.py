@@ -1,0 +1,132 @@
+"""Pictures for the app: bordered thumbnails, attention overlays, importance vectors, the CMC curve.
+
+Figures are drawn on their own ``Figure`` + Agg canvas (no pyplot state), so concurrent requests
+do not share anything.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image, ImageDraw, ImageFont
+
+from casn_core.visualize import overlay_heatmap, plot_aligned, plot_rows
+
+GREEN = (34, 160, 60)
+RED = (215, 38, 38)
+GREY = (150, 150, 150)
+DISPLAY_HEIGHT = 256
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def bordered(image: Image.Image | np.ndarray, colour: tuple[int, int, int] | None, height: int = 160,
+             border: int = 6) -> np.ndarray:
+    """A thumbnail of ``height`` pixels with a coloured frame (green = true match, red = wrong)."""
+    pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
+    pil = pil.convert("RGB")
+    width = max(1, round(pil.width * height / max(pil.height, 1)))
+    pil = pil.resize((width, height), Image.BILINEAR)
+    if colour is None:
+        return np.asarray(pil)
+    canvas = Image.new("RGB", (width + 2 * border, height + 2 * border), colour)
+    canvas.paste(pil, (border, border))
+    return np.asarray(canvas)
+
+
+def _panel(image: np.ndarray, height: int) -> Image.Image:
+    pil = Image.fromarray(image)
+    width = max(1, round(pil.width * height / pil.height))
+    return pil.resize((width, height), Image.BILINEAR)
+
+
+def overlay_panel(image1: np.ndarray, image2: np.ndarray, map1: np.ndarray, map2: np.ndarray,
+                  labels: tuple[str, str] = ("query", "gallery"), frame: tuple | None = None,
+                  height: int = DISPLAY_HEIGHT) -> np.ndarray:
+    """``image 1 | its attention | image 2's attention | image 2``, the paper's figure 7 layout.
+
+    Images are RGB uint8 at the model's input size (what the network saw); maps are (h, w) Siamese
+    attention maps. ``frame`` colours the border around image 2 (green/red for true/wrong match).
+    """
+    tiles = [
+        (_panel(image1, height), labels[0]),
+        (_panel(overlay_heatmap(image1, np.asarray(map1)), height), f"{labels[0]} attention"),
+        (_panel(overlay_heatmap(image2, np.asarray(map2)), height), f"{labels[1]} attention"),
+        (_panel(image2, height), labels[1]),
+    ]
+    gap, caption, pad = 10, 22, 4
+    width = sum(t.width for t, _ in tiles) + gap * (len(tiles) - 1) + 2 * pad
+    canvas = Image.new("RGB", (width, height + caption + 2 * pad), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    font = _font(13)
+    x = pad
+    for i, (tile, text) in enumerate(tiles):
+        if frame is not None and i >= 2:
+            draw.rectangle([x - 3, pad + caption - 3, x + tile.width + 2, pad + caption + height + 2], outline=frame,
+                           width=3)
+        canvas.paste(tile, (x, pad + caption))
+        text_width = draw.textlength(text, font=font)
+        draw.text((x + max(0, (tile.width - text_width) / 2), pad + 2), text, fill=(30, 30, 30), font=font)
+        x += tile.width + gap
+    return np.asarray(canvas)
+
+
+def _render(fig: Figure) -> np.ndarray:
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[:, :, :3].copy()
+
+
+def vectors_figure(explanation: dict, labels: tuple[str, str] = ("query", "gallery")) -> np.ndarray:
+    """Row max-pooled importance vectors with threshold and kept spans, and the aligned vectors."""
+    fig = Figure(figsize=(9.0, 3.0), dpi=100)
+    left, right = fig.subplots(1, 2)
+    plot_rows(left, explanation, labels)
+    plot_aligned(right, explanation, labels)
+    left.set_title("row importance M_m (normalised), threshold, kept spans", fontsize=9)
+    right.set_title(f"aligned vectors M*_m, consistency distance {explanation['attention_distance']:.3f}", fontsize=9)
+    fig.tight_layout()
+    return _render(fig)
+
+
+def cmc_figure(summary) -> np.ndarray:
+    """CMC curves of CASN ranking and feature-only ranking."""
+    fig = Figure(figsize=(5.0, 3.2), dpi=100)
+    ax = fig.subplots()
+    for key, label, style in (("casn", "CASN (feature + attention)", "-"), ("feature", "feature only", "--")):
+        cmc = getattr(summary, key)["cmc"]
+        if cmc:
+            ax.plot(np.arange(1, len(cmc) + 1), 100 * np.asarray(cmc), style, marker="o", ms=3,
+                    label=f"{label}: R-1 {100 * cmc[0]:.1f}%")
+    ax.set_xlabel("rank")
+    ax.set_ylabel("matching rate (%)")
+    ax.set_ylim(0, 101)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title(f"CMC over {summary.num_valid} valid queries, {summary.num_gallery} gallery images", fontsize=9)
+    fig.tight_layout()
+    return _render(fig)
+
+
+def export_png(overlays: np.ndarray, vectors: np.ndarray, header: str) -> bytes:
+    """One PNG with a text header, the overlay panel and the vector plots stacked."""
+    font = _font(14)
+    lines = header.splitlines() or [""]
+    text_height = 20 * len(lines) + 12
+    width = max(overlays.shape[1], vectors.shape[1])
+    canvas = Image.new("RGB", (width, text_height + overlays.shape[0] + vectors.shape[0]), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for i, line in enumerate(lines):
+        draw.text((10, 6 + 20 * i), line, fill=(20, 20, 20), font=font)
+    canvas.paste(Image.fromarray(overlays), ((width - overlays.shape[1]) // 2, text_height))
+    canvas.paste(Image.fromarray(vectors), ((width - vectors.shape[1]) // 2, text_height + overlays.shape[0]))
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -1,0 +1,125 @@
+"""The app in a real browser: headless Chromium (Debian's package) driven by Playwright.
+
+Loads the page, picks a query, waits for the ranked strip and the attention views, explains another
+gallery image, opens the failure tab, uploads a pair, and saves screenshots into ``test-artifacts/``.
+Skips when Chromium is missing, except under ``CI=true`` where a missing browser fails the run.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+import app.offline  # noqa: F401  (before gradio)
+from app.testing import make_checkpoint, make_dataset, running_app
+
+pytestmark = pytest.mark.slow
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+    if path is None:
+        message = ("Debian's chromium is not installed (bash scripts/setup.sh --test installs it; "
+                   "never `playwright install`)")
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true: {message}")
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="module")
+def page_url(tmp_path_factory):
+    executable = _chromium()
+    sync_api = pytest.importorskip("playwright.sync_api")
+    root = tmp_path_factory.mktemp("app-browser")
+    checkpoint = make_checkpoint(root / "tiny.pt", seed=1)
+    data = make_dataset(root / "data", seed=3)
+    with running_app(checkpoint, data, root / "cache", topk=10) as (url, handlers):
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+            try:
+                yield url, handlers, browser, sync_api.expect, root
+            finally:
+                browser.close()
+
+
+def test_pick_query_rank_and_explain(page_url):
+    url, handlers, browser, expect, root = page_url
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 1500, "height": 1000})
+    external = []
+    page.on("request", lambda r: external.append(r.url) if not r.url.startswith(("http://127.0.0.1", "data:",
+                                                                                  "blob:")) else None)
+    page.goto(url)
+    count = len(handlers.state.query)
+    picker = page.locator("#query-gallery")
+    expect(picker.get_by_role("button", name=f"Thumbnail 2 of {count}")).to_be_visible(timeout=20_000)
+    picker.get_by_role("button", name=f"Thumbnail 2 of {count}").click()
+    expect(page.locator("#query-info")).to_contain_text("Query q1", timeout=20_000)
+    strip = page.locator("#ranked-strip")
+    expect(strip.get_by_role("button", name=f"Thumbnail 1 of {handlers.strip_length}")).to_be_visible()
+    expect(page.locator("#pair-overlays img")).to_be_visible(timeout=20_000)
+    expect(page.locator("#pair-vectors img")).to_be_visible()
+    expect(page.locator("#pair-metrics")).to_contain_text("same-person probability")
+    expect(page.locator("#pair-metrics")).to_contain_text("rank 1 of")
+    # click the third-ranked gallery image: its pair is explained
+    strip.get_by_role("button", name=f"Thumbnail 3 of {handlers.strip_length}").click()
+    expect(page.locator("#pair-metrics")).to_contain_text("rank 3 of", timeout=20_000)
+    expect(page.locator("#export-png")).to_be_enabled()
+    page.screenshot(path=str(ARTIFACTS / "app_rankings.png"), full_page=True)
+
+    # the failure view follows the picked query
+    failures = [i for i, s in enumerate(handlers.summary.per_query) if s.first_true_rank and s.first_true_rank > 1]
+    if failures:
+        page.locator("#query-index input").fill(str(failures[0]))
+        page.locator("#rank-button").click()
+        expect(page.locator("#query-info")).to_contain_text(f"Query q{failures[0]}", timeout=20_000)
+    page.get_by_role("tab", name="Why did a wrong match rank first?").click()
+    expect(page.locator("#why-true-overlays img")).to_be_visible(timeout=20_000)
+    if failures:
+        expect(page.locator("#why-wrong-overlays img")).to_be_visible()
+        expect(page.locator("#why-info")).to_contain_text("wrong identity")
+    page.screenshot(path=str(ARTIFACTS / "app_why_wrong.png"), full_page=True)
+
+    page.get_by_role("tab", name="Dataset").click()
+    expect(page.locator("#dataset-summary")).to_contain_text("mAP")
+    expect(page.locator("#cmc-plot img")).to_be_visible()
+    assert not external, f"the page made outside requests: {external[:5]}"
+    page.close()
+
+
+def test_upload_a_pair_and_a_bad_file(page_url, tmp_path):
+    url, handlers, browser, expect, root = page_url
+    images = sorted((root / "data" / "query").iterdir())
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    page = browser.new_page(viewport={"width": 1500, "height": 1000})
+    page.goto(url)
+    page.get_by_role("tab", name="Upload a pair").click()
+    page.locator("#upload-1 input[type=file]").set_input_files(str(images[0]))
+    page.locator("#upload-2 input[type=file]").set_input_files(str(images[1]))
+    page.locator("#upload-button").click()
+    expect(page.locator("#upload-status")).to_contain_text("Explained", timeout=20_000)
+    expect(page.locator("#upload-overlays img")).to_be_visible()
+    expect(page.locator("#upload-metrics")).to_contain_text("same-person probability")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "app_upload.png"), full_page=True)
+    # a broken file: a clear message on the page, and the app keeps answering
+    page.reload()
+    page.get_by_role("tab", name="Upload a pair").click()
+    page.locator("#upload-1 input[type=file]").set_input_files(str(images[0]))
+    page.locator("#upload-2 input[type=file]").set_input_files(str(bad))
+    page.locator("#upload-button").click()
+    expect(page.locator("body")).to_contain_text("broken.png", timeout=20_000)
+    expect(page.locator("body")).to_contain_text("truncated or corrupted")
+    page.get_by_role("tab", name="Rankings").click()
+    page.locator("#query-index input").fill("0")
+    page.locator("#rank-button").click()
+    expect(page.locator("#query-info")).to_contain_text("Query q0", timeout=20_000)
+    page.close()

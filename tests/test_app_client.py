@@ -1,0 +1,296 @@
+"""The app through ``gradio_client`` against a launched server (issue 5; issue 7 items 4 and 6).
+
+One app for the module: a tiny generated dataset (8 test identities x 2 cameras at 128x64) and a
+randomly initialised MobileNetV2 CASN checkpoint, launched in-process on a free 127.0.0.1 port.
+"""
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import app.offline  # noqa: F401  (before gradio)
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from app.testing import make_checkpoint, make_dataset, running_app  # noqa: E402
+
+EXPLANATION_KEYS = {"same_probability", "feature_distance", "attention_distance", "threshold", "map1", "map2",
+                    "rows1", "rows2", "span1", "span2", "aligned1", "aligned2"}
+UPLOAD_LIMIT = 2 * 2**20  # small, so that the over-size test file stays small
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("app")
+    checkpoint = make_checkpoint(root / "ckpt" / "tiny.pt")
+    data = make_dataset(root / "data")
+    with running_app(checkpoint, data, root / "cache", topk=10, max_upload_bytes=UPLOAD_LIMIT) as (url, handlers):
+        client = Client(url, verbose=False, download_files=str(root / "downloads"))
+        yield {"url": url, "handlers": handlers, "client": client, "root": root, "checkpoint": checkpoint,
+               "data": data}
+
+
+def _alive(client: Client) -> None:
+    result = client.predict(0, api_name="/rank_query")
+    assert result["query"]["index"] == 0
+
+
+def test_rank_query(served):
+    client, handlers = served["client"], served["handlers"]
+    state = handlers.state
+    result = client.predict(1, api_name="/rank_query")
+    entries = result["ranking"]
+    assert result["query"]["index"] == 1 and not os.path.isabs(result["query"]["name"])
+    assert [e["rank"] for e in entries] == list(range(1, len(entries) + 1))
+    assert len(entries) == handlers.strip_length
+    q_pid, q_cam = result["query"]["pid"], result["query"]["camid"]
+    for e in entries:
+        assert e["match"] == (e["pid"] == q_pid)
+        assert not (e["pid"] == q_pid and e["camid"] == q_cam), "same-camera images of the query id are junk"
+        assert not os.path.isabs(e["name"]) and str(state.data_root) not in e["name"]
+        if e["reranked_with_attention"]:
+            assert e["score"] == pytest.approx(e["feature_part"] + e["attention_part"], abs=1e-5)
+    scores = [e["score"] for e in entries if e["reranked_with_attention"]]
+    assert scores == sorted(scores)
+    if result["first_true_rank"] is not None and result["first_true_rank"] <= len(entries):
+        assert entries[result["first_true_rank"] - 1]["match"]
+        assert not any(e["match"] for e in entries[:result["first_true_rank"] - 1])
+        assert 0 < result["ap"] <= 1
+    with pytest.raises(AppError, match="out of range"):
+        client.predict(10_000, api_name="/rank_query")
+    _alive(client)
+
+
+def test_dataset_metrics_match_the_evaluator(served):
+    """The app's per-query AP / first-match ranks reproduce casn_core's evaluation of the same ranking."""
+    from casn_core.engine.evaluate import evaluate_caches
+
+    handlers = served["handlers"]
+    state = handlers.state
+    reference = evaluate_caches(state.model, state.query, state.gallery, topk=state.topk,
+                                attention_weight=state.attention_weight, threshold=state.threshold, progress=False)
+    summary = served["client"].predict(api_name="/dataset_summary")
+    for key in ("casn", "feature"):
+        assert summary[key]["mAP"] == pytest.approx(reference[key]["mAP"], abs=1e-6)
+        assert summary[key]["rank1"] == pytest.approx(reference[key]["rank1"], abs=1e-6)
+    assert summary["casn"]["cmc"][-1] <= 1.0 and len(summary["casn"]["cmc"]) == min(50, len(state.gallery))
+
+
+def test_explain_pair_matches_the_ranking(served):
+    client = served["client"]
+    ranking = client.predict(2, api_name="/rank_query")
+    top = ranking["ranking"][0]
+    result = client.predict(2, top["gallery_index"], api_name="/explain_pair")
+    assert EXPLANATION_KEYS <= set(result)
+    assert 0.0 <= result["same_probability"] <= 1.0
+    assert result["feature_distance"] == pytest.approx(top["feature_distance"], abs=1e-5)
+    # cached-map explanation (head autograd) == the ranking's batched closed form
+    assert result["attention_distance"] == pytest.approx(top["attention_distance"], abs=1e-4)
+    score = result["ranking_score"]
+    assert score["rank"] == 1 and score["reranked_with_attention"]
+    assert score["total"] == pytest.approx(score["feature_part"] + score["attention_part"], abs=1e-6)
+    assert result["true_match"] == top["match"]
+    h, w = np.asarray(result["map1"]).shape
+    assert len(result["rows1"]) == h and np.asarray(result["map2"]).shape == (h, w)
+    with pytest.raises(AppError, match="gallery index"):
+        client.predict(2, -5, api_name="/explain_pair")
+
+
+def test_why_wrong(served):
+    client = served["client"]
+    failures = client.predict(True, "AP: worst first", api_name="/list_queries")
+    everything = client.predict(False, "file order", api_name="/list_queries")
+    assert len(everything) == len(served["handlers"].state.query)
+    assert all(q["first_true_rank"] > 1 for q in failures)
+    target = failures[0]["index"] if failures else 0
+    result = client.predict(target, api_name="/why_wrong")
+    if failures:
+        assert result["failed"]
+        assert result["rank1_wrong"]["true_match"] is False and result["rank1_wrong"]["ranking_score"]["rank"] == 1
+        assert result["best_true"]["true_match"] is True
+        assert result["best_true"]["ranking_score"]["rank"] == result["first_true_rank"]
+    else:
+        assert result["rank1_wrong"] is None
+
+
+def _png_bytes(image: Image.Image, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=kwargs.pop("format", "PNG"), **kwargs)
+    return buffer.getvalue()
+
+
+def _good_uploads(folder: Path) -> dict[str, Path]:
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (300, 140, 3), dtype=np.uint8)
+    files = {
+        "gray.png": _png_bytes(Image.fromarray(rgb[:, :, 0], "L")),
+        "rgba.png": _png_bytes(Image.fromarray(np.dstack([rgb, rgb[:, :, :1]]), "RGBA")),
+        "wide.jpg": _png_bytes(Image.fromarray(rng.integers(0, 255, (50, 700, 3), dtype=np.uint8)), format="JPEG"),
+        "sixteen.png": _png_bytes(Image.fromarray(rgb[:, :, 0].astype(np.uint16) * 257)),
+        "cmyk.jpg": _png_bytes(Image.fromarray(rgb).convert("CMYK"), format="JPEG"),
+        "one.png": _png_bytes(Image.new("RGB", (1, 1), (200, 10, 10))),
+        "strip.png": _png_bytes(Image.new("RGB", (10000, 10), (10, 200, 10))),
+    }
+    frames = [Image.fromarray(rng.integers(0, 255, (64, 32, 3), dtype=np.uint8)) for _ in range(3)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    files["animated.gif"] = buffer.getvalue()
+    paths = {}
+    for name, data in files.items():
+        paths[name] = folder / name
+        paths[name].write_bytes(data)
+    return paths
+
+
+def test_upload_pair_any_format(served, tmp_path):
+    client = served["client"]
+    paths = _good_uploads(tmp_path)
+    reference = served["data"] / "query"
+    first = sorted(reference.iterdir())[0]
+    for name, path in paths.items():
+        result = client.predict(handle_file(str(first)), handle_file(str(path)), api_name="/explain_upload")
+        assert EXPLANATION_KEYS <= set(result), name
+        assert np.isfinite(result["attention_distance"]) and 0 <= result["same_probability"] <= 1
+        assert result["images"][1] == name
+
+
+def _bad_uploads(folder: Path) -> dict[str, tuple[Path, str]]:
+    rng = np.random.default_rng(1)
+    good = _png_bytes(Image.fromarray(rng.integers(0, 255, (64, 32, 3), dtype=np.uint8)))
+    # a 26-megapixel PNG written by hand (one row repeated) so the test stays light
+    width, height = 5200, 5000
+    raw = zlib.compress(b"\x00" * (width + 1) * height, 9)
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    huge = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
+    cases = {
+        "random.png": (rng.bytes(4096), "not an image"),
+        "notes.txt": (b"just some text, not a picture\n" * 10, "not an image"),
+        "truncated.png": (good[: len(good) // 2], "truncated or corrupted"),
+        "empty.png": (b"", "empty"),
+        "huge.png": (huge, "megapixel limit"),
+        "big.png": (good + rng.bytes(UPLOAD_LIMIT + 1000), "upload limit"),
+    }
+    out = {}
+    for name, (data, message) in cases.items():
+        out[name] = (folder / name, message)
+        out[name][0].write_bytes(data)
+    return out
+
+
+def test_bad_uploads_get_clear_messages(served, tmp_path):
+    client = served["client"]
+    good = sorted((served["data"] / "query").iterdir())[0]
+    for name, (path, message) in _bad_uploads(tmp_path).items():
+        with pytest.raises(AppError) as info:
+            client.predict(handle_file(str(good)), handle_file(str(path)), api_name="/explain_upload")
+        text = str(info.value)
+        assert message in text and name in text, (name, text)
+        assert str(tmp_path) not in text, "messages must not reveal server paths"
+        _alive(client)  # the server keeps answering
+
+
+def test_upload_fuzz_never_crashes(served, tmp_path):
+    """Random bytes, and random corruptions of a valid PNG: always a clear AppError or an answer."""
+    client = served["client"]
+    rng = np.random.default_rng(7)
+    good_bytes = _png_bytes(Image.fromarray(rng.integers(0, 255, (40, 20, 3), dtype=np.uint8)))
+    good = tmp_path / "good.png"
+    good.write_bytes(good_bytes)
+    for i in range(6):
+        if i % 2:
+            data = bytearray(good_bytes)
+            for pos in rng.integers(8, len(data), 20):
+                data[pos] = int(rng.integers(0, 256))
+            data = bytes(data)
+        else:
+            data = rng.bytes(int(rng.integers(1, 3000)))
+        path = tmp_path / f"fuzz{i}.png"
+        path.write_bytes(data)
+        try:
+            result = client.predict(handle_file(str(good)), handle_file(str(path)), api_name="/explain_upload")
+            assert EXPLANATION_KEYS <= set(result)
+        except AppError as exc:
+            assert f"fuzz{i}.png" in str(exc)
+    _alive(client)
+
+
+def test_files_outside_data_and_cache_are_refused(served):
+    import httpx
+
+    url, data = served["url"], served["data"]
+    image = sorted((data / "query").iterdir())[0]
+    assert httpx.get(f"{url}gradio_api/file={image}").status_code == 200  # the dataset itself is served
+    repo_file = Path(__file__).resolve()
+    for target in ("../../../../../../etc/passwd", "..%2F..%2F..%2F..%2F..%2F..%2Fetc%2Fpasswd", "/etc/passwd",
+                   f"{data}/../ckpt/tiny.pt", f"{data}/..%2Fckpt%2Ftiny.pt", str(served["checkpoint"]),
+                   str(repo_file), f"{data}/query/../../ckpt/tiny.pt"):
+        response = httpx.get(f"{url}gradio_api/file={target}")
+        assert response.status_code in (400, 403, 404), (target, response.status_code)
+        assert b"root:" not in response.content
+
+
+def test_launch_defaults_are_local_and_private(served):
+    from app.server import launch_kwargs, parse_args
+
+    args = parse_args([])
+    assert args.host == "127.0.0.1" and args.share is False and args.port == 7860 and args.topk == 10
+    assert parse_args(["--share"]).share is True
+    kwargs = launch_kwargs(served["handlers"])
+    assert kwargs["server_name"] == "127.0.0.1" and kwargs["share"] is False
+    state = served["handlers"].state
+    assert sorted(kwargs["allowed_paths"]) == sorted([str(state.data_root), str(state.cache_dir)])
+    assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False" and os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_feature_cache_is_reused_and_keyed(served):
+    from app.state import cache_key, load_dataset, load_state
+
+    state = served["handlers"].state
+    again = load_state(served["checkpoint"], served["data"], state.cache_dir, progress=False, log=lambda *_: None)
+    assert again.cache_hit and again.cache_file == state.cache_file
+    assert (again.gallery.maps == state.gallery.maps).all()
+    query, gallery = load_dataset(state.data_root)
+    size = state.input_size
+    key = cache_key(state.checkpoint_path, state.data_root, [("query", query), ("gallery", gallery)], size, "fp32")
+    assert key == state.cache_file.stem
+    assert cache_key(state.checkpoint_path, state.data_root, [("query", query), ("gallery", gallery[:-1])], size,
+                     "fp32") != key
+    assert cache_key(state.checkpoint_path, state.data_root, [("query", query), ("gallery", gallery)],
+                     (size[0] * 2, size[1]), "fp32") != key
+
+
+def test_app_refuses_a_pickle_checkpoint(tmp_path, served):
+    from casn_core.checkpoint import CheckpointError
+
+    from app.state import load_state
+
+    class Boom:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    import torch
+
+    bad = tmp_path / "evil.pt"
+    torch.save({"format": "casn-checkpoint", "model": {}, "model_config": {}, "x": Boom()}, bad)
+    with pytest.raises(CheckpointError):
+        load_state(bad, served["data"], tmp_path / "cache", progress=False, log=lambda *_: None)
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
+    from app.server import main
+
+    assert main(["--checkpoint", str(tmp_path / "nope.pt"), "--cache-dir", str(tmp_path)]) == 2
+    assert "nope.pt" in capsys.readouterr().err
