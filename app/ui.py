@@ -221,7 +221,7 @@ class App:
             raise gr.Error(f"could not explain this pair: {type(exc).__name__}: {exc}") from None
         status = (f"Explained `{names[0]}` ({images[0].width}x{images[0].height}) vs `{names[1]}` "
                   f"({images[1].width}x{images[1].height}); both resized to the model's "
-                  f"{self.state.input_size[1]}x{self.state.input_size[0]} input.")
+                  f"{self.state.input_size[0]}x{self.state.input_size[1]} (HxW) input.")
         return (status,) + self._pair_outputs(view)
 
     # ---- API (JSON) ---------------------------------------------------------------------------
