@@ -102,7 +102,9 @@ def main() -> None:
     for (n, m), name in ((grid, name) for grid in grids for name in args.dtypes.split(",")):
         num_pairs = n * m
         dtype = getattr(torch, name.strip())
-        q, g = queries[:n].to(dtype).contiguous(), gallery[:m].to(dtype).contiguous()
+        # channels-last, as casn_core.engine.inference.extract caches them
+        q = queries[:n].to(dtype).contiguous(memory_format=torch.channels_last)
+        g = gallery[:m].to(dtype).contiguous(memory_format=torch.channels_last)
         fq, fg = feats_q[:n], feats_g[:m]
 
         def run_fast() -> None:
@@ -127,6 +129,7 @@ def main() -> None:
             "gallery": m,
             "map": [k, h, w],
             "oracle_dtype": "float32",
+            "layout": "channels_last",
             "malloc_tuned": "MALLOC_MMAP_THRESHOLD_" in os.environ,
         }), flush=True)
 

@@ -55,6 +55,18 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     return path
 
 
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete temporary files that a process killed inside :func:`save_checkpoint` left behind.
+
+    Only names of the form ``.NAME.pt.XXXXXXXX.tmp`` are touched; the checkpoints themselves never are.
+    """
+    removed = []
+    for path in Path(folder).glob(".*.pt.*.tmp"):
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a CASN checkpoint safely; every failure is a :class:`CheckpointError` naming the file."""
     path = Path(path)

@@ -95,7 +95,9 @@ def extract(
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         batch_maps, batch_feats = extract_tensors(model, images, amp, map_dtype)
-        maps.append(batch_maps.contiguous().cpu())
+        # channels-last storage: the per-pair map products of the ranking read each gallery map as a
+        # contiguous (HW, K) matrix, measured 2.2x faster than the default layout (bench/pair_attention.py)
+        maps.append(batch_maps.contiguous(memory_format=torch.channels_last).cpu())
         feats.append(batch_feats.float().cpu())
     return FeatureCache(
         maps=torch.cat(maps),

