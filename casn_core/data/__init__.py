@@ -1,0 +1,30 @@
+"""Data: Market-layout loaders, re-id transforms, Siamese pairs and the procedural pedestrian generator.
+
+See DESIGN.md sections 5 (protocol) and 6 (data).
+"""
+from casn_core.data.market import (
+    IMAGE_EXTENSIONS,
+    SPLIT_FOLDERS,
+    DatasetError,
+    DatasetNotFoundError,
+    ImageDataset,
+    ImageRecord,
+    ReidDataset,
+    SplitReport,
+    SplitStats,
+    load_market,
+    load_split,
+    parse_market_name,
+    read_image,
+)
+from casn_core.data.synth import GENERATOR_VERSION, add_synth_arguments, generate_dataset, run_synth
+from casn_core.data.pairs import PairDataset, PairSamplingError, pair_indices
+from casn_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_test_transform, build_train_transform
+
+__all__ = [
+    "IMAGE_EXTENSIONS", "SPLIT_FOLDERS", "DatasetError", "DatasetNotFoundError", "ImageDataset", "ImageRecord",
+    "ReidDataset", "SplitReport", "SplitStats", "load_market", "load_split", "parse_market_name", "read_image",
+    "PairDataset", "PairSamplingError", "pair_indices",
+    "GENERATOR_VERSION", "add_synth_arguments", "generate_dataset", "run_synth",
+    "IMAGENET_MEAN", "IMAGENET_STD", "build_test_transform", "build_train_transform",
+]

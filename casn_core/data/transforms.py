@@ -1,0 +1,48 @@
+"""The usual re-id image transforms (torchvision).
+
+Training: resize, random horizontal flip, pad-and-random-crop, ImageNet normalisation and optional
+random erasing (the standard re-id augmentation the CASN paper's baseline uses, sec. 4
+"Implementation details"; DESIGN.md sec. 6). Test: resize and normalise.
+"""
+from __future__ import annotations
+
+from torchvision import transforms as T
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def build_train_transform(height: int, width: int, flip: bool = True, pad: int = 10,
+                          random_erasing: bool = False) -> T.Compose:
+    """PIL RGB image -> normalised (3, height, width) float tensor, augmented.
+
+    ``pad`` pixels of zero padding then a random crop back to ``height x width`` (0 disables it);
+    random erasing (p=0.5) fills with zeros after normalisation, i.e. with the ImageNet mean.
+    """
+    _check_size(height, width)
+    if pad < 0:
+        raise ValueError(f"pad must be >= 0, got {pad}")
+    steps: list = [T.Resize((height, width), interpolation=T.InterpolationMode.BILINEAR)]
+    if flip:
+        steps.append(T.RandomHorizontalFlip(p=0.5))
+    if pad:
+        steps += [T.Pad(pad), T.RandomCrop((height, width))]
+    steps += [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    if random_erasing:
+        steps.append(T.RandomErasing(p=0.5, scale=(0.02, 0.4), ratio=(0.3, 3.3), value=0))
+    return T.Compose(steps)
+
+
+def build_test_transform(height: int, width: int) -> T.Compose:
+    """PIL RGB image -> normalised (3, height, width) float tensor."""
+    _check_size(height, width)
+    return T.Compose([
+        T.Resize((height, width), interpolation=T.InterpolationMode.BILINEAR),
+        T.ToTensor(),
+        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def _check_size(height: int, width: int) -> None:
+    if int(height) < 1 or int(width) < 1:
+        raise ValueError(f"image size must be positive, got {height}x{width}")

@@ -1,0 +1,96 @@
+"""Siamese training pairs (paper sec. 3.3; half positive, half negative by default)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from casn_core.data import ImageRecord, PairDataset, PairSamplingError, build_test_transform, pair_indices
+
+
+def _labels(rng_seed: int = 0) -> np.ndarray:
+    """40 identities with 1..12 images each (some singletons), shuffled."""
+    rng = np.random.default_rng(rng_seed)
+    labels = np.repeat(np.arange(40), rng.integers(1, 13, size=40))
+    return rng.permutation(labels)
+
+
+def _check_pairs(labels: np.ndarray, pairs: np.ndarray) -> None:
+    i, j, same = pairs.T
+    assert np.all(i != j)
+    assert np.array_equal(labels[i] == labels[j], same == 1)
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.3, 0.8, 0.0, 1.0])
+def test_positive_fraction_within_two_percent(fraction):
+    labels = _labels()
+    pairs = pair_indices(labels, len(labels), fraction, np.random.default_rng(1))
+    assert pairs.shape == (len(labels), 3)
+    _check_pairs(labels, pairs)
+    assert abs(pairs[:, 2].mean() - fraction) <= 0.02
+
+
+def test_every_identity_with_two_images_is_used():
+    labels = _labels()
+    counts = np.bincount(labels)
+    pairs = pair_indices(labels, len(labels), 0.5, np.random.default_rng(2))
+    positives = pairs[pairs[:, 2] == 1]
+    assert set(labels[positives[:, 0]]) == set(np.flatnonzero(counts >= 2))
+    # negatives cycle through every image as an anchor (either side of the pair)
+    negatives = pairs[pairs[:, 2] == 0]
+    assert len(set(negatives[:, :2].ravel())) >= 0.6 * len(labels)
+
+
+def test_same_seed_same_pairs_and_errors():
+    labels = _labels()
+    a = pair_indices(labels, 500, 0.5, np.random.default_rng(7))
+    b = pair_indices(labels, 500, 0.5, np.random.default_rng(7))
+    c = pair_indices(labels, 500, 0.5, np.random.default_rng(8))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    with pytest.raises(PairSamplingError, match="no identity has two images"):
+        pair_indices(np.arange(10), 10, 0.5, np.random.default_rng(0))
+    assert pair_indices(np.arange(10), 10, 0.0, np.random.default_rng(0))[:, 2].sum() == 0
+    with pytest.raises(PairSamplingError, match="two identities"):
+        pair_indices(np.zeros(5, dtype=int), 10, 0.5, np.random.default_rng(0))
+    with pytest.raises(PairSamplingError, match="positive_fraction"):
+        pair_indices(labels, 10, 1.5, np.random.default_rng(0))
+
+
+@pytest.fixture
+def records(tmp_path) -> list[ImageRecord]:
+    out = []
+    for label in range(6):
+        for k in range(1 + label % 3):
+            path = tmp_path / f"{label + 1:04d}_c{k + 1}s1_{len(out):06d}_00.jpg"
+            Image.new("RGB", (16, 32), (label * 40, k * 60, 100)).save(path)
+            out.append(ImageRecord(str(path), label + 1, k + 1, label))
+    return out
+
+
+def test_pair_dataset_epochs_and_items(records):
+    data = PairDataset(records, build_test_transform(32, 16), positive_fraction=0.5, pairs_per_epoch=200, seed=3)
+    assert len(data) == 200 and abs(data.positive_count / 200 - 0.5) <= 0.02
+    first = list(data.pairs)
+    data.set_epoch(1)
+    assert data.pairs != first
+    data.set_epoch(0)
+    assert data.pairs == first
+    assert PairDataset(records, None, 0.5, 200, seed=3).pairs == first
+    assert PairDataset(records, None, 0.5, 200, seed=4).pairs != first
+    img1, img2, label1, label2, same = data[0]
+    i, j, s = data.pairs[0]
+    assert img1.shape == img2.shape == (3, 32, 16)
+    assert (label1, label2, same) == (records[i].label, records[j].label, float(s))
+    assert isinstance(same, float) and (same == 1.0) == (label1 == label2)
+    batch = next(iter(torch.utils.data.DataLoader(data, batch_size=8)))
+    assert batch[0].shape == (8, 3, 32, 16) and batch[2].dtype == torch.int64
+
+
+def test_pair_dataset_default_length_and_errors(records):
+    assert len(PairDataset(records)) == len(records)
+    singles = [r for r in records if r.label % 3 == 0]  # one image each
+    with pytest.raises(PairSamplingError, match="no identity has two images"):
+        PairDataset(singles)
+    with pytest.raises(PairSamplingError):
+        PairDataset([])
