@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +66,17 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def _unpickler_reason(exc: Exception) -> str:
+    """The line of a weights-only unpickling error that says what was refused (not torch's advice to
+    retry with ``weights_only=False``)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith(("Trying to load unsupported", "Unsupported", "Can only")):
+            return line
+    detail = [line for line in lines if not line.startswith(("Weights only load failed", "Please file", "Check the"))]
+    return detail[0] if detail else (lines[0] if lines else type(exc).__name__)
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a CASN checkpoint safely; every failure is a :class:`CheckpointError` naming the file."""
     path = Path(path)
@@ -77,11 +87,17 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        reason = _unpickler_reason(exc)
+        if "Unsupported operand" in reason:  # damaged bytes, or a pickle protocol torch.save never writes
+            raise CheckpointError(
+                f"refusing to load {path}: it is truncated or corrupted, or not a torch.save checkpoint "
+                f"({reason}); nothing in it was run"
+            ) from None
         raise CheckpointError(
             f"refusing to load {path}: it contains pickled Python objects other than tensors and plain "
-            f"containers, which could run code when unpickled ({str(exc).splitlines()[0]})"
+            f"containers, which could run code when unpickled ({reason})"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except Exception as exc:  # weights_only unpickling runs no code: anything else is a damaged file
         raise CheckpointError(f"checkpoint {path} is truncated or corrupted: {type(exc).__name__}: {exc}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a CASN checkpoint (no '{FORMAT}' format marker)")
