@@ -22,6 +22,7 @@ Prints JSON: p50/p95 latency (seconds) per request kind and overall, errors, mis
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import json
 import math
@@ -207,6 +208,7 @@ def run_load(url: str, handlers, clients: int, requests: int, workdir: Path, rou
                     mismatches.append(f"{request}: {problem}")
 
     rss_after_rounds = []
+    objects_after_rounds = []  # Python objects tracked by gc: a leak of objects shows here, not allocator growth
     wall = []
     with RssSampler() as sampler:
         for _ in range(rounds):
@@ -215,7 +217,9 @@ def run_load(url: str, handlers, clients: int, requests: int, workdir: Path, rou
             with ThreadPoolExecutor(clients) as pool:
                 list(pool.map(worker, range(clients)))
             wall.append(time.perf_counter() - start)
+            gc.collect()
             rss_after_rounds.append(rss_mib())
+            objects_after_rounds.append(len(gc.get_objects()))
 
     def pct(samples: list[float]) -> dict:
         if not samples:
@@ -232,6 +236,7 @@ def run_load(url: str, handlers, clients: int, requests: int, workdir: Path, rou
         "throughput_rps": round(total / sum(wall), 2), "wall_s_per_round": [round(w, 2) for w in wall],
         "rss_mib": {"after_warmup": round(rss_warm, 1), "after_each_round": [round(r, 1) for r in rss_after_rounds],
                     "peak": round(sampler.peak, 1), "growth": round(rss_after_rounds[-1] - rss_warm, 1)},
+        "python_objects_after_each_round": objects_after_rounds,
         "distinct_requests_checked": len(distinct),
         "error_samples": errors[:5], "mismatch_samples": mismatches[:5],
     }

@@ -5,7 +5,7 @@
 with a tiny random MobileNetV2 checkpoint and a tiny generated dataset. Every request must be
 answered, with no error, with the same content as the same request made alone (rankings entry by
 entry: the right query, the same gallery order and scores); the process's RSS must not keep
-growing from one round to the next. Also: an upload larger than Gradio's own ``max_file_size`` is
+growing from one round to the next, nor the number of live Python objects. Also: an upload larger than Gradio's own ``max_file_size`` is
 refused by the server (HTTP 413) before the handler sees it, and the server keeps answering.
 """
 from __future__ import annotations
@@ -54,6 +54,8 @@ def test_concurrent_clients_get_correct_answers_and_memory_is_stable(served):
     # the first round may still grow allocator pools; the second must not keep growing
     assert rss["after_each_round"][1] - rss["after_each_round"][0] < 64, rss
     assert rss["growth"] < 256, rss
+    objects = result["python_objects_after_each_round"]
+    assert abs(objects[1] - objects[0]) < 0.01 * objects[0], objects  # no Python objects pile up per request
 
 
 def test_answer_checks_catch_wrong_answers():
