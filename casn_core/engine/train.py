@@ -296,7 +296,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
 
     step_module: nn.Module = TrainStep(model, loss_config)
     if config.compile:
-        model.backbone = torch.compile(model.backbone)
+        model.backbone.compile()  # in place: state_dict keys stay unprefixed, checkpoints stay portable
     if world > 1:
         step_module = nn.parallel.DistributedDataParallel(
             step_module, device_ids=[device.index] if device.type == "cuda" else None,
