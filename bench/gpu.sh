@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# GPU benchmarks of the project in one go (under 8 minutes on one H100/H200-class GPU):
+#   1. ResNet50 CASN training throughput, images/s: IDE and CASN (ide,ia,sa), fp32 vs bf16 autocast,
+#      with and without channels_last (inline below: bench/train_step.py has no --amp/--channels-last
+#      flags), plus bench/train_step.py itself (fp32, CASN/IDE step ratio);
+#   2. extraction throughput: bench/extract.py --device cuda (fp32 vs bf16 + channels_last);
+#   3. the pair-attention fast path on CUDA (inline below: bench/pair_attention.py has no --device flag
+#      and times the oracle on the CPU), with its max abs difference to the CPU float32 result.
+# Every measurement is one JSON line on stdout and in $OUT/gpu_bench.jsonl when $OUT is set.
+#
+#     bash bench/gpu.sh            # from the repository root, on a machine with CUDA
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736
+OUT_DIR="${OUT:-}"
+LOG=/dev/null
+if [ -n "$OUT_DIR" ]; then mkdir -p "$OUT_DIR"; LOG="$OUT_DIR/gpu_bench.jsonl"; : > "$LOG"; fi
+emit() { tee -a "$LOG"; }
+started=$(date +%s)
+
+python - <<'EOF' | emit
+import json, torch
+assert torch.cuda.is_available(), "bench/gpu.sh needs CUDA"
+p = torch.cuda.get_device_properties(0)
+print(json.dumps({"bench": "gpu_info", "device": p.name, "memory_gib": round(p.total_memory / 2**30, 1),
+                  "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}))
+EOF
+
+# 1. training throughput (synthetic batches, same as bench/train_step.py; SGD momentum 0.9)
+timeout 240 python - <<'EOF' | emit
+import json, statistics, sys, time
+sys.path.insert(0, ".")
+import torch
+from casn_core.losses import LossConfig, casn_loss
+from casn_core.models import build_model
+torch.backends.cudnn.benchmark = True
+dev = torch.device("cuda")
+B, H, W, C = 32, 256, 128, 751          # 32 pairs = 64 images per step, Market-1501 identity count
+gen = torch.Generator().manual_seed(0)
+x1, x2 = torch.randn(B, 3, H, W, generator=gen), torch.randn(B, 3, H, W, generator=gen)
+l1 = torch.randint(0, C, (B,), generator=gen); same = (torch.arange(B) % 2 == 0).float()
+l2 = torch.where(same > 0, l1, (l1 + 1) % C)
+batch = [t.to(dev) for t in (x1, x2, l1, l2, same)]
+for losses in ("ide", "ide,ia,sa"):
+    for amp, cl in (("none", False), ("bf16", False), ("bf16", True), ("none", True)):
+        torch.manual_seed(0)
+        model = build_model("resnet50", num_classes=C, pretrained="none").to(dev).train()
+        data = list(batch)
+        if cl:
+            model = model.to(memory_format=torch.channels_last)
+            data[0] = data[0].contiguous(memory_format=torch.channels_last)
+            data[1] = data[1].contiguous(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        cfg = LossConfig.from_names(losses)
+        times = []
+        for step in range(3 + 10):
+            torch.cuda.synchronize(); t = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp == "bf16"):
+                terms = casn_loss(model, *data, cfg)
+            terms.total.backward(); opt.step()
+            torch.cuda.synchronize()
+            if step >= 3:
+                times.append(time.perf_counter() - t)
+        step_s = statistics.median(times)
+        print(json.dumps({"bench": "gpu_train_step", "backbone": "resnet50", "losses": losses, "amp": amp,
+                          "channels_last": cl, "pairs_per_step": B, "size": [H, W], "step_s": round(step_s, 4),
+                          "images_per_s": round(2 * B / step_s, 1),
+                          "max_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}), flush=True)
+        del model, opt; torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
+EOF
+timeout 120 python bench/train_step.py --backbone resnet50 --device cuda --batch-size 16 --height 256 --width 128 \
+  --num-classes 751 --steps 10 --warmup 3 --profile | emit
+
+# 2. extraction throughput (eval, no_grad): fp32 vs bf16 autocast + channels_last
+for bs in 64 256; do
+  timeout 90 python bench/extract.py --backbone resnet50 --device cuda --batch-size "$bs" --height 256 --width 128 \
+    --repeats 10 | emit
+done
+
+# 3. pair-attention fast path on CUDA (cached maps, resnet50 CASN in eval mode, maps 2048 x 16 x 8)
+timeout 120 python - <<'EOF' | emit
+import json, statistics, sys, time
+sys.path.insert(0, "."); sys.path.insert(0, "bench")
+import torch
+from casn_core.attention import pair_attention_grid
+from casn_core.models import build_model
+from pair_attention import _maps, _randomise_bce_head
+dev = torch.device("cuda")
+torch.manual_seed(0)
+model = build_model("resnet50", num_classes=751, pretrained="none").eval()
+_randomise_bce_head(model)
+queries_cpu, gallery_cpu = _maps(32, 2048, 16, 8, 1), _maps(4096, 2048, 16, 8, 2)
+# CPU float32 reference of a small grid for the correctness check
+ref = pair_attention_grid(model, queries_cpu[:2].contiguous(memory_format=torch.channels_last),
+                          gallery_cpu[:64].contiguous(memory_format=torch.channels_last), keep_maps=False)
+model = model.to(dev)
+for (n, m) in ((32, 256), (1, 1024), (1, 4096), (32, 4096)):
+    for name in ("float32", "bfloat16"):
+        dtype = getattr(torch, name)
+        q = queries_cpu[:n].to(dev, dtype).contiguous(memory_format=torch.channels_last)
+        g = gallery_cpu[:m].to(dev, dtype).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            fq, fg = model.pool(q.float()), model.pool(g.float())
+        run = lambda: pair_attention_grid(model, q, g, query_features=fq, gallery_features=fg, keep_maps=False)
+        out = run(); torch.cuda.synchronize()
+        times = []
+        for _ in range(10):
+            t = time.perf_counter(); run(); torch.cuda.synchronize(); times.append(time.perf_counter() - t)
+        record = {"bench": "gpu_pair_attention", "queries": n, "gallery": m, "dtype": name, "map": [2048, 16, 8],
+                  "pairs_per_s": round(n * m / statistics.median(times), 1), "median_s": round(statistics.median(times), 5)}
+        if n >= 2 and m >= 64:
+            small = pair_attention_grid(model, q[:2], g[:64], keep_maps=False)
+            record["max_abs_diff_distance_vs_cpu_fp32"] = float((small.distance.float().cpu() - ref.distance).abs().max())
+        print(json.dumps(record), flush=True)
+        del q, g; torch.cuda.empty_cache()
+EOF
+
+echo "{\"bench\": \"gpu_sh\", \"wall_s\": $(( $(date +%s) - started ))}" | emit
