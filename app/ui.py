@@ -96,7 +96,6 @@ class App:
 
     def _query_caption(self, index: int) -> str:
         s = self.summary.per_query[index]
-        pid, cam = int(self.state.query.pids[index]), int(self.state.query.camids[index])
         if s.first_true_rank is None:
             return f"q{index} · no match"
         mark = "✓" if s.first_true_rank == 1 else f"✗{s.first_true_rank}"
