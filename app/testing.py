@@ -32,6 +32,21 @@ def make_dataset(out: str | Path, num_ids: int = 16, num_cameras: int = 2, image
     return out
 
 
+def bench_inputs(checkpoint: str | None, data: str | None, cache_dir: Path, scratch: Path,
+                 log=print) -> tuple[Path, Path, str]:
+    """The app benchmarks' ``(checkpoint, dataset, note)``: the bundled checkpoint and demo set by
+    default; a random-init mobilenet_v2 (256x128) stands in when the bundled checkpoint is missing."""
+    from app.demo import DEFAULT_CHECKPOINT, ensure_demo_data
+
+    path = Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT
+    note = str(path.name)
+    if not path.is_file():
+        path = make_checkpoint(Path(scratch) / "random_mobilenet_v2.pt", "mobilenet_v2", num_classes=60,
+                               input_size=(256, 128))
+        note = "random-init mobilenet_v2 256x128 (bundled checkpoint missing)"
+    return path, (Path(data) if data else ensure_demo_data(cache_dir, log=log)), note
+
+
 def wait_until_up(url: str, timeout: float = 30.0) -> None:
     import httpx
 

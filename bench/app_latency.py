@@ -45,19 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from gradio_client import Client, handle_file
 
-    from app.demo import DEFAULT_CHECKPOINT, ensure_demo_data
-    from app.testing import make_checkpoint, running_app
+    from app.testing import bench_inputs, running_app
     from app.ui import App
 
     with tempfile.TemporaryDirectory() as tmp:
         cache_dir = Path(args.cache_dir or tmp)
-        checkpoint = Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT
-        note = str(checkpoint.name)
-        if not checkpoint.is_file():
-            checkpoint = make_checkpoint(Path(tmp) / "random_mobilenet_v2.pt", "mobilenet_v2", num_classes=60,
-                                         input_size=(256, 128))
-            note = "random-init mobilenet_v2 256x128 (bundled checkpoint missing)"
-        data = Path(args.data) if args.data else ensure_demo_data(cache_dir)
+        checkpoint, data, note = bench_inputs(args.checkpoint, args.data, cache_dir, Path(tmp), log=print)
         with running_app(checkpoint, data, cache_dir, topk=args.topk) as (url, handlers):
             handlers: App
             client = Client(url, verbose=False, download_files=False)

@@ -21,13 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from casn_core.engine.inference import resolve_device  # noqa: E402
 from casn_core.models import BACKBONES, build_model  # noqa: E402
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _sync(device: torch.device) -> None:
@@ -70,7 +65,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = _device(args.device)
+    device = resolve_device(args.device)
 
     torch.manual_seed(0)
     images = torch.randn(args.batch_size, 3, args.height, args.width, device=device)

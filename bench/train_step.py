@@ -26,13 +26,8 @@ import torch  # noqa: E402
 from casn_core.losses import (  # noqa: E402
     LossConfig, casn_loss, identification_attention_loss, ide_loss, siamese_attention_loss,
 )
+from casn_core.engine.inference import resolve_device  # noqa: E402
 from casn_core.models import BACKBONES, build_model  # noqa: E402
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _sync(device: torch.device) -> None:
@@ -129,7 +124,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = _device(args.device)
+    device = resolve_device(args.device)
 
     ide = statistics.median(time_steps("ide", args, device))
     casn = statistics.median(time_steps("ide,ia,sa", args, device))
