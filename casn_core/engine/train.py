@@ -187,17 +187,19 @@ def lr_milestone(config: TrainConfig) -> int:
 
 
 def _bad_image_report(records: list, skip: bool) -> list:
-    """Check every training image opens; report bad ones by path; drop them with ``skip``."""
-    from PIL import Image
+    """Check every training image decodes with the reader training uses (``casn_core.data.read_image``,
+    so a truncated JPEG that PIL's header check would pass is caught here, not mid-epoch); report bad
+    ones by path; drop them with ``skip``."""
+    from casn_core.data import read_image
+    from casn_core.images import ImageInputError
 
     good, bad = [], []
     for record in records:
         try:
-            with Image.open(record.path) as image:
-                image.verify()
+            read_image(record.path)
             good.append(record)
-        except Exception as exc:  # PIL raises many types for broken files
-            bad.append(f"{record.path} ({type(exc).__name__}: {exc})")
+        except ImageInputError as exc:  # its message names the file and the reason
+            bad.append(str(exc))
     if bad:
         listing = "\n  ".join(bad[:20]) + ("" if len(bad) <= 20 else f"\n  ... and {len(bad) - 20} more")
         if not skip:
