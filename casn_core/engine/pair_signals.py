@@ -1,0 +1,135 @@
+"""How much signal the Siamese side carries: AUCs of the three pair scores over cross-camera pairs.
+
+For every query/gallery pair taken by different cameras (the pairs the Market-1501 protocol scores,
+DESIGN.md sec. 5) three scores are computed from cached feature maps (DESIGN.md sec. 4):
+
+- ``d_f``, the feature distance (paper sec. 4, "Evaluation Protocol");
+- ``d_a``, the Siamese attention consistency distance ``||M*_m1 - M*_m2||_2`` (eq. 5);
+- ``p(same)``, the BCE head's same-person probability ``softmax(z)[1]`` (eq. 3).
+
+Each gets the ROC AUC of "true pair" vs "other pair" (``casn_core.numeric.roc_auc``; distances are
+negated so that 1.0 always means "separates perfectly" and 0.5 is chance), and the mean ``p(same)``
+of each class. Next to them, rank-1 and mAP of the feature ranking and of the paper's combined
+ranking (``casn_core.engine.evaluate.evaluate_caches``), so the signal and what it does to the
+ranking are read side by side (issue 11).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from casn_core.attention.siamese import DEFAULT_THRESHOLD, pair_attention_grid
+from casn_core.engine.inference import FeatureCache, feature_distance
+from casn_core.models.casn import CASN
+from casn_core.numeric import roc_auc
+
+
+@dataclass
+class PairScores:
+    """The three scores of every cross-camera (query, gallery) pair, flattened; ``same`` is 0/1."""
+
+    feature_distance: np.ndarray
+    attention_distance: np.ndarray
+    same_probability: np.ndarray
+    same: np.ndarray
+
+    @property
+    def num_positive(self) -> int:
+        return int(self.same.sum())
+
+    @property
+    def num_negative(self) -> int:
+        return int(self.same.size - self.same.sum())
+
+
+@torch.no_grad()
+def pair_scores(model: CASN, query: FeatureCache, gallery: FeatureCache, threshold: float = DEFAULT_THRESHOLD,
+                chunk: int = 16) -> PairScores:
+    """``d_f``, ``d_a`` and ``p(same)`` of every cross-camera pair with a known identity (pid >= 0).
+
+    Queries are processed ``chunk`` at a time through :func:`pair_attention_grid` (the head's
+    inference behaviour, as ranking uses it), so memory stays at ``chunk x gallery`` pairs.
+    """
+    model.eval()
+    if len(query) == 0 or len(gallery) == 0:
+        raise ValueError(f"pair signals need query and gallery images; got {len(query)} and {len(gallery)}")
+    dist_f = feature_distance(query.features, gallery.features).numpy()
+    dist_a = np.empty_like(dist_f)
+    prob = np.empty_like(dist_f)
+    for start in range(0, len(query), chunk):
+        stop = min(start + chunk, len(query))
+        attention = pair_attention_grid(
+            model, query.maps[start:stop], gallery.maps, threshold=threshold,
+            query_features=query.features[start:stop], gallery_features=gallery.features, keep_maps=False,
+        )
+        dist_a[start:stop] = attention.distance.float().numpy()
+        prob[start:stop] = attention.same_probability.float().numpy()
+    qp, gp = np.asarray(query.pids)[:, None], np.asarray(gallery.pids)[None, :]
+    qc, gc = np.asarray(query.camids)[:, None], np.asarray(gallery.camids)[None, :]
+    keep = (qc != gc) & (qp >= 0) & (gp >= 0)
+    return PairScores(dist_f[keep], dist_a[keep], prob[keep], (qp == gp)[keep].astype(np.int64))
+
+
+def signal_summary(scores: PairScores) -> dict:
+    """AUCs (true vs other pairs; 0.5 = chance) and mean ``p(same)`` per class of :class:`PairScores`."""
+    pos, neg = scores.same == 1, scores.same == 0
+    if not pos.any() or not neg.any():
+        raise ValueError(
+            f"pair signals need both true and other cross-camera pairs; got {scores.num_positive} and "
+            f"{scores.num_negative}"
+        )
+    return {
+        "num_pairs_positive": scores.num_positive,
+        "num_pairs_negative": scores.num_negative,
+        "auc_feature_distance": roc_auc(-scores.feature_distance[pos], -scores.feature_distance[neg]),
+        "auc_attention_distance": roc_auc(-scores.attention_distance[pos], -scores.attention_distance[neg]),
+        "auc_same_probability": roc_auc(scores.same_probability[pos], scores.same_probability[neg]),
+        "p_same_pos_mean": float(scores.same_probability[pos].mean()),
+        "p_same_neg_mean": float(scores.same_probability[neg].mean()),
+        "attention_distance_pos_mean": float(scores.attention_distance[pos].mean()),
+        "attention_distance_neg_mean": float(scores.attention_distance[neg].mean()),
+    }
+
+
+def pair_signals(model: CASN, query: FeatureCache, gallery: FeatureCache, threshold: float = DEFAULT_THRESHOLD,
+                 attention_weight: float = 1.0, topk: int | None = 100, rankings: bool = True) -> dict:
+    """:func:`signal_summary` of all cross-camera pairs, plus feature vs CASN rank-1/mAP (``rankings``).
+
+    The ranking numbers use ``attention_weight`` (w) and ``topk`` (K) of the paper's combined
+    distance ``d = norm(d_f) + w norm(d_a)`` (sec. 4).
+    """
+    result = signal_summary(pair_scores(model, query, gallery, threshold))
+    if rankings:
+        from casn_core.engine.evaluate import evaluate_caches
+
+        ranked = evaluate_caches(model, query, gallery, topk=topk, attention_weight=attention_weight,
+                                 threshold=threshold, progress=False)
+        result.update({
+            "feature_rank1": ranked["feature"]["rank1"], "feature_mAP": ranked["feature"]["mAP"],
+            "casn_rank1": ranked["casn"]["rank1"], "casn_mAP": ranked["casn"]["mAP"],
+            "attention_weight": float(attention_weight), "topk": "all" if topk is None else int(topk),
+        })
+    return result
+
+
+def extract_records(model: CASN, records: list, input_size: tuple[int, int], batch_size: int = 64,
+                    desc: str = "extract", progress: bool = False) -> FeatureCache:
+    """Cached maps and features of image records at the model's input size (one backbone pass each)."""
+    from casn_core.data import ImageDataset, build_test_transform
+    from casn_core.engine.inference import extract
+
+    height, width = input_size
+    dataset = ImageDataset(records, build_test_transform(height, width))
+    return extract(model, dataset, records, batch_size=batch_size, progress=progress, desc=desc)
+
+
+def dataset_caches(model: CASN, data: str, input_size: tuple[int, int], batch_size: int = 64,
+                   progress: bool = False) -> tuple[FeatureCache, FeatureCache]:
+    """``(query, gallery)`` caches of the Market-layout dataset at ``data``."""
+    from casn_core.data import load_market
+
+    dataset = load_market(data, splits=("query", "gallery"))
+    return (extract_records(model, list(dataset.query), input_size, batch_size, "query", progress),
+            extract_records(model, list(dataset.gallery), input_size, batch_size, "gallery", progress))
