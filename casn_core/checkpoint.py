@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from casn_core.attention.siamese import DEFAULT_THRESHOLD
 from casn_core.models.casn import CASN, ModelConfig
 
 FORMAT = "casn-checkpoint"
@@ -143,6 +145,54 @@ def load_model(
     payload = load_checkpoint(path)
     model = model_from_checkpoint(payload, path, expect).to(device).eval()
     return model, payload
+
+
+DEFAULT_INPUT_SIZE = (288, 144)
+"""The paper's IDE input (sec. 4) and training's default; used when a checkpoint records no input size."""
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What inference needs to know of a checkpoint, read once instead of ``payload.get`` chains.
+
+    ``attention_weight`` is w in the paper's ranking distance ``d = d_f + w d_a`` (sec. 4): the
+    paper fixes w = 1; a checkpoint may store a weight validated on held-out identities
+    (``casn_core tune``), which inference uses unless the user overrides it. ``topk`` likewise
+    (``None``: the caller's default).
+    """
+
+    backbone: str
+    input_size: tuple[int, int]
+    threshold: float
+    attention_weight: float
+    topk: int | None
+    num_classes: int
+    attention_weight_source: str
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> "CheckpointInfo":
+        train_config = payload.get("train_config") or {}
+        size = payload.get("input_size") or (train_config.get("height"), train_config.get("width"))
+        if size[0] is None or size[1] is None:
+            size = DEFAULT_INPUT_SIZE
+        model_config = payload.get("model_config") or {}
+        tuned = payload.get("ranking") or {}
+        weight = tuned.get("attention_weight")
+        return cls(
+            backbone=str(model_config.get("backbone", "unknown")),
+            input_size=(int(size[0]), int(size[1])),
+            threshold=float(train_config.get("threshold", DEFAULT_THRESHOLD)),
+            attention_weight=1.0 if weight is None else float(weight),
+            topk=None if tuned.get("topk") is None else int(tuned["topk"]),
+            num_classes=int(model_config.get("num_classes", 0)),
+            attention_weight_source="paper default (w = 1)" if weight is None else str(
+                tuned.get("source", "stored in the checkpoint")),
+        )
+
+
+def checkpoint_info(payload: dict[str, Any]) -> CheckpointInfo:
+    """:class:`CheckpointInfo` of a loaded checkpoint payload."""
+    return CheckpointInfo.from_payload(payload)
 
 
 def model_payload(model: CASN, **extra: Any) -> dict[str, Any]:

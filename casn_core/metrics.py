@@ -40,12 +40,13 @@ two CPU cores (``python bench/metrics.py``).
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["evaluate_rank"]
+__all__ = ["QueryResults", "evaluate_rank", "evaluate_rank_per_query"]
 
 # query rows per chunk are chosen so that a chunk holds about this many (query, gallery) pairs
 _CHUNK_ELEMENTS = 1 << 22
@@ -232,6 +233,90 @@ def _match_ranks(dist: torch.Tensor, same_pid: torch.Tensor, match: torch.Tensor
     return ranks, counts, slots
 
 
+@dataclass
+class QueryResults:
+    """Per-query results of a ranking (as fast-reid's evaluator returns them), in query order.
+
+    ``first_true_rank`` is the 1-based rank of the first true match (0 for a query with no true
+    match in the gallery); ``ap`` and ``inp`` are NaN for such queries; ``valid`` says which queries
+    count. :meth:`summary` gives the dataset numbers (CMC over valid queries, mAP, mINP).
+    """
+
+    first_true_rank: np.ndarray
+    ap: np.ndarray
+    inp: np.ndarray
+    valid: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.valid)
+
+    def summary(self, max_rank: int = 50) -> dict[str, Any]:
+        """``{"cmc", "mAP", "mINP", "num_valid_queries"}`` over the valid queries (see :func:`evaluate_rank`)."""
+        max_rank = _check_max_rank(max_rank)
+        num_valid = int(self.valid.sum())
+        if num_valid == 0:
+            raise ValueError("no query has a true match in the gallery (same person id, different camera): "
+                             "all query identities are missing from the gallery")
+        first = self.first_true_rank[self.valid]
+        hits = np.bincount(np.minimum(first, max_rank + 1) - 1, minlength=max_rank + 1)[:max_rank]
+        cmc = np.cumsum(hits).astype(np.float64) / num_valid
+        return {"cmc": cmc, "mAP": float(self.ap[self.valid].sum() / num_valid),
+                "mINP": float(self.inp[self.valid].sum() / num_valid), "num_valid_queries": num_valid}
+
+
+def _check_max_rank(max_rank: Any) -> int:
+    if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)):
+        raise ValueError(f"max_rank must be a positive integer, got {max_rank!r}")
+    if int(max_rank) < 1:
+        raise ValueError(f"max_rank must be a positive integer, got {max_rank}")
+    return int(max_rank)
+
+
+def evaluate_rank_per_query(distmat: Any, q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any) -> QueryResults:
+    """First true rank, AP, INP and validity of every query under the Market-1501 protocol.
+
+    The one implementation behind :func:`evaluate_rank`, ``python -m casn_core eval`` and the app's
+    per-query numbers (protocol and tie rule in the module docstring).
+    """
+    dist = _as_distmat(distmat)
+    num_query, num_gallery = dist.shape
+    device = dist.device
+    qp = _as_ids(q_pids, "q_pids", num_query, device)
+    gp = _as_ids(g_pids, "g_pids", num_gallery, device)
+    qc = _as_ids(q_camids, "q_camids", num_query, device)
+    gc = _as_ids(g_camids, "g_camids", num_gallery, device)
+    first_rank = np.zeros(num_query, dtype=np.int64)
+    ap = np.full(num_query, np.nan)
+    inp = np.full(num_query, np.nan)
+    valid = np.zeros(num_query, dtype=bool)
+    chunk = max(1, _CHUNK_ELEMENTS // num_gallery)
+    with torch.no_grad():
+        for start in range(0, num_query, chunk):
+            stop = min(start + chunk, num_query)
+            same_pid = qp[start:stop, None] == gp[None, :]
+            match = same_pid & (qc[start:stop, None] != gc[None, :])
+            valid_rows = match.any(dim=1)
+            if not bool(valid_rows.any()):
+                continue
+            rows = valid_rows.nonzero(as_tuple=True)[0]
+            if rows.numel() < stop - start:
+                d, same_pid, match = dist[start:stop][rows], same_pid[rows], match[rows]
+            else:
+                d = dist[start:stop]
+            ranks, counts, slots = _match_ranks(d, same_pid, match)
+            real = slots[None, :] < counts[:, None]
+            ranks64 = ranks.to(torch.float64)
+            precision = torch.where(real, (slots[None, :] + 1).to(torch.float64) / ranks64,
+                                    torch.zeros_like(ranks64))
+            last = ranks64.gather(1, (counts - 1)[:, None])[:, 0]
+            index = (rows + start).cpu().numpy()
+            ap[index] = (precision.sum(dim=1) / counts.to(torch.float64)).cpu().numpy()
+            inp[index] = (counts.to(torch.float64) / last).cpu().numpy()
+            first_rank[index] = ranks[:, 0].cpu().numpy()
+            valid[index] = True
+    return QueryResults(first_true_rank=first_rank, ap=ap, inp=inp, valid=valid)
+
+
 def evaluate_rank(
     distmat: Any,
     q_pids: Any,
@@ -262,55 +347,10 @@ def evaluate_rank(
         ValueError: on a non-2-D or empty ``distmat``, id arrays whose length does not match it,
             NaN distances, ``max_rank < 1``, or when no query has a true match in the gallery.
     """
-    if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)):
-        raise ValueError(f"max_rank must be a positive integer, got {max_rank!r}")
-    max_rank = int(max_rank)
-    if max_rank < 1:
-        raise ValueError(f"max_rank must be a positive integer, got {max_rank}")
-    dist = _as_distmat(distmat)
-    num_query, num_gallery = dist.shape
-    device = dist.device
-    qp = _as_ids(q_pids, "q_pids", num_query, device)
-    gp = _as_ids(g_pids, "g_pids", num_gallery, device)
-    qc = _as_ids(q_camids, "q_camids", num_query, device)
-    gc = _as_ids(g_camids, "g_camids", num_gallery, device)
+    max_rank = _check_max_rank(max_rank)
+    results = evaluate_rank_per_query(distmat, q_pids, g_pids, q_camids, g_camids)
+    num_gallery = np.shape(distmat)[1]
     if max_rank > num_gallery:
         warnings.warn(f"max_rank={max_rank} exceeds the gallery size ({num_gallery}); the CMC curve is padded "
                       "with its last value", UserWarning, stacklevel=2)
-
-    first_ranks: list[torch.Tensor] = []
-    ap_sum = 0.0
-    inp_sum = 0.0
-    num_valid = 0
-    chunk = max(1, _CHUNK_ELEMENTS // num_gallery)
-    with torch.no_grad():
-        for start in range(0, num_query, chunk):
-            stop = min(start + chunk, num_query)
-            same_pid = qp[start:stop, None] == gp[None, :]
-            match = same_pid & (qc[start:stop, None] != gc[None, :])
-            valid_rows = match.any(dim=1)
-            if not bool(valid_rows.any()):
-                continue
-            rows = valid_rows.nonzero(as_tuple=True)[0]
-            if rows.numel() < stop - start:
-                d, same_pid, match = dist[start:stop][rows], same_pid[rows], match[rows]
-            else:
-                d = dist[start:stop]
-            ranks, counts, slots = _match_ranks(d, same_pid, match)
-            real = slots[None, :] < counts[:, None]
-            ranks64 = ranks.to(torch.float64)
-            precision = torch.where(real, (slots[None, :] + 1).to(torch.float64) / ranks64,
-                                    torch.zeros_like(ranks64))
-            ap_sum += float((precision.sum(dim=1) / counts.to(torch.float64)).sum())
-            last = ranks64.gather(1, (counts - 1)[:, None])[:, 0]
-            inp_sum += float((counts.to(torch.float64) / last).sum())
-            first_ranks.append(ranks[:, 0])
-            num_valid += int(rows.numel())
-
-    if num_valid == 0:
-        raise ValueError("no query has a true match in the gallery (same person id, different camera): "
-                         "all query identities are missing from the gallery")
-    first = torch.cat(first_ranks).cpu().numpy()
-    hits = np.bincount(np.minimum(first, max_rank + 1) - 1, minlength=max_rank + 1)[:max_rank]
-    cmc = np.cumsum(hits).astype(np.float64) / num_valid
-    return {"cmc": cmc, "mAP": ap_sum / num_valid, "mINP": inp_sum / num_valid, "num_valid_queries": num_valid}
+    return results.summary(max_rank)

@@ -273,3 +273,28 @@ def test_no_valid_query_raises():
     # the only gallery image of the query's id comes from the query's camera
     with pytest.raises(ValueError, match="no query"):
         evaluate_rank(np.zeros((1, 3)), [1], [1, 2, 3], [0], [0, 1, 1], max_rank=2)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("levels", [None, 3])
+def test_per_query_results_match_plain_loop(path, seed, levels):
+    """evaluate_rank_per_query: each query's first true rank, AP, INP and validity equal a plain loop's."""
+    rng = np.random.default_rng(100 + seed)
+    problem = random_problem(rng, num_query=20, num_gallery=80, num_ids=10, num_cams=3, levels=levels)
+    result = metrics.evaluate_rank_per_query(*problem)
+    assert len(result) == 20
+    for q in range(20):
+        single = [row[q:q + 1] for row in problem[:1]] + [problem[1][q:q + 1], problem[2], problem[3][q:q + 1],
+                                                        problem[4]]
+        has_match = bool(((problem[2] == problem[1][q]) & (problem[4] != problem[3][q])).any())
+        assert bool(result.valid[q]) == has_match
+        if not has_match:
+            assert result.first_true_rank[q] == 0 and math.isnan(result.ap[q]) and math.isnan(result.inp[q])
+            continue
+        expected = reference_evaluate(*single, max_rank=80)
+        assert result.ap[q] == pytest.approx(expected["mAP"], abs=1e-12)
+        assert result.inp[q] == pytest.approx(expected["mINP"], abs=1e-12)
+        first = next(k for k, v in enumerate(expected["cmc"]) if v > 0) + 1
+        assert result.first_true_rank[q] == first
+    summary = result.summary(max_rank=20)
+    assert_same(summary, reference_evaluate(*problem, max_rank=20))
