@@ -1,0 +1,34 @@
+"""Search any folder of person crops with query images (no labels or naming convention needed).
+
+- :mod:`casn_core.search.scan` -- recursive, sorted scan of a gallery folder; bad files reported.
+- :mod:`casn_core.search.features` -- features and maps extracted once, cached outside the folder.
+- :mod:`casn_core.search.index` -- :class:`SearchIndex`: feature ranking, then CASN on the top K.
+- :mod:`casn_core.search.figure` -- the ranked strip picture.
+- :mod:`casn_core.search.cli` -- ``casn search`` (:func:`add_search_arguments`, :func:`run_search`).
+
+Example::
+
+    from casn_core.search import open_search_index
+
+    index = open_search_index("checkpoints/casn_mobilenetv2_synth.pt", "my_crops/")
+    result = index.search("me.jpg", topk=10)
+    print(result.to_json()["results"][0])   # {"path": ..., "rank": 1, "feature_distance": ..., ...}
+"""
+from casn_core.search.cli import add_search_arguments, format_result, run_search
+from casn_core.search.features import (
+    DEFAULT_CACHE_DIR, GalleryFeatures, cache_key, load_or_extract_gallery, sha256_file,
+)
+from casn_core.search.index import (
+    SearchHit, SearchIndex, SearchResult, build_search_index, open_search_index,
+)
+from casn_core.search.scan import (
+    SEARCH_EXTENSIONS, EmptyGalleryError, GalleryImage, GalleryNotFoundError, GalleryReport, SearchError,
+    SkippedFile, check_images, scan_gallery,
+)
+
+__all__ = [
+    "DEFAULT_CACHE_DIR", "SEARCH_EXTENSIONS", "EmptyGalleryError", "GalleryFeatures", "GalleryImage",
+    "GalleryNotFoundError", "GalleryReport", "SearchError", "SearchHit", "SearchIndex", "SearchResult",
+    "SkippedFile", "add_search_arguments", "build_search_index", "cache_key", "check_images", "format_result",
+    "load_or_extract_gallery", "open_search_index", "run_search", "scan_gallery", "sha256_file",
+]

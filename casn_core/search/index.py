@@ -1,0 +1,255 @@
+"""Search a scanned, extracted gallery with query images: feature ranking, then CASN on the top K.
+
+The ranking is the paper's (sec. 4, "Evaluation Protocol"; DESIGN.md sec. 3): gallery images are
+ordered by the Euclidean distance of L2-normalised features, and the ``rerank_k`` nearest are
+re-scored by ``d = norm(d_f) + w norm(d_a)`` with ``d_a`` the consistency distance of the pair's
+Siamese attention (:func:`casn_core.engine.inference.rank_query_casn`). The combined distance is
+min-max normalised over one query's candidates, so it orders one query's results; the feature
+distance is the one comparable across queries (e.g. for a "no match" threshold).
+
+Nothing here depends on Gradio: errors are plain exceptions naming the file or folder.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from casn_core.checkpoint import CheckpointInfo, checkpoint_info, load_model
+from casn_core.data.market import parse_market_name
+from casn_core.engine.inference import extract_tensors, feature_distance, rank_query_casn, resolve_device
+from casn_core.models.casn import CASN
+from casn_core.search.features import (
+    DEFAULT_CACHE_DIR, GalleryFeatures, check_cache_location, load_or_extract_gallery, sha256_file,
+)
+from casn_core.search.scan import GalleryImage, GalleryReport, SearchError, require_images, scan_gallery
+
+QueryInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+"""A query: a file path, the bytes of an image file, a PIL image, or an RGB uint8 array (H, W, 3)."""
+DEFAULT_TOPK = 20
+DEFAULT_RERANK_K = 100
+"""Candidates re-scored with Siamese attention when the checkpoint stores no ``topk`` (paper: 100)."""
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One ranked gallery image. ``distance`` is the combined CASN distance of the re-ranked
+    candidates; ``attention_distance`` is ``d_a`` before normalisation."""
+
+    path: str
+    rank: int
+    feature_distance: float
+    distance: float
+    attention_distance: float
+    pid: int | None = None
+    camid: int | None = None
+
+    def to_json(self) -> dict:
+        out = {"path": self.path, "rank": self.rank, "feature_distance": self.feature_distance,
+               "distance": self.distance, "attention_distance": self.attention_distance}
+        if self.pid is not None:
+            out.update(pid=self.pid, camid=self.camid)
+        return out
+
+
+@dataclass
+class SearchResult:
+    """The ranked gallery for one query (best first)."""
+
+    query: str
+    results: list[SearchHit]
+    gallery: str
+    num_gallery: int
+    rerank_k: int
+    attention_weight: float
+    threshold: float
+    query_pid: int | None = None
+    query_camid: int | None = None
+    excluded: str | None = None
+
+    def to_json(self) -> dict:
+        """``{"query", "results": [{"path", "rank", "feature_distance", "distance", ...}], ...}``."""
+        out = {"query": self.query, "results": [hit.to_json() for hit in self.results], "gallery": self.gallery,
+               "num_gallery": self.num_gallery, "rerank_k": self.rerank_k,
+               "attention_weight": self.attention_weight, "threshold": self.threshold}
+        if self.query_pid is not None:
+            out.update(query_pid=self.query_pid, query_camid=self.query_camid)
+        if self.excluded is not None:
+            out["excluded"] = self.excluded
+        return out
+
+
+def _query_image(query: QueryInput) -> tuple[Image.Image, str]:
+    """``(RGB PIL image, name)``: paths and bytes go through the project's safe reader."""
+    from casn_core.images import ImageInputError, load_rgb
+
+    if isinstance(query, (str, os.PathLike)):
+        return load_rgb(query), str(query)
+    if isinstance(query, (bytes, bytearray)):
+        return load_rgb(bytes(query), name="uploaded query"), "uploaded query"
+    if isinstance(query, Image.Image):
+        buffer = io.BytesIO()  # through the reader: one set of limits and conversions for every input
+        query.save(buffer, format="PNG")
+        return load_rgb(buffer.getvalue(), name="query image"), "query image"
+    if isinstance(query, np.ndarray):
+        array = query
+        if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+            raise ImageInputError(f"query array: expected uint8 (H, W), (H, W, 3) or (H, W, 4), "
+                                  f"got {array.dtype} {array.shape}")
+        return _query_image(Image.fromarray(array))
+    raise TypeError(f"query must be a path, bytes, a PIL image or a uint8 array, got {type(query).__name__}")
+
+
+@dataclass
+class SearchIndex:
+    """A gallery folder scanned and extracted once; :meth:`search` ranks it for any query image."""
+
+    model: CASN
+    info: CheckpointInfo
+    checkpoint: Path
+    folder: Path
+    gallery: GalleryFeatures
+    report: GalleryReport
+    threshold: float
+    attention_weight: float
+    rerank_k: int
+    rank_model: CASN = field(repr=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.model.eval()
+        if self.rank_model is None:  # rank_query_casn works on CPU tensors; keep a CPU copy for it
+            device = next(self.model.parameters()).device
+            self.rank_model = self.model if device.type == "cpu" else copy.deepcopy(self.model).cpu().eval()
+        self._by_path = {os.path.normcase(str(Path(i.path).resolve())): n for n, i in enumerate(self.gallery.images)}
+
+    @property
+    def images(self) -> list[GalleryImage]:
+        return self.gallery.images
+
+    def __len__(self) -> int:
+        return len(self.gallery.images)
+
+    def gallery_index(self, query: QueryInput) -> int | None:
+        """Index of ``query`` in the gallery when it is the path of one of its images, else ``None``."""
+        if not isinstance(query, (str, os.PathLike)):
+            return None
+        path = Path(query)
+        if not path.is_absolute() and not path.exists():
+            path = self.folder / path  # a gallery-relative path, as results show them
+        return self._by_path.get(os.path.normcase(str(path.resolve())))
+
+    @torch.no_grad()
+    def query_tensors(self, query: QueryInput) -> tuple[torch.Tensor, torch.Tensor, str]:
+        """``(map (K, H, W), feature (D,), name)`` of a query image, on the CPU, in the gallery's map dtype."""
+        from casn_core.data import build_test_transform
+
+        image, name = _query_image(query)
+        tensor = build_test_transform(*self.info.input_size)(image)[None]
+        maps, features = extract_tensors(self.model, tensor)
+        return maps[0].cpu().to(self.gallery.maps.dtype), features[0].float().cpu(), name
+
+    @torch.no_grad()
+    def search(self, query: QueryInput, topk: int | None = DEFAULT_TOPK, exclude_self: bool = True) -> SearchResult:
+        """Rank the gallery for ``query`` (path, bytes, PIL image or uint8 array); the best ``topk`` (``None``: all).
+
+        When ``query`` is the path of a gallery image, its cached maps are used, and with
+        ``exclude_self`` it is left out of its own ranking ("pick a gallery image as the query").
+        """
+        if topk is not None and topk < 1:
+            raise ValueError(f"topk must be >= 1 (or None for all), got {topk}")
+        own = self.gallery_index(query)
+        if own is not None:
+            qmap, qfeat, name = self.gallery.maps[own], self.gallery.features[own], self.images[own].relpath
+        else:
+            qmap, qfeat, name = self.query_tensors(query)
+        labels = parse_market_name(name)
+        dist = feature_distance(qfeat[None], self.gallery.features)[0]
+        by_feature = torch.argsort(dist, stable=True)
+        excluded = None
+        if own is not None and exclude_self:
+            by_feature = by_feature[by_feature != own]
+            excluded = self.images[own].relpath
+        shown = len(by_feature) if topk is None else min(topk, len(by_feature))
+        k = min(max(self.rerank_k, shown), len(by_feature))
+        hits: list[SearchHit] = []
+        if k:
+            candidates = by_feature[:k]
+            ranked = rank_query_casn(self.rank_model, qmap, self.gallery.maps[candidates], dist[candidates], topk=None,
+                                     weight=self.attention_weight, threshold=self.threshold, query_feature=qfeat,
+                                     gallery_features=self.gallery.features[candidates])
+            for rank, position in enumerate(ranked.order[:shown]):
+                index = int(candidates[int(position)])
+                image = self.images[index]
+                hits.append(SearchHit(path=image.relpath, rank=rank + 1, feature_distance=float(dist[index]),
+                                      distance=float(ranked.distance[rank]),
+                                      attention_distance=float(ranked.attention_distance[rank]),
+                                      pid=image.pid, camid=image.camid))
+        return SearchResult(query=name, results=hits, gallery=str(self.folder), num_gallery=len(self),
+                            rerank_k=k, attention_weight=self.attention_weight, threshold=self.threshold,
+                            query_pid=None if labels is None else labels[0],
+                            query_camid=None if labels is None else labels[1], excluded=excluded)
+
+    def search_many(self, queries: Sequence[QueryInput], topk: int | None = DEFAULT_TOPK,
+                    exclude_self: bool = True) -> list[SearchResult]:
+        """:meth:`search` for each query, in order."""
+        return [self.search(query, topk, exclude_self) for query in queries]
+
+    def feature_distances(self, query: QueryInput) -> np.ndarray:
+        """Feature distance of ``query`` to every gallery image (gallery order), e.g. for a threshold histogram."""
+        own = self.gallery_index(query)
+        qfeat = self.gallery.features[own] if own is not None else self.query_tensors(query)[1]
+        return feature_distance(qfeat[None], self.gallery.features)[0].numpy()
+
+    def to_json(self) -> dict:
+        """What was indexed: folder, counts, the first few skipped files, checkpoint settings, cache."""
+        return {**self.report.to_json(), "labelled": sum(i.pid is not None for i in self.images),
+                "checkpoint": str(self.checkpoint), "backbone": self.info.backbone,
+                "input_size": list(self.info.input_size), "threshold": self.threshold,
+                "attention_weight": self.attention_weight, "rerank_k": self.rerank_k,
+                "cache_file": None if self.gallery.cache_file is None else str(self.gallery.cache_file),
+                "cache_hit": self.gallery.cache_hit}
+
+
+def build_search_index(model: CASN, payload: dict, checkpoint: str | os.PathLike, gallery: str | os.PathLike,
+                       cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR, threshold: float | None = None,
+                       attention_weight: float | None = None, rerank_k: int | None = None, batch_size: int = 64,
+                       progress: bool = True, log: Callable[[str], None] = print) -> SearchIndex:
+    """Scan ``gallery`` and load or extract its features with an already loaded model.
+
+    ``threshold``/``attention_weight``/``rerank_k`` default to the checkpoint's
+    (:func:`casn_core.checkpoint.checkpoint_info`; ``rerank_k`` else :data:`DEFAULT_RERANK_K`).
+    Raises :class:`~casn_core.search.scan.GalleryNotFoundError` / ``EmptyGalleryError`` naming the
+    folder, and :class:`SearchError` when ``cache_dir`` lies inside it.
+    """
+    info = checkpoint_info(payload)
+    candidates, report = scan_gallery(gallery)
+    cache = check_cache_location(cache_dir, gallery)
+    require_images(candidates, report)
+    features = load_or_extract_gallery(model, candidates, info.input_size, sha256_file(checkpoint), cache,
+                                       batch_size=batch_size, progress=progress, log=log)
+    report.skipped = sorted(report.skipped + features.unreadable, key=lambda s: s.path)
+    report.num_images = len(features.images)
+    require_images(features.images, report)
+    if report.num_skipped:
+        log(f"warning: {report.summary()}")
+    k = rerank_k if rerank_k is not None else (info.topk or DEFAULT_RERANK_K)
+    if k < 1:
+        raise SearchError(f"rerank_k must be >= 1, got {k}")
+    return SearchIndex(model=model, info=info, checkpoint=Path(checkpoint), folder=Path(gallery), gallery=features,
+                       report=report, threshold=info.threshold if threshold is None else float(threshold),
+                       attention_weight=info.attention_weight if attention_weight is None else float(attention_weight),
+                       rerank_k=int(k))
+
+
+def open_search_index(checkpoint: str | os.PathLike, gallery: str | os.PathLike,
+                      cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR, device: str = "auto", **kwargs) -> SearchIndex:
+    """Load ``checkpoint`` on ``device`` and :func:`build_search_index` of ``gallery`` (kwargs passed on)."""
+    model, payload = load_model(checkpoint, resolve_device(device))
+    return build_search_index(model, payload, checkpoint, gallery, cache_dir, **kwargs)
