@@ -37,12 +37,10 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 ROWS = ("ide", "ide,ia", "ide,sa", "ide,ia,sa")
 ROW_NAMES = {"ide": "IDE", "ide,ia": "IDE + IA", "ide,sa": "IDE + SA", "ide,ia,sa": "CASN (IDE + IA + SA)"}
@@ -151,7 +149,7 @@ def run_one(args, spec: dict, losses: str, seed: int) -> dict:
     from casn_core.data import load_market
     from casn_core.engine.evaluate import evaluate_caches, extract_split
     from casn_core.engine.train import TrainConfig, train
-    from attention_quality import attention_quality
+    from casn_core.attention.quality import attention_quality
 
     out = run_dir(args, spec["name"], losses, seed)
     topk = None if str(args.topk).lower() == "all" else int(args.topk)

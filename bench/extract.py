@@ -13,22 +13,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from casn_core.engine.inference import resolve_device  # noqa: E402
-from casn_core.models import BACKBONES, build_model  # noqa: E402
-
+from casn_core.engine.inference import resolve_device
+from casn_core.models import BACKBONES, build_model
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
 
 @torch.no_grad()
 def images_per_second(model, images: torch.Tensor, fast: bool, repeats: int) -> tuple[float, torch.Tensor]:
@@ -51,7 +45,6 @@ def images_per_second(model, images: torch.Tensor, fast: bool, repeats: int) -> 
         _sync(device)
         times.append(time.perf_counter() - start)
     return images.shape[0] / statistics.median(times), features
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -86,7 +79,6 @@ def main() -> None:
         "batch": args.batch_size,
         "size": [args.height, args.width],
     }), flush=True)
-
 
 if __name__ == "__main__":
     main()

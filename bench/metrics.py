@@ -18,17 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from casn_core.metrics import evaluate_rank  # noqa: E402
-
+from casn_core.metrics import evaluate_rank
 
 def loop_evaluate(distmat: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray, q_camids: np.ndarray,
                   g_camids: np.ndarray, max_rank: int = 50) -> dict:
@@ -50,7 +45,6 @@ def loop_evaluate(distmat: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray, q
     return {"cmc": np.asarray(all_cmc, dtype=np.float64).mean(0), "mAP": float(np.mean(all_ap)),
             "mINP": float(np.mean(all_inp)), "num_valid_queries": len(all_ap)}
 
-
 def market_sized_problem(seed: int, num_query: int = 3368, num_gallery: int = 15913, num_ids: int = 750,
                          num_cams: int = 6):
     rng = np.random.default_rng(seed)
@@ -60,7 +54,6 @@ def market_sized_problem(seed: int, num_query: int = 3368, num_gallery: int = 15
     g_camids = rng.integers(0, num_cams, num_gallery)
     distmat = rng.random((num_query, num_gallery), dtype=np.float32)
     return distmat, q_pids, g_pids, q_camids, g_camids
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -100,7 +93,6 @@ def main() -> None:
         "agrees": agrees,
         "torch_threads": torch.get_num_threads(),
     }))
-
 
 if __name__ == "__main__":
     main()

@@ -23,17 +23,12 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from casn_core.attention import oracle_pair_attention, pair_attention_grid  # noqa: E402
-from casn_core.models import build_model  # noqa: E402
-
+from casn_core.attention import oracle_pair_attention, pair_attention_grid
+from casn_core.models import build_model
 
 def _randomise_bce_head(model: torch.nn.Module, seed: int = 0) -> None:
     """Non-trivial BN statistics in the BCE head, as after training (indicators vary across pairs)."""
@@ -48,13 +43,11 @@ def _randomise_bce_head(model: torch.nn.Module, seed: int = 0) -> None:
         head.bn.weight.uniform_(0.5, 1.5, generator=gen)
         head.bn.bias.normal_(0, 0.1, generator=gen)
 
-
 def _maps(n: int, k: int, h: int, w: int, seed: int) -> torch.Tensor:
     """Non-negative (post-ReLU) maps with a random vertical profile per image."""
     gen = torch.Generator().manual_seed(seed)
     profile = torch.rand(n, 1, h, 1, generator=gen) * 2
     return torch.relu(torch.randn(n, k, h, w, generator=gen)) * profile
-
 
 def _time(fn, repeats: int) -> list[float]:
     fn()  # warm-up
@@ -64,7 +57,6 @@ def _time(fn, repeats: int) -> list[float]:
         fn()
         times.append(time.perf_counter() - start)
     return times
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -132,7 +124,6 @@ def main() -> None:
             "layout": "channels_last",
             "malloc_tuned": "MALLOC_MMAP_THRESHOLD_" in os.environ,
         }), flush=True)
-
 
 if __name__ == "__main__":
     main()

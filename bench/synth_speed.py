@@ -18,10 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from casn_core.data.synth import generate_dataset  # noqa: E402
-
+from casn_core.data.synth import generate_dataset
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -51,7 +48,6 @@ def main(argv: list[str] | None = None) -> int:
         "includes": "render + JPEG + PNG mask + manifest", "cpus": os.cpu_count(), "python": platform.python_version(),
     }))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,25 +15,19 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from casn_core.losses import (  # noqa: E402
+from casn_core.losses import (
     LossConfig, casn_loss, identification_attention_loss, ide_loss, siamese_attention_loss,
 )
-from casn_core.engine.inference import resolve_device  # noqa: E402
-from casn_core.models import BACKBONES, build_model  # noqa: E402
-
+from casn_core.engine.inference import resolve_device
+from casn_core.models import BACKBONES, build_model
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
 
 def _batch(batch: int, height: int, width: int, num_classes: int, device: torch.device, seed: int = 0):
     """``batch`` pairs, half positive (same identity) and half negative."""
@@ -46,7 +40,6 @@ def _batch(batch: int, height: int, width: int, num_classes: int, device: torch.
     same[: (batch + 1) // 2] = 1
     labels2 = torch.where(same > 0, labels1, labels2)
     return [t.to(device) for t in (images1, images2, labels1, labels2, same)]
-
 
 def time_steps(losses: str, args, device: torch.device) -> list[float]:
     torch.manual_seed(0)
@@ -66,7 +59,6 @@ def time_steps(losses: str, args, device: torch.device) -> list[float]:
         if step >= args.warmup:
             times.append(time.perf_counter() - start)
     return times
-
 
 def profile_casn_step(args, device: torch.device, repeats: int = 3) -> dict:
     """Median seconds of each part of one CASN step (the same computation as ``casn_loss``)."""
@@ -108,7 +100,6 @@ def profile_casn_step(args, device: torch.device, repeats: int = 3) -> dict:
             parts.clear()
     return {name: round(statistics.median(values), 4) for name, values in parts.items()}
 
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", default="resnet18", choices=BACKBONES)
@@ -145,7 +136,6 @@ def main() -> None:
     if args.profile:
         print(json.dumps({"bench": "train_step_profile", "losses": "ide,ia,sa", "backbone": args.backbone,
                           **profile_casn_step(args, device)}), flush=True)
-
 
 if __name__ == "__main__":
     main()

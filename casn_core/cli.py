@@ -1,4 +1,4 @@
-"""``python -m casn_core {synth,train,eval,explain}``."""
+"""The command line: ``casn {synth,train,eval,tune,explain,search,app}`` (also ``python -m casn_core ...``)."""
 from __future__ import annotations
 
 import argparse
@@ -10,16 +10,29 @@ def build_parser() -> argparse.ArgumentParser:
     from casn_core.engine.evaluate import add_eval_arguments, add_explain_arguments
     from casn_core.engine.train import add_train_arguments
 
-    parser = argparse.ArgumentParser(prog="python -m casn_core", description="CASN person re-identification")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="casn", description="CASN person re-identification "
+                                     "(Zheng et al., CVPR 2019): train, evaluate, explain, search, serve the app")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_synth_arguments(commands.add_parser("synth", help="generate a procedural pedestrian dataset (Market layout)"))
     add_train_arguments(commands.add_parser("train", help="train CASN (DDP under torchrun)"))
     add_eval_arguments(commands.add_parser("eval", help="CMC/mAP/mINP with feature and CASN ranking"))
     add_explain_arguments(commands.add_parser("explain", help="explain one image pair (JSON and figure)"))
+    commands.add_parser("app", help="the Gradio explainability app (same options as `python app.py`)",
+                        add_help=False)
     return parser
 
 
+def _run_app(argv: list[str]) -> int:
+    import app.offline  # noqa: F401  (network switches before gradio is imported)
+    from app.server import main as app_main
+
+    return app_main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "app":  # the app parses its own options (python app.py --help lists them)
+        return _run_app(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "synth":
         from casn_core.data.synth import run_synth

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from casn_core.numeric import unit_range
+
 MAX_PIXELS = 25_000_000
 """Default limit: 25 megapixels."""
 MAX_FILE_BYTES = 50 * 1024 * 1024
@@ -30,8 +32,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         image = Image.fromarray(np.uint8(np.clip(array / max(top, 1) * 255, 0, 255)))
     elif image.mode == "F":
         array = np.nan_to_num(np.asarray(image, dtype=np.float64))
-        low, high = array.min(), array.max()
-        image = Image.fromarray(np.uint8(255 * (array - low) / (high - low) if high > low else np.zeros_like(array)))
+        image = Image.fromarray(np.uint8(255 * unit_range(array, dim=None)))
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

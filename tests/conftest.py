@@ -1,8 +1,12 @@
-"""Shared test fixtures.
+"""Shared test fixtures and options.
 
 Real re-id samples live in ``../shared/data`` beside the checkout (never in the repository).
 Tests that need them use the ``shared_data`` fixture, which skips with a clear message when the
 folder is absent (a user's fresh clone has no ``../shared``).
+
+Tests marked ``slow`` (end-to-end training, browser, subprocess kills) are deselected by a plain
+``python -m pytest`` (the quick run, under two minutes on two cores); ``python -m pytest --slow``
+runs everything (the README's test command and CI).
 """
 from __future__ import annotations
 
@@ -17,6 +21,21 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--slow", action="store_true", default=False,
+                     help="also run the tests marked slow (the README's test command and CI do)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--slow") or config.getoption("-m"):
+        return  # --slow, or an explicit -m expression, decides on its own
+    kept = [item for item in items if "slow" not in item.keywords]
+    deselected = [item for item in items if "slow" in item.keywords]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
 
 
 @pytest.fixture(scope="session")

@@ -3,17 +3,14 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
+from casn_core.attention import quality as aq
+from helpers import load_bench
 
-import ablation  # noqa: E402
-import attention_quality as aq  # noqa: E402
+ablation = load_bench("ablation")
 
 
 def test_helpers():
@@ -28,6 +25,9 @@ def test_helpers():
     masks = torch.zeros(1, 4, 2)
     masks[0, :2] = 1.0
     assert float(aq.mass_inside(maps, masks)[0]) == pytest.approx(1.0)
+    # an all-zero map (a random-init model can give one) has no preference: it counts as uniform,
+    # so its share is the mask's area fraction, never 0/0
+    assert float(aq.mass_inside(torch.zeros(1, 4, 2), masks)[0]) == pytest.approx(0.5)
     # deletion masks are nested and have the asked-for size
     dm = aq.deletion_masks(torch.rand(3, 4, 2), (8, 4), [0.0, 0.25, 0.5])
     assert dm.shape == (3, 3, 8, 4)
@@ -35,6 +35,7 @@ def test_helpers():
     assert bool((dm[2] >= dm[1]).all())
 
 
+@pytest.mark.slow
 def test_ablation_tiny(tmp_path, capsys):
     torch.set_num_threads(1)
     argv = ["--datasets", "synth,mars", "--rows", "ide;ide,ia,sa", "--seeds", "0,1", "--backbone", "mobilenet_v2",

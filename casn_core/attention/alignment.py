@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import torch
 
-NORM_EPS = 1e-8
-"""Added to ``max - min`` when normalising a row vector to [0, 1] (a flat vector becomes all zeros)."""
+from casn_core.numeric import unit_range
+
+DEFAULT_THRESHOLD = 0.3
+"""The alignment threshold t of sec. 3.2.2 (DESIGN.md sec. 2 step 4; the paper leaves it open)."""
 
 
 def row_importance(attention_map: torch.Tensor) -> torch.Tensor:
@@ -17,10 +19,11 @@ def row_importance(attention_map: torch.Tensor) -> torch.Tensor:
 
 
 def normalise_unit_range(rows: torch.Tensor) -> torch.Tensor:
-    """Min-max normalise each vector (last dim) to [0, 1] (DESIGN.md sec. 2, step 4)."""
-    low = rows.amin(dim=-1, keepdim=True)
-    high = rows.amax(dim=-1, keepdim=True)
-    return (rows - low) / (high - low + NORM_EPS)
+    """Min-max normalise each vector (last dim) to [0, 1] (DESIGN.md sec. 2, step 4); flat -> zeros.
+
+    The 0/0 of a flat vector is defined once, in :func:`casn_core.numeric.unit_range`.
+    """
+    return unit_range(rows, dim=-1)
 
 
 def threshold_span(normalised: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -61,7 +64,7 @@ def resample_span(vectors: torch.Tensor, span: torch.Tensor, length: int) -> tor
 
 
 def align_rows(
-    rows1: torch.Tensor, rows2: torch.Tensor, threshold: float = 0.3, length: int | None = None
+    rows1: torch.Tensor, rows2: torch.Tensor, threshold: float = DEFAULT_THRESHOLD, length: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Alignment of sec. 3.2.2: normalise, find the span above ``threshold``, crop, resize both.
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from casn_core.attention.alignment import NORM_EPS
+from casn_core.numeric import unit_range
 
 
 def gradcam(feature_map: torch.Tensor, class_scores: torch.Tensor, create_graph: bool = True) -> torch.Tensor:
@@ -26,9 +26,7 @@ def gradcam(feature_map: torch.Tensor, class_scores: torch.Tensor, create_graph:
 def upsample_unit_range(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Upsample (N, H, W) maps bilinearly to ``size`` and min-max normalise each to [0, 1]."""
     up = F.interpolate(cam[:, None], size=size, mode="bilinear", align_corners=False)
-    low = up.amin(dim=(2, 3), keepdim=True)
-    high = up.amax(dim=(2, 3), keepdim=True)
-    return (up - low) / (high - low + NORM_EPS)
+    return unit_range(up, dim=(2, 3))
 
 
 def soft_mask(cam01: torch.Tensor, omega: float = 10.0, sigma: float = 0.5) -> torch.Tensor:

@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from casn_core.attention.alignment import NORM_EPS
+from casn_core.attention.alignment import DEFAULT_THRESHOLD
+from casn_core.numeric import unit_range
 
 
 def _align_one(rows: torch.Tensor, threshold: float, length: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    norm = (rows - rows.min()) / (rows.max() - rows.min() + NORM_EPS)
+    norm = unit_range(rows, dim=None)
     above = torch.nonzero(norm.detach() > threshold).flatten().tolist()
     first, last = (above[0], above[-1]) if above else (0, rows.numel() - 1)
     crop = norm[first : last + 1]
@@ -27,7 +28,7 @@ def oracle_pair_attention(
     model: nn.Module,
     feature_map1: torch.Tensor,
     feature_map2: torch.Tensor,
-    threshold: float = 0.3,
+    threshold: float = DEFAULT_THRESHOLD,
     length: int | None = None,
 ) -> dict:
     """Siamese attention of one pair with maps (K, H, W); the model must be in eval mode.

@@ -19,10 +19,8 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
-from casn_core.attention.alignment import align_rows, consistency_distance, row_importance
+from casn_core.attention.alignment import DEFAULT_THRESHOLD, align_rows, consistency_distance, row_importance
 from casn_core.models.heads import ClassifierHead
-
-DEFAULT_THRESHOLD = 0.3
 
 
 @dataclass
