@@ -115,24 +115,46 @@ def _check_maps(name: str, maps: torch.Tensor, ndim: int) -> None:
         raise ValueError(f"{name} must be floating point, got {maps.dtype}")
 
 
+CHUNK_ELEMENTS = 1 << 23
+"""Maps of another dtype are converted to float32 this many elements at a time (32 MiB), not all at once."""
+
+
+def _float_chunks(maps: torch.Tensor):
+    """``maps`` (N, K, H, W) as float32 pieces along N, keeping the memory layout (no full-size copy for bf16)."""
+    if maps.dtype == torch.float32:
+        yield maps
+        return
+    per_map = max(1, maps[0].numel())
+    for piece in maps.split(max(1, CHUNK_ELEMENTS // per_map)):
+        yield piece.float()
+
+
 def _part_features(maps: torch.Tensor, weights: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
     """``f`` as (N, P, K): the given pooled features (N, P*K), or ``W`` applied to the maps (N, K, H, W)."""
     n, k = maps.shape[:2]
     parts = weights.shape[0]
     if features is None:
-        return torch.einsum("nkx,px->npk", maps.flatten(2), weights)
+        return torch.cat([torch.einsum("nkx,px->npk", piece.flatten(2), weights) for piece in _float_chunks(maps)])
     if features.shape != (n, parts * k):
         raise ValueError(f"features {tuple(features.shape)} do not match {n} maps of {k} channels and {parts} parts")
     return features.float().reshape(n, parts, k)
 
 
 def _position_products(maps: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
-    """``<A_n(i), v>`` for maps (N, K, H, W) and vectors (V, K) -> (N, HW, V), reading maps in their layout."""
-    n, k = maps.shape[:2]
-    by_position = maps.flatten(2).transpose(1, 2)  # (N, HW, K) view
-    if by_position.is_contiguous():  # channels-last storage: one (N*HW, K) x (K, V) GEMM
-        return (by_position.reshape(-1, k) @ vectors.t()).reshape(n, -1, vectors.shape[0])
-    return torch.matmul(vectors, maps.flatten(2)).transpose(1, 2)  # N GEMMs (V, K) x (K, HW)
+    """``<A_n(i), v>`` for maps (N, K, H, W) and float32 vectors (V, K) -> (N, HW, V), in float32.
+
+    Maps stored channels-last are read as one contiguous (N*HW, K) matrix (one GEMM); others as N
+    products (V, K) x (K, HW).
+    """
+    out = []
+    for piece in _float_chunks(maps):
+        n, k = piece.shape[:2]
+        by_position = piece.flatten(2).transpose(1, 2)  # (n, HW, K) view
+        if by_position.is_contiguous():
+            out.append((by_position.reshape(-1, k) @ vectors.t()).reshape(n, -1, vectors.shape[0]))
+        else:
+            out.append(torch.matmul(vectors, piece.flatten(2)).transpose(1, 2))
+    return out[0] if len(out) == 1 else torch.cat(out)
 
 
 def similarity_decomposition(
@@ -158,7 +180,9 @@ def similarity_decomposition(
     if k != k2:
         raise ValueError(f"query maps have {k} channels and gallery maps {k2}")
     device = query_maps.device
-    query, gallery = query_maps.float(), gallery_maps.float()
+    if gallery_maps.device != device:
+        raise ValueError(f"query maps are on {device} and gallery maps on {gallery_maps.device}")
+    query, gallery = query_maps, gallery_maps  # converted to float32 piece by piece
     wq = _weights_for(pooling, h1, w1, device)
     wg = _weights_for(pooling, h2, w2, device)
     if wq.shape[0] != wg.shape[0]:
@@ -180,7 +204,7 @@ def similarity_decomposition(
     corr = None
     if full:
         pair_weights = wq.t() @ wg  # (HW1, HW2): sum_p w_p(i) w_p(j)
-        local = torch.einsum("nkx,mky->nmxy", query.flatten(2), gallery.flatten(2))
+        local = torch.einsum("nkx,mky->nmxy", query.float().flatten(2), gallery.float().flatten(2))
         corr = safe_divide(local * pair_weights, denom[..., None, None])
     return SimilarityExplanation(similarity, map1, map2, map1.sum(dim=-1), map2.sum(dim=-1), corr)
 
@@ -195,14 +219,9 @@ def similarity_grid(
 ) -> SimilarityExplanation:
     """:func:`similarity_decomposition` with the pooling of ``model`` (a :class:`casn_core.models.CASN`).
 
-    Features default to ``model.pool`` of the maps (the model's own retrieval features ``f``).
+    Features (N, P*K), (M, P*K) default to the pooling weights of ``model.pool`` applied to the maps
+    (the model's own retrieval features ``f``, computed piece by piece for bfloat16 maps).
     """
-    _check_maps("query_maps", query_maps, 4)
-    _check_maps("gallery_maps", gallery_maps, 4)
-    if query_features is None:
-        query_features = model.pool(query_maps.float())
-    if gallery_features is None:
-        gallery_features = model.pool(gallery_maps.float())
     return similarity_decomposition(query_maps, gallery_maps, model.pool, query_features, gallery_features, full)
 
 
