@@ -15,9 +15,7 @@ Example::
     print(result.to_json()["results"][0])   # {"path": ..., "rank": 1, "feature_distance": ..., ...}
 """
 from casn_core.search.cli import add_search_arguments, format_result, run_search
-from casn_core.search.features import (
-    DEFAULT_CACHE_DIR, GalleryFeatures, cache_key, load_or_extract_gallery, sha256_file,
-)
+from casn_core.search.features import DEFAULT_CACHE_DIR, GalleryFeatures, file_list_key, load_or_extract_gallery
 from casn_core.search.index import (
     SearchHit, SearchIndex, SearchResult, build_search_index, open_search_index,
 )
@@ -29,6 +27,6 @@ from casn_core.search.scan import (
 __all__ = [
     "DEFAULT_CACHE_DIR", "SEARCH_EXTENSIONS", "EmptyGalleryError", "GalleryFeatures", "GalleryImage",
     "GalleryNotFoundError", "GalleryReport", "SearchError", "SearchHit", "SearchIndex", "SearchResult",
-    "SkippedFile", "add_search_arguments", "build_search_index", "cache_key", "check_images", "format_result",
-    "load_or_extract_gallery", "open_search_index", "run_search", "scan_gallery", "sha256_file",
+    "SkippedFile", "add_search_arguments", "build_search_index", "check_images", "file_list_key", "format_result",
+    "load_or_extract_gallery", "open_search_index", "run_search", "scan_gallery",
 ]

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from casn_core.search.features import DEFAULT_CACHE_DIR
+from casn_core.store import MAP_DTYPE_CHOICES
 from casn_core.search.index import DEFAULT_TOPK, SearchResult, open_search_index
 
 
@@ -38,6 +39,8 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--figure", default=None, help="write a ranked strip PNG (one row per query)")
     parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR),
                         help="feature cache folder, outside the gallery (default .cache/search)")
+    parser.add_argument("--map-dtype", default="auto", choices=MAP_DTYPE_CHOICES,
+                        help="dtype of the cached maps (auto: bfloat16 on the CPU, float32 on CUDA)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -83,7 +86,7 @@ def run_search(args: argparse.Namespace) -> int:
     try:
         index = open_search_index(args.checkpoint, args.gallery, args.cache_dir, args.device,
                                   threshold=args.threshold, attention_weight=args.attention_weight,
-                                  rerank_k=args.rerank_k, batch_size=args.batch_size,
+                                  rerank_k=args.rerank_k, batch_size=args.batch_size, map_dtype=args.map_dtype,
                                   progress=not args.no_progress, log=log)
         results = [index.search(query, args.topk) for query in args.query]
     except (CheckpointError, ImageInputError, ValueError, OSError, RuntimeError) as exc:

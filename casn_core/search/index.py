@@ -26,9 +26,7 @@ from casn_core.checkpoint import CheckpointInfo, checkpoint_info, load_model
 from casn_core.data.market import parse_market_name
 from casn_core.engine.inference import extract_tensors, feature_distance, rank_query_casn, resolve_device
 from casn_core.models.casn import CASN
-from casn_core.search.features import (
-    DEFAULT_CACHE_DIR, GalleryFeatures, check_cache_location, load_or_extract_gallery, sha256_file,
-)
+from casn_core.search.features import DEFAULT_CACHE_DIR, GalleryFeatures, check_cache_location, load_or_extract_gallery
 from casn_core.search.scan import GalleryImage, GalleryReport, SearchError, require_images, scan_gallery
 
 QueryInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
@@ -220,11 +218,12 @@ class SearchIndex:
 def build_search_index(model: CASN, payload: dict, checkpoint: str | os.PathLike, gallery: str | os.PathLike,
                        cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR, threshold: float | None = None,
                        attention_weight: float | None = None, rerank_k: int | None = None, batch_size: int = 64,
-                       progress: bool = True, log: Callable[[str], None] = print) -> SearchIndex:
+                       map_dtype: str = "auto", progress: bool = True, log: Callable[[str], None] = print) -> SearchIndex:
     """Scan ``gallery`` and load or extract its features with an already loaded model.
 
     ``threshold``/``attention_weight``/``rerank_k`` default to the checkpoint's
     (:func:`casn_core.checkpoint.checkpoint_info`; ``rerank_k`` else :data:`DEFAULT_RERANK_K`).
+    ``map_dtype`` is the stored maps' (``auto``: :func:`casn_core.store.default_map_dtype`).
     Raises :class:`~casn_core.search.scan.GalleryNotFoundError` / ``EmptyGalleryError`` naming the
     folder, and :class:`SearchError` when ``cache_dir`` lies inside it.
     """
@@ -232,8 +231,8 @@ def build_search_index(model: CASN, payload: dict, checkpoint: str | os.PathLike
     candidates, report = scan_gallery(gallery)
     cache = check_cache_location(cache_dir, gallery)
     require_images(candidates, report)
-    features = load_or_extract_gallery(model, candidates, info.input_size, sha256_file(checkpoint), cache,
-                                       batch_size=batch_size, progress=progress, log=log)
+    features = load_or_extract_gallery(model, candidates, info.input_size, checkpoint, cache, gallery,
+                                       map_dtype=map_dtype, batch_size=batch_size, progress=progress, log=log)
     report.skipped = sorted(report.skipped + features.unreadable, key=lambda s: s.path)
     report.num_images = len(features.images)
     require_images(features.images, report)
