@@ -9,6 +9,7 @@ def build_parser() -> argparse.ArgumentParser:
     from casn_core.data.synth import add_synth_arguments
     from casn_core.engine.evaluate import add_eval_arguments, add_explain_arguments
     from casn_core.engine.train import add_train_arguments
+    from casn_core.search import add_search_arguments
 
     parser = argparse.ArgumentParser(prog="casn", description="CASN person re-identification "
                                      "(Zheng et al., CVPR 2019): train, evaluate, explain, search, serve the app")
@@ -17,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(commands.add_parser("train", help="train CASN (DDP under torchrun)"))
     add_eval_arguments(commands.add_parser("eval", help="CMC/mAP/mINP with feature and CASN ranking"))
     add_explain_arguments(commands.add_parser("explain", help="explain one image pair (JSON and figure)"))
+    add_search_arguments(commands.add_parser("search", help="search any folder of person crops with query images"))
     commands.add_parser("app", help="the Gradio explainability app (same options as `python app.py`)",
                         add_help=False)
     return parser
@@ -46,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         from casn_core.engine.evaluate import run_eval
 
         return run_eval(args)
+    if args.command == "search":
+        from casn_core.search import run_search
+
+        return run_search(args)
     from casn_core.engine.evaluate import run_explain
 
     return run_explain(args)

@@ -1,0 +1,101 @@
+"""One explained pair: the paper's Siamese attention and the exact similarity decomposition together.
+
+:class:`PairExplanation` is what ``casn explain --json`` writes, what the app shows and exports, and
+what the benches read, so the three agree by construction. It holds
+
+* the paper's Siamese attention (sec. 3.2.2; eq. 4 and 5): the BCE head's same-person probability,
+  both attention maps, the row max-pooled importance vectors, the kept spans, the aligned vectors
+  and their consistency distance;
+* the feature distance ``d_f`` that ranks (sec. 4);
+* beyond the paper, the exact decomposition of the cosine similarity ``s`` of the retrieval
+  features (:mod:`casn_core.attention.similarity`; Stylianou et al., WACV 2019): a map per image,
+  each summing to ``s`` (``d_f^2 = 2 - 2 s``), and its row sums.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from casn_core.attention.alignment import DEFAULT_THRESHOLD
+from casn_core.attention.siamese import PairAttention, pair_attention
+from casn_core.attention.similarity import SimilarityExplanation, explain_similarity
+from casn_core.models.casn import CASN
+
+__all__ = ["PairExplanation", "explain_maps"]
+
+
+@dataclass
+class PairExplanation:
+    """Everything shown for one pair; arrays are numpy (H x W maps, length-H row vectors)."""
+
+    same_probability: float
+    feature_distance: float
+    attention_distance: float
+    threshold: float
+    map1: np.ndarray
+    map2: np.ndarray
+    rows1: np.ndarray
+    rows2: np.ndarray
+    span1: tuple[int, int]
+    span2: tuple[int, int]
+    aligned1: np.ndarray
+    aligned2: np.ndarray
+    similarity: float
+    similarity_map1: np.ndarray
+    similarity_map2: np.ndarray
+    similarity_rows1: np.ndarray
+    similarity_rows2: np.ndarray
+
+    @classmethod
+    def from_parts(cls, attention: PairAttention, similarity: SimilarityExplanation, feature_distance: float,
+                   threshold: float) -> "PairExplanation":
+        """One pair's explanation from a single-pair :class:`PairAttention` and :class:`SimilarityExplanation`.
+
+        ``feature_distance`` is the ranking's ``d_f`` (:func:`casn_core.engine.inference.feature_distance`),
+        passed in so that the number shown is the one that ranked (``d_f^2 = 2 - 2 s`` up to rounding).
+        """
+        def arr(t: torch.Tensor) -> np.ndarray:
+            return t.detach().float().cpu().numpy()
+
+        s = float(similarity.similarity)
+        return cls(
+            same_probability=float(attention.same_probability),
+            feature_distance=float(feature_distance),
+            attention_distance=float(attention.distance),
+            threshold=float(threshold),
+            map1=arr(attention.maps1), map2=arr(attention.maps2),
+            rows1=arr(attention.rows1), rows2=arr(attention.rows2),
+            span1=tuple(int(v) for v in attention.span1.tolist()),
+            span2=tuple(int(v) for v in attention.span2.tolist()),
+            aligned1=arr(attention.aligned1), aligned2=arr(attention.aligned2),
+            similarity=s,
+            similarity_map1=arr(similarity.map1), similarity_map2=arr(similarity.map2),
+            similarity_rows1=arr(similarity.rows1), similarity_rows2=arr(similarity.rows2),
+        )
+
+    def to_json(self) -> dict:
+        """The JSON form (keys of ``casn explain --json``): plain floats, ints and nested lists."""
+        out = {}
+        for key, value in asdict(self).items():
+            if isinstance(value, np.ndarray):
+                out[key] = value.tolist()
+            elif isinstance(value, tuple):
+                out[key] = [int(v) for v in value]
+            else:
+                out[key] = value
+        return out
+
+
+@torch.no_grad()
+def explain_maps(model: CASN, map1: torch.Tensor, map2: torch.Tensor, threshold: float = DEFAULT_THRESHOLD
+                 ) -> PairExplanation:
+    """Explain one pair from its two cached feature maps ``A`` (K, H, W) (DESIGN.md sec. 4: no backbone pass)."""
+    from casn_core.engine.inference import feature_distance
+
+    maps1, maps2 = map1[None].float(), map2[None].float()
+    attention = pair_attention(model, maps1, maps2, threshold).detach()[0]
+    similarity = explain_similarity(model.pool, maps1, maps2)[0]
+    distance = float(feature_distance(model.features(maps1), model.features(maps2))[0, 0])
+    return PairExplanation.from_parts(attention, similarity, distance, threshold)
