@@ -4,6 +4,18 @@ Each term is switchable for the paper's ablation (Table 3): ``ide``, ``ide,ia``,
 ``ide,ia,sa`` (= CASN). Defaults are the paper's (sec. 4): lambda1 0.5, lambda2 0.05, alpha 0.2;
 GAIN's omega 10 and sigma 0.5 for the soft mask; alignment threshold 0.3 (DESIGN.md sec. 2).
 Batch losses are means over the batch (the paper writes sums; means keep lr independent of batch size).
+
+Two options are ours, not the paper's (issue 11); both default to the paper's objective:
+
+* ``bce_weight``: a weight on ``L_bce`` of its own. In eq. 6 ``L_bce`` sits inside ``lambda2 L_sa``, so
+  the BCE head learns at ``lambda2`` = 0.05 times the backbone's rate; measured on the bundled
+  checkpoint's frozen features, 900 head steps at that rate leave mean p(same) of true pairs at 0.51,
+  at weight 1 they reach 0.77 (BENCHMARKS.md, "Siamese signals"). When set, ``lambda2`` weighs only the
+  consistency part (``lambda2 alpha d_a``).
+* ``consistency_margin``: the paper pulls the consistency distance of positive pairs only, so nothing
+  stops other people's attention from being just as consistent (measured: d_a AUC 0.53). With a
+  margin ``m``, negative pairs add ``alpha * mean(ReLU(m - d_a))`` (a contrastive hinge, Hadsell et
+  al., CVPR 2006), inside the same weight as the positive term.
 """
 from __future__ import annotations
 
@@ -14,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from casn_core.attention.identification import gradcam, mask_images
-from casn_core.attention.siamese import PairAttention, attention_from_indicator
+from casn_core.attention.siamese import DEFAULT_THRESHOLD, PairAttention, attention_from_indicator
 
 LOSS_CHOICES = ("ide", "ide,ia", "ide,sa", "ide,ia,sa")
 
@@ -30,8 +42,10 @@ class LossConfig:
     alpha: float = 0.2
     omega: float = 10.0
     sigma: float = 0.5
-    threshold: float = 0.3
+    threshold: float = DEFAULT_THRESHOLD
     aligned_length: int | None = None
+    bce_weight: float | None = None  # ours: None = the paper's (L_bce inside lambda2 L_sa)
+    consistency_margin: float | None = None  # ours: None = the paper's (positives only)
 
     @classmethod
     def from_names(cls, names: str, **overrides) -> "LossConfig":
@@ -60,9 +74,10 @@ class LossTerms:
     bce: torch.Tensor
     consistency: torch.Tensor
     sa: torch.Tensor
+    negative_consistency: torch.Tensor | None = None  # the margin term (ours); None when off
 
     def as_floats(self) -> dict[str, float]:
-        return {name: float(value.detach()) for name, value in vars(self).items()}
+        return {name: float(value.detach()) for name, value in vars(self).items() if value is not None}
 
 
 def ide_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -107,13 +122,15 @@ def siamese_attention_loss(
     features2: torch.Tensor,
     same: torch.Tensor,
     alpha: float = 0.2,
-    threshold: float = 0.3,
+    threshold: float = DEFAULT_THRESHOLD,
     length: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, PairAttention]:
+    margin: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, PairAttention | None, torch.Tensor | None]:
     """``L_sa = L_bce + alpha ||M*_m1 - M*_m2||_2`` (eq. 5); the distance term on positive pairs only.
 
+    With ``margin`` (ours, see the module docstring) negative pairs add ``alpha mean(ReLU(margin - d_a))``.
     The indicator (eq. 4) is a constant; the maps carry gradient into the backbone through ``A``.
-    Returns ``(L_sa, L_bce, mean positive distance, attention)``.
+    Returns ``(L_sa, L_bce, mean positive distance, attention of the pairs used, negative hinge or None)``.
     """
     diff = features1 - features2
     pair_logits = model.bce_head(diff)
@@ -122,17 +139,22 @@ def siamese_attention_loss(
     (grad,) = torch.autograd.grad(pair_logits[:, 1].float().sum(), diff, retain_graph=True)
     indicator = (grad > 0).float()
     positive = same > 0.5
-    if positive.any():
+    used = positive if margin is None else torch.ones_like(positive)
+    zero = bce.new_zeros(())
+    consistency, hinge, attention = zero, None, None
+    if used.any():
         same_probability = torch.softmax(pair_logits.detach().float(), dim=1)[:, 1]
         attention = attention_from_indicator(
-            model.pool, indicator[positive], feature_map1[positive], feature_map2[positive],
-            same_probability[positive], threshold, length,
+            model.pool, indicator[used], feature_map1[used], feature_map2[used],
+            same_probability[used], threshold, length,
         )
-        consistency = attention.distance.mean()
-    else:
-        attention = None
-        consistency = bce.new_zeros(())
-    return bce + alpha * consistency, bce, consistency, attention
+        pos_in_used = positive[used]
+        if pos_in_used.any():
+            consistency = attention.distance[pos_in_used].mean()
+        if margin is not None:
+            hinge = torch.relu(margin - attention.distance[~pos_in_used]).mean() if (~pos_in_used).any() else zero
+    sa = bce + alpha * (consistency if hinge is None else consistency + hinge)
+    return sa, bce, consistency, attention, hinge
 
 
 def casn_loss(
@@ -157,13 +179,14 @@ def casn_loss(
     ide = ide_loss(out.logits, labels)
     total = ide
     ia = bce = consistency = sa = zero
+    hinge = None
     if config.use_ia:
         ia, _ = identification_attention_loss(
             model, images, out.feature_map, out.logits, labels, config.omega, config.sigma
         )
         total = total + config.lambda1 * ia
     if config.use_sa:
-        sa, bce, consistency, _ = siamese_attention_loss(
+        sa, bce, consistency, _, hinge = siamese_attention_loss(
             model,
             out.feature_map[:batch],
             out.feature_map[batch:],
@@ -173,6 +196,10 @@ def casn_loss(
             config.alpha,
             config.threshold,
             config.aligned_length,
+            config.consistency_margin,
         )
-        total = total + config.lambda2 * sa
-    return LossTerms(total, ide, ia, bce, consistency, sa)
+        if config.bce_weight is None:  # the paper's eq. 6
+            total = total + config.lambda2 * sa
+        else:  # ours: L_bce on its own weight, lambda2 on the consistency part only
+            total = total + config.bce_weight * bce + config.lambda2 * (sa - bce)
+    return LossTerms(total, ide, ia, bce, consistency, sa, hinge)

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from casn_core.data import ImageRecord, PairDataset, PairSamplingError, build_test_transform, pair_indices
+from casn_core.data.pairs import nearest_identities
 
 
 def _labels(rng_seed: int = 0) -> np.ndarray:
@@ -94,3 +95,58 @@ def test_pair_dataset_default_length_and_errors(records):
         PairDataset(singles)
     with pytest.raises(PairSamplingError):
         PairDataset([])
+
+
+def _clustered_features(labels: np.ndarray, seed: int = 0) -> torch.Tensor:
+    """Features whose identity centroids lie on a line: identity i's nearest are i-1 and i+1."""
+    gen = torch.Generator().manual_seed(seed)
+    angle = torch.as_tensor(labels, dtype=torch.float32) * 0.02
+    base = torch.stack([torch.cos(angle), torch.sin(angle)], 1)
+    return base + 0.001 * torch.randn(len(labels), 2, generator=gen)
+
+
+def test_nearest_identities_are_other_identities_nearest_first():
+    labels = _labels()
+    table = nearest_identities(_clustered_features(labels), labels, k=2)
+    assert set(table) == set(labels.tolist())
+    for label, near in table.items():
+        assert label not in near and len(near) == 2
+        assert set(near) <= {label - 2, label - 1, label + 1, label + 2}
+        assert abs(near[0] - label) == 1
+
+
+def test_hard_negatives_are_other_identities_from_the_table_and_seeded():
+    labels = _labels()
+    table = nearest_identities(_clustered_features(labels), labels, k=3)
+    pairs = pair_indices(labels, 400, 0.5, np.random.default_rng(5), hard_fraction=1.0, neighbours=table)
+    _check_pairs(labels, pairs)  # negatives never pair an identity with itself
+    negatives = pairs[pairs[:, 2] == 0]
+    assert len(negatives) == 200
+    near = [labels[j] in table[labels[i]] or labels[i] in table[labels[j]] for i, j, _ in negatives]
+    assert all(near)  # every negative is a hard one (either side may be the anchor after the swap)
+    again = pair_indices(labels, 400, 0.5, np.random.default_rng(5), hard_fraction=1.0, neighbours=table)
+    assert np.array_equal(pairs, again)
+    other = pair_indices(labels, 400, 0.5, np.random.default_rng(6), hard_fraction=1.0, neighbours=table)
+    assert not np.array_equal(pairs, other)
+    half = pair_indices(labels, 400, 0.5, np.random.default_rng(5), hard_fraction=0.5, neighbours=table)
+    _check_pairs(labels, half)
+
+
+def test_hard_fraction_zero_keeps_the_papers_draws_and_bad_fractions_fail():
+    labels = _labels()
+    table = nearest_identities(_clustered_features(labels), labels, k=3)
+    plain = pair_indices(labels, 300, 0.5, np.random.default_rng(7))
+    assert np.array_equal(plain, pair_indices(labels, 300, 0.5, np.random.default_rng(7), 0.0, table))
+    assert np.array_equal(plain, pair_indices(labels, 300, 0.5, np.random.default_rng(7), 0.5, None))
+    with pytest.raises(PairSamplingError, match="hard_fraction"):
+        pair_indices(labels, 10, 0.5, np.random.default_rng(0), hard_fraction=1.5, neighbours=table)
+
+
+def test_pair_dataset_uses_the_epochs_neighbour_table(records):
+    dataset = PairDataset(records, pairs_per_epoch=40, seed=1, hard_fraction=1.0)
+    labels = dataset.labels
+    table = {int(l): [int(m) for m in np.unique(labels) if m != l][:1] for l in np.unique(labels)}
+    dataset.set_epoch(0, table)
+    for i, j, same in dataset.pairs:
+        if not same:
+            assert labels[j] in table[labels[i]] or labels[i] in table[labels[j]]

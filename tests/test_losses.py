@@ -32,7 +32,8 @@ def test_siamese_loss_reaches_backbone_through_maps_not_indicator():
     images1, images2, *_ , same = _pair_batch()
     out = model(torch.cat([images1, images2]))
     maps, feats = out.feature_map, out.features
-    _, _, consistency, attention = siamese_attention_loss(model, maps[:4], maps[4:], feats[:4], feats[4:], same)
+    _, _, consistency, attention, hinge = siamese_attention_loss(model, maps[:4], maps[4:], feats[:4], feats[4:], same)
+    assert hinge is None  # the paper's loss: positives only
     assert consistency > 0
     assert not attention.indicator.requires_grad
     # the consistency term reaches the backbone ...
@@ -92,3 +93,39 @@ def test_tiny_model_overfits_tiny_batch():
         optimizer.step()
         losses.append(float(terms.total))
     assert min(losses[-5:]) < 0.5 * losses[0], losses
+
+
+def _terms(config: LossConfig, seed: int = 0):
+    torch.manual_seed(seed)
+    model = build_model("resnet18", num_classes=4, dropout=0.0).train()
+    return casn_loss(model, *_pair_batch(), config)
+
+
+def test_default_is_the_papers_eq6_and_bce_weight_takes_bce_out_of_lambda2():
+    paper = _terms(LossConfig.from_names("ide,ia,sa"))
+    expected = paper.ide + 0.5 * paper.ia + 0.05 * (paper.bce + 0.2 * paper.consistency)
+    assert torch.allclose(paper.total, expected)
+    ours = _terms(LossConfig.from_names("ide,ia,sa", bce_weight=1.0, lambda2=1.0))
+    # same model, same batch: the terms agree, only their weights differ
+    assert torch.allclose(ours.bce, paper.bce) and torch.allclose(ours.consistency, paper.consistency)
+    assert torch.allclose(ours.total, ours.ide + 0.5 * ours.ia + 1.0 * ours.bce + 1.0 * 0.2 * ours.consistency)
+
+
+def test_consistency_margin_adds_a_hinge_on_negative_pairs_that_reaches_the_backbone():
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=4).train()
+    images1, images2, *_, same = _pair_batch()
+    out = model(torch.cat([images1, images2]))
+    maps, feats = out.feature_map, out.features
+    margin = 10.0  # above any distance of vectors in [0, 1]^H with H <= 100: every negative is inside
+    sa, bce, consistency, attention, hinge = siamese_attention_loss(
+        model, maps[:4], maps[4:], feats[:4], feats[4:], same, alpha=0.2, margin=margin)
+    negatives = attention.distance[same < 0.5]
+    assert attention.distance.shape == (4,)  # with a margin every pair gets its attention
+    assert torch.allclose(hinge, (margin - negatives).mean())
+    assert torch.allclose(sa, bce + 0.2 * (consistency + hinge))
+    grads = torch.autograd.grad(hinge, list(model.backbone.parameters()), allow_unused=True)
+    assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0
+    terms = casn_loss(model, images1, images2, *_pair_batch()[2:4], same,
+                      LossConfig.from_names("ide,sa", consistency_margin=margin))
+    assert "negative_consistency" in terms.as_floats()

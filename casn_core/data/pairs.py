@@ -4,7 +4,13 @@ Each epoch draws ``pairs_per_epoch`` pairs, ``round(pairs_per_epoch * positive_f
 positive (the paper uses half positive, half negative). Positive pairs cycle through the identities
 that have at least two images, so every such identity is used; negative pairs cycle through every
 image as an anchor and pair it with an image of another identity. Pairs depend only on
-``(seed, epoch)``.
+``(seed, epoch)`` (and, with hard negatives, on the neighbour table given for that epoch).
+
+Hard negatives are ours, not the paper's (issue 11; the paper draws negatives at random): a
+``hard_fraction`` of the negative pairs takes its partner from one of the anchor identity's
+``k`` nearest other identities in feature space (:func:`nearest_identities`, on identity centroids
+of L2-normalised features; "batch hard" mining of Hermans et al., 2017, at the identity level).
+The default 0 keeps the paper's sampling, draw for draw.
 """
 from __future__ import annotations
 
@@ -29,16 +35,63 @@ def _cycled_permutations(n: int, count: int, rng: np.random.Generator) -> np.nda
     return np.concatenate([rng.permutation(n) for _ in range(rounds)])[:count]
 
 
+def nearest_identities(features: torch.Tensor | np.ndarray, labels: Sequence[int] | np.ndarray,
+                       k: int = 10) -> dict[int, list[int]]:
+    """For every label, the ``k`` other labels whose centroids of L2-normalised features are nearest.
+
+    Returns ``{label: [other labels, nearest first]}`` (fewer than ``k`` when there are fewer other
+    labels); the table :func:`pair_indices` takes as ``neighbours``.
+    """
+    feats = torch.as_tensor(np.asarray(features, dtype=np.float32))
+    labels = np.asarray(labels)
+    if feats.ndim != 2 or feats.shape[0] != labels.shape[0]:
+        raise PairSamplingError(f"features {tuple(feats.shape)} do not match {labels.shape[0]} labels")
+    unique, inverse = np.unique(labels, return_inverse=True)
+    feats = torch.nn.functional.normalize(feats, dim=1)
+    sums = torch.zeros(unique.size, feats.shape[1]).index_add_(0, torch.as_tensor(inverse), feats)
+    return neighbours_from_centroids(sums, unique, k)
+
+
+def neighbours_from_centroids(centroid_sums: torch.Tensor, labels: Sequence[int] | np.ndarray,
+                              k: int = 10) -> dict[int, list[int]]:
+    """:func:`nearest_identities` from per-label sums of normalised features (rows in ``labels`` order).
+
+    Labels whose row is all zero (no feature seen) get no neighbours and so random negatives.
+    """
+    labels = np.asarray(labels)
+    centroids = torch.nn.functional.normalize(centroid_sums.float(), dim=1)
+    seen = centroid_sums.abs().sum(dim=1) > 0
+    dist = torch.cdist(centroids, centroids)
+    dist[~seen] = float("inf")
+    dist[:, ~seen] = float("inf")
+    dist.fill_diagonal_(float("inf"))
+    take = min(k, max(labels.size - 1, 0))
+    table: dict[int, list[int]] = {}
+    if take == 0:
+        return table
+    near = torch.topk(dist, take, dim=1, largest=False)
+    for row, (values, indices) in enumerate(zip(near.values.tolist(), near.indices.tolist())):
+        if seen[row]:
+            table[int(labels[row])] = [int(labels[j]) for v, j in zip(values, indices) if v != float("inf")]
+    return table
+
+
 def pair_indices(labels: Sequence[int] | np.ndarray, num_pairs: int, positive_fraction: float,
-                 rng: np.random.Generator) -> np.ndarray:
+                 rng: np.random.Generator, hard_fraction: float = 0.0,
+                 neighbours: dict[int, Sequence[int]] | None = None) -> np.ndarray:
     """``(num_pairs, 3)`` int64 array of ``(index1, index2, same)`` rows, in random order.
 
     Exactly ``round(num_pairs * positive_fraction)`` rows are positive (same label, two different
-    images); the others pair images of different labels.
+    images); the others pair images of different labels. With ``hard_fraction`` > 0 and a
+    ``neighbours`` table (``{label: nearby other labels}``), that fraction of the negatives (ours, see
+    the module docstring) pairs its anchor with an image of one of its label's neighbours; anchors
+    whose label has no neighbours keep a random partner.
     """
     labels = np.asarray(labels)
     if not 0.0 <= positive_fraction <= 1.0:
         raise PairSamplingError(f"positive_fraction must be in [0, 1], got {positive_fraction}")
+    if not 0.0 <= hard_fraction <= 1.0:
+        raise PairSamplingError(f"hard_fraction must be in [0, 1], got {hard_fraction}")
     if num_pairs < 0:
         raise PairSamplingError(f"num_pairs must be >= 0, got {num_pairs}")
     num_pos = int(round(num_pairs * positive_fraction))
@@ -70,6 +123,8 @@ def pair_indices(labels: Sequence[int] | np.ndarray, num_pairs: int, positive_fr
         own = inverse[anchors]
         other = rng.integers(0, unique.size - 1, size=num_neg)
         other = other + (other >= own)
+        if hard_fraction > 0 and neighbours:
+            other = _hard_partners(other, own, unique, hard_fraction, neighbours, rng)
         partner = order[starts[other] + rng.integers(0, counts[other])]
         neg = np.stack([anchors, partner, np.zeros(num_neg, dtype=np.int64)], 1)
 
@@ -77,6 +132,23 @@ def pair_indices(labels: Sequence[int] | np.ndarray, num_pairs: int, positive_fr
     swap = rng.random(len(pairs)) < 0.5
     pairs[swap, :2] = pairs[swap, 1::-1]
     return pairs[rng.permutation(len(pairs))]
+
+
+def _hard_partners(other: np.ndarray, own: np.ndarray, unique: np.ndarray, hard_fraction: float,
+                   neighbours: dict[int, Sequence[int]], rng: np.random.Generator) -> np.ndarray:
+    """Replace the random partner identity (indices into ``unique``) of a ``hard_fraction`` of the
+    negatives by a neighbour of the anchor's identity; never the anchor's own identity."""
+    index = {int(label): i for i, label in enumerate(unique)}
+    count = int(round(other.size * hard_fraction))
+    chosen = rng.permutation(other.size)[:count]
+    draws = rng.random(count)
+    other = other.copy()
+    for row, draw in zip(chosen, draws):
+        near = [index[int(n)] for n in neighbours.get(int(unique[own[row]]), ()) if int(n) in index]
+        near = [n for n in near if n != own[row]]
+        if near:
+            other[row] = near[int(draw * len(near))]
+    return other
 
 
 class PairDataset(Dataset):
@@ -87,7 +159,8 @@ class PairDataset(Dataset):
     """
 
     def __init__(self, records: Sequence[ImageRecord], transform: Callable | None = None,
-                 positive_fraction: float = 0.5, pairs_per_epoch: int | None = None, seed: int = 0) -> None:
+                 positive_fraction: float = 0.5, pairs_per_epoch: int | None = None, seed: int = 0,
+                 hard_fraction: float = 0.0) -> None:
         self.records = list(records)
         if not self.records:
             raise PairSamplingError("no training records to pair")
@@ -101,16 +174,21 @@ class PairDataset(Dataset):
         if self.pairs_per_epoch < 1:
             raise PairSamplingError(f"pairs_per_epoch must be >= 1, got {self.pairs_per_epoch}")
         self.seed = int(seed)
+        self.hard_fraction = float(hard_fraction)
+        self.neighbours: dict[int, list[int]] | None = None
         self.labels = np.array([r.label for r in self.records], dtype=np.int64)
         self.epoch = 0
         self.pairs: list[tuple[int, int, int]] = []
         self.set_epoch(0)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Draw this epoch's pairs (deterministic in ``(seed, epoch)``)."""
+    def set_epoch(self, epoch: int, neighbours: dict[int, list[int]] | None = None) -> None:
+        """Draw this epoch's pairs (deterministic in ``(seed, epoch)`` and ``neighbours``, the hard-negative
+        table of :func:`nearest_identities`; without one, negatives are random)."""
         self.epoch = int(epoch)
+        self.neighbours = neighbours
         rng = np.random.default_rng([self.seed, self.epoch])
-        rows = pair_indices(self.labels, self.pairs_per_epoch, self.positive_fraction, rng)
+        rows = pair_indices(self.labels, self.pairs_per_epoch, self.positive_fraction, rng,
+                            self.hard_fraction, neighbours)
         self.pairs = [tuple(int(v) for v in row) for row in rows]
 
     @property
