@@ -20,9 +20,11 @@ import torch
 from casn_core.engine.inference import resolve_device
 from casn_core.models import BACKBONES, build_model
 
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
 
 @torch.no_grad()
 def images_per_second(model, images: torch.Tensor, fast: bool, repeats: int) -> tuple[float, torch.Tensor]:
@@ -45,6 +47,7 @@ def images_per_second(model, images: torch.Tensor, fast: bool, repeats: int) -> 
         _sync(device)
         times.append(time.perf_counter() - start)
     return images.shape[0] / statistics.median(times), features
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

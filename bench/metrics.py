@@ -25,6 +25,7 @@ import torch
 
 from casn_core.metrics import evaluate_rank
 
+
 def loop_evaluate(distmat: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray, q_camids: np.ndarray,
                   g_camids: np.ndarray, max_rank: int = 50) -> dict:
     """Plain per-query Market-1501 evaluation (torchreid's ``eval_market1501`` loop, stable ties)."""
@@ -45,6 +46,7 @@ def loop_evaluate(distmat: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray, q
     return {"cmc": np.asarray(all_cmc, dtype=np.float64).mean(0), "mAP": float(np.mean(all_ap)),
             "mINP": float(np.mean(all_inp)), "num_valid_queries": len(all_ap)}
 
+
 def market_sized_problem(seed: int, num_query: int = 3368, num_gallery: int = 15913, num_ids: int = 750,
                          num_cams: int = 6):
     rng = np.random.default_rng(seed)
@@ -54,6 +56,7 @@ def market_sized_problem(seed: int, num_query: int = 3368, num_gallery: int = 15
     g_camids = rng.integers(0, num_cams, num_gallery)
     distmat = rng.random((num_query, num_gallery), dtype=np.float32)
     return distmat, q_pids, g_pids, q_camids, g_camids
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -29,25 +29,15 @@ import torch
 
 from casn_core.attention import oracle_pair_attention, pair_attention_grid
 from casn_core.models import build_model
+from casn_core.models.casn import randomise_bce_head
 
-def _randomise_bce_head(model: torch.nn.Module, seed: int = 0) -> None:
-    """Non-trivial BN statistics in the BCE head, as after training (indicators vary across pairs)."""
-    gen = torch.Generator().manual_seed(seed)
-    head = model.bce_head
-    with torch.no_grad():
-        head.fc1.weight.normal_(0, 0.05, generator=gen)
-        head.fc1.bias.normal_(0, 0.1, generator=gen)
-        head.fc2.weight.normal_(0, 0.1, generator=gen)
-        head.bn.running_mean.normal_(0, 0.05, generator=gen)
-        head.bn.running_var.uniform_(0.5, 2.0, generator=gen)
-        head.bn.weight.uniform_(0.5, 1.5, generator=gen)
-        head.bn.bias.normal_(0, 0.1, generator=gen)
 
 def _maps(n: int, k: int, h: int, w: int, seed: int) -> torch.Tensor:
     """Non-negative (post-ReLU) maps with a random vertical profile per image."""
     gen = torch.Generator().manual_seed(seed)
     profile = torch.rand(n, 1, h, 1, generator=gen) * 2
     return torch.relu(torch.randn(n, k, h, w, generator=gen)) * profile
+
 
 def _time(fn, repeats: int) -> list[float]:
     fn()  # warm-up
@@ -57,6 +47,7 @@ def _time(fn, repeats: int) -> list[float]:
         fn()
         times.append(time.perf_counter() - start)
     return times
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -75,7 +66,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = build_model("resnet50", num_classes=751, pretrained="none").eval()
-    _randomise_bce_head(model)
+    randomise_bce_head(model)
     k, h, w = args.channels, args.height, args.width
     grids = [tuple(int(v) for v in item.lower().split("x")) for item in args.grids.split(",")]
     max_n, max_m = max(n for n, _ in grids), max(m for _, m in grids)

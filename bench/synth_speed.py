@@ -20,6 +20,7 @@ from pathlib import Path
 
 from casn_core.data.synth import generate_dataset
 
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ids", type=int, default=60)

@@ -25,9 +25,11 @@ from casn_core.losses import (
 from casn_core.engine.inference import resolve_device
 from casn_core.models import BACKBONES, build_model
 
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
 
 def _batch(batch: int, height: int, width: int, num_classes: int, device: torch.device, seed: int = 0):
     """``batch`` pairs, half positive (same identity) and half negative."""
@@ -40,6 +42,7 @@ def _batch(batch: int, height: int, width: int, num_classes: int, device: torch.
     same[: (batch + 1) // 2] = 1
     labels2 = torch.where(same > 0, labels1, labels2)
     return [t.to(device) for t in (images1, images2, labels1, labels2, same)]
+
 
 def time_steps(losses: str, args, device: torch.device) -> list[float]:
     torch.manual_seed(0)
@@ -59,6 +62,7 @@ def time_steps(losses: str, args, device: torch.device) -> list[float]:
         if step >= args.warmup:
             times.append(time.perf_counter() - start)
     return times
+
 
 def profile_casn_step(args, device: torch.device, repeats: int = 3) -> dict:
     """Median seconds of each part of one CASN step (the same computation as ``casn_loss``)."""
@@ -99,6 +103,7 @@ def profile_casn_step(args, device: torch.device, repeats: int = 3) -> dict:
         if step == 0:  # warm-up
             parts.clear()
     return {name: round(statistics.median(values), 4) for name, values in parts.items()}
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -11,28 +11,15 @@ from casn_core.attention import (
     pair_attention, pair_attention_grid, threshold_span,
 )
 from casn_core.models import build_model
+from casn_core.models.casn import randomise_bce_head
 
 TOL = 1e-5
-
-
-def _randomised_heads(model: torch.nn.Module, seed: int) -> None:
-    """Give the BCE head non-trivial BN statistics so that the ReLU masks vary across pairs."""
-    gen = torch.Generator().manual_seed(seed)
-    head = model.bce_head
-    with torch.no_grad():
-        head.fc1.weight.normal_(0, 0.05, generator=gen)
-        head.fc1.bias.normal_(0, 0.1, generator=gen)
-        head.fc2.weight.normal_(0, 0.1, generator=gen)
-        head.bn.running_mean.normal_(0, 0.05, generator=gen)
-        head.bn.running_var.uniform_(0.5, 2.0, generator=gen)
-        head.bn.weight.uniform_(0.5, 1.5, generator=gen)
-        head.bn.bias.normal_(0, 0.1, generator=gen)
 
 
 @pytest.fixture(scope="module", params=["resnet50", "pcb"])
 def head_model(request):
     model = build_model(request.param, num_classes=10).eval()
-    _randomised_heads(model, 0)
+    randomise_bce_head(model, 0)
     return model
 
 

@@ -85,3 +85,22 @@ def build_model(
 ) -> CASN:
     """Build a CASN model. ``pretrained``: ``"none"``, ``"imagenet"`` or a weight file path."""
     return CASN(ModelConfig(backbone=backbone, num_classes=num_classes, last_stride=last_stride, **kwargs), pretrained)
+
+
+def randomise_bce_head(model: CASN, seed: int = 0) -> None:
+    """Give the BCE head (eq. 3) random weights and BatchNorm statistics, as after training.
+
+    A freshly initialised head has identity BatchNorm statistics, so the indicator of eq. 4 hardly
+    varies across pairs; benchmarks and tests of the Siamese attention use this instead of a trained
+    head (seeded, in place).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    head = model.bce_head
+    with torch.no_grad():
+        head.fc1.weight.normal_(0, 0.05, generator=gen)
+        head.fc1.bias.normal_(0, 0.1, generator=gen)
+        head.fc2.weight.normal_(0, 0.1, generator=gen)
+        head.bn.running_mean.normal_(0, 0.05, generator=gen)
+        head.bn.running_var.uniform_(0.5, 2.0, generator=gen)
+        head.bn.weight.uniform_(0.5, 1.5, generator=gen)
+        head.bn.bias.normal_(0, 0.1, generator=gen)
