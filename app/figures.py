@@ -12,7 +12,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
-from casn_core.visualize import overlay_heatmap, plot_aligned, plot_rows
+from app.core import overlay_heatmap, plot_aligned, plot_rows
 
 GREEN = (34, 160, 60)
 RED = (215, 38, 38)
@@ -115,18 +115,20 @@ def cmc_figure(summary) -> np.ndarray:
     return _render(fig)
 
 
-def export_png(overlays: np.ndarray, vectors: np.ndarray, header: str) -> bytes:
-    """One PNG with a text header, the overlay panel and the vector plots stacked."""
+def export_png(panels: list[np.ndarray], header: str) -> bytes:
+    """One PNG with a text header and the ``panels`` (RGB uint8 pictures) stacked and centred."""
     font = _font(14)
     lines = header.splitlines() or [""]
     text_height = 20 * len(lines) + 12
-    width = max(overlays.shape[1], vectors.shape[1])
-    canvas = Image.new("RGB", (width, text_height + overlays.shape[0] + vectors.shape[0]), (255, 255, 255))
+    width = max(panel.shape[1] for panel in panels)
+    canvas = Image.new("RGB", (width, text_height + sum(panel.shape[0] for panel in panels)), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     for i, line in enumerate(lines):
         draw.text((10, 6 + 20 * i), line, fill=(20, 20, 20), font=font)
-    canvas.paste(Image.fromarray(overlays), ((width - overlays.shape[1]) // 2, text_height))
-    canvas.paste(Image.fromarray(vectors), ((width - vectors.shape[1]) // 2, text_height + overlays.shape[0]))
+    top = text_height
+    for panel in panels:
+        canvas.paste(Image.fromarray(panel), ((width - panel.shape[1]) // 2, top))
+        top += panel.shape[0]
     buffer = io.BytesIO()
     canvas.save(buffer, format="PNG")
     return buffer.getvalue()

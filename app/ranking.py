@@ -1,10 +1,15 @@
-"""Per-query CASN ranking with its AP and first true match, and the dataset's rank-1, mAP and CMC.
+"""Per-query CASN rankings as the app shows them, and the dataset's rank-k / mAP / mINP / CMC.
 
-The ranking is the paper's (sec. 4, "Evaluation Protocol"; DESIGN.md sec. 3): the top K gallery
-images by feature distance are re-scored by ``norm(d_f) + w * norm(d_a)``, with ``d_a`` the
-consistency distance of the pair's Siamese attention; the rest keep their feature order.
-Scoring follows Market-1501 (DESIGN.md sec. 5): gallery images of the query's identity taken by the
-query's camera are left out of the list ("junk"), and a query with no remaining true match has no AP.
+Presentation only. The ranking is the library's (:func:`casn_core.engine.inference.rank_query_casn`:
+the paper's sec. 4 "Evaluation Protocol", DESIGN.md sec. 3); every number that scores a ranking
+(first true rank, AP, INP, CMC, mAP, and which queries count) comes from the project's one metrics
+implementation, :func:`casn_core.metrics.evaluate_rank_per_query`, fed with the same (1, G)
+distance row that ``python -m casn_core eval`` scores (``casn_distmat``'s row of that query). So the
+app's numbers and the CLI's are the same computation, not two that agree.
+
+What this module adds is the list a user reads: the ranked gallery with the Market-1501 junk
+entries (the query's identity seen by the query's camera; DESIGN.md sec. 5) left out, each entry's
+score split into its feature and attention parts.
 """
 from __future__ import annotations
 
@@ -12,9 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from casn_core.engine.inference import rank_query_casn
-
+from app.core import QueryResults, evaluate_rank_per_query, rank_query_casn
 from app.state import AppState
+
+MAX_RANK = 50
+"""Length of the CMC curve (capped at the gallery size), as ``eval`` reports it."""
 
 
 @dataclass
@@ -22,7 +29,8 @@ class QueryRanking:
     """One query's ranked gallery after removing junk; arrays are in rank order.
 
     ``feature_part``/``attention_part`` are NaN beyond the top K (ranked by feature distance only).
-    ``first_true_rank`` is 1-based; it and ``ap`` are None when the gallery holds no true match.
+    ``first_true_rank`` (1-based) and ``ap`` come from the metrics module; both are None when the
+    gallery holds no true match (the query is not valid under the protocol).
     """
 
     query_index: int
@@ -37,6 +45,7 @@ class QueryRanking:
     topk: int
     first_true_rank: int | None
     ap: float | None
+    distance_row: np.ndarray | None = None
 
     @property
     def failed(self) -> bool:
@@ -53,19 +62,28 @@ class QueryRanking:
         return int(hits[0]) if len(hits) else None
 
 
-def average_precision(matches: np.ndarray) -> float | None:
-    """Mean over the true matches of the precision at each of them (Market-1501 AP)."""
-    hits = np.flatnonzero(matches)
-    if len(hits) == 0:
-        return None
-    return float(np.mean((np.arange(len(hits)) + 1) / (hits + 1)))
-
-
 def junk_mask(state: AppState, query_index: int) -> np.ndarray:
-    """Gallery images left out for this query: same identity and same camera, or identity -1."""
+    """Gallery entries the Market-1501 protocol drops for this query (same identity and same camera).
+
+    This is the rule :func:`casn_core.metrics.evaluate_rank_per_query` applies; the app uses it only
+    to hide those entries from the list it shows (``tests/test_app_client.py`` checks that the first
+    true match of the shown list is the metrics' ``first_true_rank``).
+    """
     pid, cam = state.query.pids[query_index], state.query.camids[query_index]
-    g_pids, g_cams = np.asarray(state.gallery.pids), np.asarray(state.gallery.camids)
-    return ((g_pids == pid) & (g_cams == cam)) | (g_pids == -1)
+    return (np.asarray(state.gallery.pids) == pid) & (np.asarray(state.gallery.camids) == cam)
+
+
+def query_scores(state: AppState, query_indices, distmat: np.ndarray) -> QueryResults:
+    """The metrics' per-query results of ``distmat`` rows for ``query_indices``."""
+    indices = np.atleast_1d(np.asarray(query_indices))
+    return evaluate_rank_per_query(distmat, np.asarray(state.query.pids)[indices], state.gallery.pids,
+                                   np.asarray(state.query.camids)[indices], state.gallery.camids)
+
+
+def _optional(results: QueryResults, row: int) -> tuple[int | None, float | None]:
+    if not bool(results.valid[row]):
+        return None, None
+    return int(results.first_true_rank[row]), float(results.ap[row])
 
 
 def rank_query(state: AppState, query_index: int, topk: int | None = None, casn: bool = True) -> QueryRanking:
@@ -73,29 +91,32 @@ def rank_query(state: AppState, query_index: int, topk: int | None = None, casn:
     if not 0 <= query_index < len(state.query):
         raise IndexError(f"query index {query_index} is out of range 0..{len(state.query) - 1}")
     k = state.topk if topk is None else topk
-    dist = state.feature_distances[query_index]
+    dist = state.feature_distances[query_index].numpy()
+    num_gallery = len(dist)
+    row = np.empty(num_gallery, dtype=np.float64)
+    feat_part = att_part = att_dist = np.full(num_gallery, np.nan)
     if casn and k > 0:
-        ranked = rank_query_casn(state.model, state.query.maps[query_index], state.gallery.maps, dist, k,
-                                 state.attention_weight, state.threshold, state.query.features[query_index],
-                                 state.gallery.features)
-        order, score = ranked.order, ranked.distance
-        feat_part, att_part, att_dist = ranked.feature_part, ranked.attention_part, ranked.attention_distance
+        ranked = rank_query_casn(state.model, state.query.maps[query_index], state.gallery.maps,
+                                 state.feature_distances[query_index], k, state.attention_weight, state.threshold,
+                                 state.query.features[query_index], state.gallery.features)
+        # the row eval scores (casn_core.engine.inference.casn_distmat): combined distances in rank order
+        row[ranked.order] = ranked.distance
+        feat_part, att_part, att_dist = (np.empty(num_gallery) for _ in range(3))
+        feat_part[ranked.order] = ranked.feature_part
+        att_part[ranked.order] = ranked.attention_part
+        att_dist[ranked.order] = ranked.attention_distance
     else:
-        order = np.argsort(dist.numpy(), kind="stable")
-        score = dist.numpy()[order]
-        feat_part = att_part = att_dist = np.full(len(order), np.nan)
+        row[:] = dist
         k = 0
+    order = np.argsort(row, kind="stable")  # the metrics' tie rule: equal distances in gallery order
     junk = junk_mask(state, query_index)
-    keep = ~junk[order]
-    order = order[keep]
-    matches = np.asarray(state.gallery.pids)[order] == state.query.pids[query_index]
-    hits = np.flatnonzero(matches)
+    order = order[~junk[order]]
+    first, ap = _optional(query_scores(state, [query_index], row[None]), 0)
     return QueryRanking(
-        query_index=query_index, order=order, score=np.asarray(score)[keep],
-        feature_part=np.asarray(feat_part)[keep], attention_part=np.asarray(att_part)[keep],
-        feature_distance=dist.numpy()[order], attention_distance=np.asarray(att_dist)[keep],
-        matches=matches, excluded=int(junk.sum()), topk=min(k, len(state.gallery)),
-        first_true_rank=int(hits[0]) + 1 if len(hits) else None, ap=average_precision(matches),
+        query_index=query_index, order=order, score=row[order], feature_part=feat_part[order],
+        attention_part=att_part[order], feature_distance=dist[order], attention_distance=att_dist[order],
+        matches=np.asarray(state.gallery.pids)[order] == state.query.pids[query_index], excluded=int(junk.sum()),
+        topk=min(k, num_gallery), first_true_rank=first, ap=ap, distance_row=row,
     )
 
 
@@ -109,7 +130,7 @@ class QueryStats:
 
 @dataclass
 class DatasetSummary:
-    """Rank-k and mAP over the valid queries, for CASN ranking and feature-only ranking."""
+    """Rank-k, mAP and mINP over the valid queries, for CASN ranking and feature-only ranking."""
 
     num_query: int
     num_gallery: int
@@ -119,32 +140,32 @@ class DatasetSummary:
     per_query: list[QueryStats]
 
 
-def _scores(rankings: list[QueryRanking], max_rank: int) -> dict:
-    valid = [r for r in rankings if r.first_true_rank is not None]
-    if not valid:
+def scores_dict(results: QueryResults, max_rank: int) -> dict:
+    """``{"rank1", "rank5", "rank10", "mAP", "mINP", "cmc"}`` from the metrics' summary (NaN when no query counts)."""
+    if not bool(results.valid.any()):
         return {"rank1": float("nan"), "rank5": float("nan"), "rank10": float("nan"), "mAP": float("nan"),
-                "cmc": []}
-    firsts = np.array([r.first_true_rank for r in valid])
-    cmc = [(firsts <= k).mean() for k in range(1, max_rank + 1)]
-    return {"rank1": float(cmc[0]), "rank5": float(cmc[min(4, max_rank - 1)]),
-            "rank10": float(cmc[min(9, max_rank - 1)]), "mAP": float(np.mean([r.ap for r in valid])),
-            "cmc": [float(v) for v in cmc]}
+                "mINP": float("nan"), "cmc": []}
+    summary = results.summary(max_rank)
+    cmc = [float(v) for v in summary["cmc"]]
+    return {"rank1": cmc[0], "rank5": cmc[min(4, max_rank - 1)], "rank10": cmc[min(9, max_rank - 1)],
+            "mAP": float(summary["mAP"]), "mINP": float(summary["mINP"]), "cmc": cmc}
 
 
 def summarise_dataset(state: AppState, progress: bool = False) -> DatasetSummary:
-    """Rank every query twice (CASN with attention on the top K, and feature distance alone)."""
+    """Score every query's CASN ranking (the rows ``eval`` scores) and the feature ranking."""
     from tqdm import tqdm
 
-    casn, feature = [], []
+    rows = np.empty(tuple(state.feature_distances.shape), dtype=np.float64)
     for index in tqdm(range(len(state.query)), desc="rank queries", disable=not progress, unit="query"):
-        casn.append(rank_query(state, index))
-        feature.append(rank_query(state, index, casn=False))
-    max_rank = min(50, len(state.gallery))
-    casn_scores, feature_scores = _scores(casn, max_rank), _scores(feature, max_rank)
+        rows[index] = rank_query(state, index).distance_row
+    all_queries = np.arange(len(state.query))
+    casn = query_scores(state, all_queries, rows)
+    feature = query_scores(state, all_queries, state.feature_distances.numpy())
+    max_rank = min(MAX_RANK, len(state.gallery))
     return DatasetSummary(
-        num_query=len(state.query), num_gallery=len(state.gallery),
-        num_valid=sum(r.first_true_rank is not None for r in casn), casn=casn_scores, feature=feature_scores,
-        per_query=[QueryStats(r.first_true_rank, r.ap) for r in casn],
+        num_query=len(state.query), num_gallery=len(state.gallery), num_valid=int(casn.valid.sum()),
+        casn=scores_dict(casn, max_rank), feature=scores_dict(feature, max_rank),
+        per_query=[QueryStats(*_optional(casn, i)) for i in all_queries],
     )
 
 

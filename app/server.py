@@ -30,39 +30,54 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--topk", type=int, default=10, help="gallery images re-ranked with Siamese attention (K)")
     parser.add_argument("--threshold", type=float, default=None, help="alignment threshold (default: the checkpoint's)")
-    parser.add_argument("--attention-weight", type=float, default=1.0, help="w in d = norm(d_f) + w norm(d_a)")
+    parser.add_argument("--attention-weight", type=float, default=None,
+                        help="w in d = norm(d_f) + w norm(d_a) (default: the checkpoint's, else the paper's 1)")
     parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="feature cache, demo data and exports")
     parser.add_argument("--share", action="store_true", help="opt in to a public gradio.live link (off by default)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--ranking-cache", type=int, default=512,
+                        help="rankings memoised per query (LRU; 0 = recompute every request, as benchmarks want)")
     args = parser.parse_args(argv)
     if args.topk < 1:
         parser.error("--topk must be >= 1")
+    if args.ranking_cache < 0:
+        parser.error("--ranking-cache must be >= 0")
     return args
 
 
-def build(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_dir: str | os.PathLike, topk: int = 10,
-          threshold: float | None = None, attention_weight: float = 1.0, max_upload_bytes: int = MAX_UPLOAD_BYTES,
-          progress: bool = True, log=print):
-    """Load everything and build the page: ``(gr.Blocks, App handlers)``."""
+def build_service(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_dir: str | os.PathLike,
+                  topk: int = 10, threshold: float | None = None, attention_weight: float | None = None,
+                  max_upload_bytes: int = MAX_UPLOAD_BYTES, ranking_cache: int = 512, progress: bool = True,
+                  log=print):
+    """Load the checkpoint and data and score the dataset: the Gradio-free :class:`app.service.AppService`."""
     from app.ranking import summarise_dataset
+    from app.service import AppService
     from app.state import load_state
-    from app.ui import App, build_ui
 
     state = load_state(checkpoint, data, cache_dir, topk=topk, threshold=threshold,
                        attention_weight=attention_weight, progress=progress, log=log)
-    summary = summarise_dataset(state, progress=progress)
-    handlers = App(state, summary, max_upload_bytes)
-    return build_ui(handlers), handlers
+    return AppService(state, summarise_dataset(state, progress=progress), max_upload_bytes, ranking_cache)
 
 
-def launch_kwargs(handlers, host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> dict:
+def build(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_dir: str | os.PathLike, topk: int = 10,
+          threshold: float | None = None, attention_weight: float | None = None,
+          max_upload_bytes: int = MAX_UPLOAD_BYTES, ranking_cache: int = 512, progress: bool = True, log=print):
+    """Load everything and build the page: ``(gr.Blocks, AppService)``."""
+    from app.ui import build_ui
+
+    service = build_service(checkpoint, data, cache_dir, topk, threshold, attention_weight, max_upload_bytes,
+                            ranking_cache, progress, log)
+    return build_ui(service), service
+
+
+def launch_kwargs(service, host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> dict:
     """``Blocks.launch`` arguments: only the dataset and cache folders are served from disk."""
     from app.ui import CSS
 
     return {
         "server_name": host, "server_port": port, "share": bool(share), "show_error": True, "ssr_mode": False,
-        "allowed_paths": [str(handlers.state.data_root), str(handlers.state.cache_dir)],
-        "max_file_size": int(handlers.max_upload_bytes * 1.25) + 2**20, "css": CSS,
+        "allowed_paths": [str(service.state.data_root), str(service.state.cache_dir)],
+        "max_file_size": int(service.max_upload_bytes * 1.25) + 2**20, "css": CSS,
         "footer_links": ["api"],
     }
 
@@ -75,9 +90,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from casn_core.checkpoint import CheckpointError
-    from casn_core.images import ImageInputError
-
+    from app.core import CheckpointError, ImageInputError
     from app.state import DatasetError
 
     if args.threads:
@@ -94,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         data = Path(args.data) if args.data else ensure_demo_data(cache_dir)
-        demo, handlers = build(checkpoint, data, cache_dir, args.topk, args.threshold, args.attention_weight)
+        demo, service = build(checkpoint, data, cache_dir, args.topk, args.threshold, args.attention_weight,
+                              ranking_cache=args.ranking_cache)
     except (CheckpointError, DatasetError, ImageInputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -104,5 +118,5 @@ def main(argv: list[str] | None = None) -> int:
     if args.share:
         print("warning: --share creates a public gradio.live link to this app", file=sys.stderr)
     print(f"ready in {time.perf_counter() - start:.1f} s: http://{args.host}:{args.port}")
-    demo.queue(default_concurrency_limit=2).launch(**launch_kwargs(handlers, args.host, args.port, args.share))
+    demo.queue(default_concurrency_limit=2).launch(**launch_kwargs(service, args.host, args.port, args.share))
     return 0

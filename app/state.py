@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from casn_core.checkpoint import load_model
-from casn_core.engine.evaluate import _input_size
-from casn_core.engine.inference import FeatureCache, extract, feature_distance
-from casn_core.models.casn import CASN
+from app.core import (
+    CASN, CheckpointInfo, FeatureCache, ImageDataset, build_test_transform, checkpoint_info, extract, feature_distance,
+    load_market, load_model,
+)
 
 CACHE_FORMAT = 1
 MAP_BYTES_BF16 = 2 * 2**30
@@ -37,6 +37,7 @@ class AppState:
 
     model: CASN
     payload: dict
+    info: CheckpointInfo
     checkpoint_path: Path
     data_root: Path
     cache_dir: Path
@@ -116,8 +117,6 @@ def _atomic_save(obj: dict, path: Path) -> None:
 
 def load_dataset(root: Path) -> tuple[list, list]:
     """Query and gallery records of a Market-layout folder, with a clear error when unusable."""
-    from casn_core.data import load_market
-
     if not root.is_dir():
         raise DatasetError(f"dataset folder {root} does not exist")
     try:
@@ -132,21 +131,22 @@ def load_dataset(root: Path) -> tuple[list, list]:
 
 def extract_features(model: CASN, records: list, input_size: tuple[int, int], map_dtype: torch.dtype,
                      batch_size: int, desc: str, progress: bool) -> FeatureCache:
-    from casn_core.data import ImageDataset, build_test_transform
-
     dataset = ImageDataset(records, build_test_transform(*input_size))
     return extract(model, dataset, records, batch_size=batch_size, map_dtype=map_dtype, progress=progress, desc=desc)
 
 
 def load_state(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_dir: str | os.PathLike, topk: int = 10,
-               threshold: float | None = None, attention_weight: float = 1.0, batch_size: int = 32,
+               threshold: float | None = None, attention_weight: float | None = None, batch_size: int = 32,
                progress: bool = True, log=print) -> AppState:
     """Load the model and dataset, and the features from the disk cache (extracting them once)."""
     checkpoint, root, cache_dir = Path(checkpoint).resolve(), Path(data).resolve(), Path(cache_dir).resolve()
     model, payload = load_model(checkpoint, "cpu")
-    input_size = _input_size(payload)
+    info = checkpoint_info(payload)
+    input_size = info.input_size
     if threshold is None:
-        threshold = float(payload.get("train_config", {}).get("threshold", 0.3))
+        threshold = info.threshold
+    if attention_weight is None:
+        attention_weight = info.attention_weight
     query_records, gallery_records = load_dataset(root)
 
     # maps: float32 unless that would be large (full Market-1501 at 256x128 with ResNet50 is ~50 GB)
@@ -177,7 +177,7 @@ def load_state(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_dir
         gallery = extract_features(model, gallery_records, input_size, map_dtype, batch_size, "gallery", progress)
         _atomic_save({"format": "casn-app-features", "version": CACHE_FORMAT,
                       **_cache_to_dict("query", query, root), **_cache_to_dict("gallery", gallery, root)}, cache_file)
-    state = AppState(model=model, payload=payload, checkpoint_path=checkpoint, data_root=root, cache_dir=cache_dir,
+    state = AppState(model=model, payload=payload, info=info, checkpoint_path=checkpoint, data_root=root, cache_dir=cache_dir,
                      query=query, gallery=gallery, input_size=input_size, threshold=float(threshold),
                      topk=int(topk), attention_weight=float(attention_weight), cache_file=cache_file, cache_hit=hit)
     state.feature_distances = feature_distance(query.features, gallery.features)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from casn_core.images import MAX_PIXELS, ImageInputError, load_rgb
+from app.core import MAX_PIXELS, ImageInputError, load_rgb
 
 MAX_UPLOAD_BYTES = 50 * 2**20
 """Uploads larger than this are refused before they are read (Gradio's own limit is set just above)."""
@@ -54,3 +54,12 @@ def read_upload(upload, label: str, max_bytes: int = MAX_UPLOAD_BYTES, max_pixel
         raise UploadError(f"{name}: not enough memory to decode this image") from None
     except Exception as exc:  # never let a hostile file take a request down with a traceback
         raise UploadError(f"{name}: could not be read as an image ({type(exc).__name__})") from None
+
+
+def upload_name(upload) -> str:
+    """The user's file name of an upload (Gradio keeps it as the basename of the stored file)."""
+    if isinstance(upload, dict):
+        name = upload.get("orig_name") or upload.get("path") or "upload"
+    else:
+        name = getattr(upload, "orig_name", None) or _path_of(upload) or "upload"
+    return Path(str(name)).name

@@ -1,28 +1,27 @@
 """App under load: many ``gradio_client`` clients at once, every answer checked, memory watched.
 
-Launches the app in this process on a free 127.0.0.1 port (``app.testing.running_app``), computes
-the expected answer of every request with one client, one request at a time, then runs
-``--clients`` threads, each with its own ``gradio_client.Client``, each making ``--requests``
-requests that cycle through rankings (``/rank_query``), cached-pair explanations
-(``/explain_pair``) and uploads (``/explain_upload``: both images uploaded, decoded and run through
-the backbone). Every answer is compared with the sequential one (rankings entry by entry, floats to
-1e-5 relative). The rankings memo is cleared before each round so rankings are recomputed under load.
+Starts ``python app.py`` as its own process on a free 127.0.0.1 port (``bench/app_server.py``) with
+``--ranking-cache 0`` (rankings are recomputed on every request, under load too), computes the
+expected answer of every request with one client, one request at a time, then runs ``--clients``
+threads, each with its own ``gradio_client.Client``, each making ``--requests`` requests that
+cycle through rankings (``/rank_query``), cached-pair explanations (``/explain_pair``) and uploads
+(``/explain_upload``: both images uploaded, decoded and run through the backbone). Every answer is
+compared with the sequential one (rankings entry by entry, floats to 1e-5 relative).
 
-Memory is this process's resident set (``VmRSS`` in ``/proc/self/status``; it holds the server and
-the clients), sampled every 20 ms during the rounds; ``rss_growth_mib`` is the RSS after the last
-round minus the RSS after the warm-up (sequential) pass.
+Memory is the app process's resident set (``VmRSS`` in ``/proc/<pid>/status``), sampled every 20 ms
+during the rounds; ``growth`` is the RSS after the last round minus the RSS after the warm-up
+(sequential) pass.
 
     python bench/app_load.py [--checkpoint CKPT] [--data DIR] [--clients 16] [--requests 10] [--rounds 2]
 
 Without ``--checkpoint`` the bundled ``checkpoints/casn_mobilenetv2_synth.pt`` is used, or, when it
 is missing, a randomly initialised MobileNetV2 CASN at 256x128 (reported as such). Without
-``--data`` the demo set (60 identities, 480 query + gallery images) is generated into the cache.
+``--data`` a set like the app's demo set (60 identities, 480 query + gallery images) is generated.
 Prints JSON: p50/p95 latency (seconds) per request kind and overall, errors, mismatches, RSS (MiB).
 """
 from __future__ import annotations
 
 import argparse
-import gc
 import io
 import json
 import math
@@ -32,46 +31,11 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import app.offline  # noqa: E402,F401  (before gradio)
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 KINDS = ("rank", "explain", "upload")
-
-
-def rss_mib() -> float:
-    """This process's resident set size in MiB (Linux ``/proc/self/status``)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
-class RssSampler:
-    """Samples :func:`rss_mib` in a background thread; ``peak`` is the largest value seen."""
-
-    def __init__(self, interval: float = 0.02) -> None:
-        self.interval = interval
-        self.peak = rss_mib()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, rss_mib())
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, rss_mib())
 
 
 def upload_files(folder: Path, query_paths: list[str], gallery_paths: list[str], count: int) -> list[tuple[str, str]]:
@@ -166,24 +130,29 @@ def check_answer(request: tuple, answer, expected) -> str | None:
     return same(answer, expected, where=kind)
 
 
-def run_load(url: str, handlers, clients: int, requests: int, workdir: Path, rounds: int = 1,
-             num_uploads: int = 6) -> dict:
-    """Warm up (sequential expected answers), then ``rounds`` rounds of ``clients`` x ``requests``."""
+def run_load(url: str, query_paths: list[str], gallery_paths: list[str], clients: int, requests: int, workdir: Path,
+             rounds: int = 1, num_uploads: int = 6, probe: Callable[[], dict] | None = None) -> dict:
+    """Warm up (sequential expected answers), then ``rounds`` rounds of ``clients`` x ``requests``.
+
+    ``query_paths``/``gallery_paths``: image files to upload. ``probe()`` (optional) returns the
+    server's ``{"rss_mib": ..., "python_objects": ...}`` (either may be absent); it is called after
+    the warm-up and after each round.
+    """
     from gradio_client import Client
 
-    state = handlers.state
-    uploads = upload_files(workdir / "uploads", state.query.paths, state.gallery.paths, num_uploads)
-    calls = plan(clients, requests, len(state.query), len(state.gallery), len(uploads))
-    distinct = sorted({r for client_calls in calls for r in client_calls}, key=repr)
-
     sequential = Client(url, verbose=False, download_files=False)
+    summary = sequential.predict(api_name="/dataset_summary")
+    uploads = upload_files(workdir / "uploads", query_paths, gallery_paths, num_uploads)
+    calls = plan(clients, requests, summary["num_query"], summary["num_gallery"], len(uploads))
+    distinct = sorted({r for client_calls in calls for r in client_calls}, key=repr)
+    probe = probe or dict
     expected = {r: call(sequential, r, uploads) for r in distinct}
     for r in distinct:  # once more: the sequential answers themselves are reproducible
         problem = same(call(sequential, r, uploads), expected[r], where=f"repeat {r}")
         if problem:
             raise AssertionError(problem)
     clients_list = [Client(url, verbose=False, download_files=False) for _ in range(clients)]
-    rss_warm = rss_mib()
+    warm = probe()
 
     latencies: dict[str, list[float]] = {k: [] for k in KINDS}
     errors: list[str] = []
@@ -207,19 +176,14 @@ def run_load(url: str, handlers, clients: int, requests: int, workdir: Path, rou
                 if problem:
                     mismatches.append(f"{request}: {problem}")
 
-    rss_after_rounds = []
-    objects_after_rounds = []  # Python objects tracked by gc: a leak of objects shows here, not allocator growth
+    after_rounds = []
     wall = []
-    with RssSampler() as sampler:
-        for _ in range(rounds):
-            handlers._rankings.clear()  # rankings are recomputed under load, not served from the memo
-            start = time.perf_counter()
-            with ThreadPoolExecutor(clients) as pool:
-                list(pool.map(worker, range(clients)))
-            wall.append(time.perf_counter() - start)
-            gc.collect()
-            rss_after_rounds.append(rss_mib())
-            objects_after_rounds.append(len(gc.get_objects()))
+    for _ in range(rounds):
+        start = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            list(pool.map(worker, range(clients)))
+        wall.append(time.perf_counter() - start)
+        after_rounds.append(probe())
 
     def pct(samples: list[float]) -> dict:
         if not samples:
@@ -234,9 +198,7 @@ def run_load(url: str, handlers, clients: int, requests: int, workdir: Path, rou
         "answered": len(everything), "errors": len(errors), "mismatches": len(mismatches),
         "latency": {**{k: pct(latencies[k]) for k in KINDS}, "overall": pct(everything)},
         "throughput_rps": round(total / sum(wall), 2), "wall_s_per_round": [round(w, 2) for w in wall],
-        "rss_mib": {"after_warmup": round(rss_warm, 1), "after_each_round": [round(r, 1) for r in rss_after_rounds],
-                    "peak": round(sampler.peak, 1), "growth": round(rss_after_rounds[-1] - rss_warm, 1)},
-        "python_objects_after_each_round": objects_after_rounds,
+        "server_after_warmup": warm, "server_after_each_round": after_rounds,
         "distinct_requests_checked": len(distinct),
         "error_samples": errors[:5], "mismatch_samples": mismatches[:5],
     }
@@ -245,8 +207,7 @@ def run_load(url: str, handlers, clients: int, requests: int, workdir: Path, rou
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default=None)
-    parser.add_argument("--data", default=None, help="Market-layout dataset (default: the demo set)")
-    parser.add_argument("--cache-dir", default=None, help="default: a temporary folder")
+    parser.add_argument("--data", default=None, help="Market-layout dataset (default: a demo-sized generated set)")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=10, help="requests per client per round")
     parser.add_argument("--rounds", type=int, default=2)
@@ -254,22 +215,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
 
-    import torch
-
-    from app.testing import bench_inputs, running_app
+    from app_server import RssSampler, bench_inputs, dataset_images, rss_mib, served_app
 
     with tempfile.TemporaryDirectory() as tmp:
-        cache_dir = Path(args.cache_dir or tmp)
-        checkpoint, data, note = bench_inputs(args.checkpoint, args.data, cache_dir, Path(tmp), log=lambda *_: None)
-        rss_start = rss_mib()
-        with running_app(checkpoint, data, cache_dir, topk=args.topk) as (url, handlers):
-            rss_loaded = rss_mib()
-            results = run_load(url, handlers, args.clients, args.requests, Path(tmp), rounds=args.rounds)
-            results.update(checkpoint=note, backbone=handlers.state.backbone,
-                           input_size=list(handlers.state.input_size), num_query=len(handlers.state.query),
-                           num_gallery=len(handlers.state.gallery), topk=args.topk,
-                           torch_threads=torch.get_num_threads(), device="cpu")
-            results["rss_mib"].update(before_app=round(rss_start, 1), app_loaded=round(rss_loaded, 1))
+        checkpoint, data, note = bench_inputs(args.checkpoint, args.data, Path(tmp), log=lambda *_: None)
+        extra = ["--topk", str(args.topk), "--ranking-cache", "0"]
+        with served_app(checkpoint, data, Path(tmp) / "cache", extra, log_file=Path(tmp) / "app.log") as (url, proc, _):
+            loaded = rss_mib(proc.pid)
+            query_paths, gallery_paths = dataset_images(data)
+            with RssSampler(proc.pid) as sampler:
+                results = run_load(url, query_paths, gallery_paths, args.clients, args.requests, Path(tmp),
+                                   rounds=args.rounds, probe=lambda: {"rss_mib": round(rss_mib(proc.pid), 1)})
+            rss = [r["rss_mib"] for r in results["server_after_each_round"]]
+            warm = results["server_after_warmup"]["rss_mib"]
+            results["rss_mib"] = {"app_loaded": round(loaded, 1), "after_warmup": warm, "after_each_round": rss,
+                                  "peak": round(sampler.peak, 1), "growth": round(rss[-1] - warm, 1)}
+            results.update(checkpoint=note, topk=args.topk, device="cpu", app="separate process (python app.py)")
     print(json.dumps(results, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import app.offline  # noqa: F401  (before gradio)
-from app.testing import make_checkpoint, make_dataset, running_app
+from app_helpers import make_checkpoint, make_dataset, running_app
 
 pytestmark = pytest.mark.slow
 
@@ -40,42 +40,49 @@ def page_url(tmp_path_factory):
     root = tmp_path_factory.mktemp("app-browser")
     checkpoint = make_checkpoint(root / "tiny.pt", seed=1)
     data = make_dataset(root / "data", seed=3)
-    with running_app(checkpoint, data, root / "cache", topk=10) as (url, handlers):
+    with running_app(checkpoint, data, root / "cache", topk=10) as (url, service):
         with sync_api.sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
             try:
-                yield url, handlers, browser, sync_api.expect, root
+                yield url, service, browser, sync_api.expect, root
             finally:
                 browser.close()
 
 
 def test_pick_query_rank_and_explain(page_url):
-    url, handlers, browser, expect, root = page_url
+    url, service, browser, expect, root = page_url
     ARTIFACTS.mkdir(exist_ok=True)
     page = browser.new_page(viewport={"width": 1500, "height": 1000})
     external = []
     page.on("request", lambda r: external.append(r.url) if not r.url.startswith(("http://127.0.0.1", "data:",
                                                                                   "blob:")) else None)
     page.goto(url)
-    count = len(handlers.state.query)
+    count = len(service.state.query)
     picker = page.locator("#query-gallery")
     expect(picker.get_by_role("button", name=f"Thumbnail 2 of {count}")).to_be_visible(timeout=20_000)
     picker.get_by_role("button", name=f"Thumbnail 2 of {count}").click()
     expect(page.locator("#query-info")).to_contain_text("Query q1", timeout=20_000)
     strip = page.locator("#ranked-strip")
-    expect(strip.get_by_role("button", name=f"Thumbnail 1 of {handlers.strip_length}")).to_be_visible()
+    expect(strip.get_by_role("button", name=f"Thumbnail 1 of {service.strip_length}")).to_be_visible()
     expect(page.locator("#pair-overlays img")).to_be_visible(timeout=20_000)
     expect(page.locator("#pair-vectors img")).to_be_visible()
     expect(page.locator("#pair-metrics")).to_contain_text("same-person probability")
     expect(page.locator("#pair-metrics")).to_contain_text("rank 1 of")
     # click the third-ranked gallery image: its pair is explained
-    strip.get_by_role("button", name=f"Thumbnail 3 of {handlers.strip_length}").click()
+    strip.get_by_role("button", name=f"Thumbnail 3 of {service.strip_length}").click()
     expect(page.locator("#pair-metrics")).to_contain_text("rank 3 of", timeout=20_000)
-    expect(page.locator("#export-png")).to_be_enabled()
+    # exports are written only when asked for
+    exports = Path(service.state.cache_dir) / "exports"
+    assert not exports.exists() or not any(exports.iterdir())
+    expect(page.locator("#export-button")).to_be_enabled()
+    page.locator("#export-button").click()
+    expect(page.locator("#export-files")).to_contain_text(".png", timeout=20_000)
+    expect(page.locator("#export-files")).to_contain_text(".json")
+    assert len(list(exports.glob("*/*.png"))) == 1
     page.screenshot(path=str(ARTIFACTS / "app_rankings.png"), full_page=True)
 
     # the failure view follows the picked query
-    failures = [i for i, s in enumerate(handlers.summary.per_query) if s.first_true_rank and s.first_true_rank > 1]
+    failures = [i for i, s in enumerate(service.summary.per_query) if s.first_true_rank and s.first_true_rank > 1]
     if failures:
         page.locator("#query-index input").fill(str(failures[0]))
         page.locator("#rank-button").click()
@@ -95,7 +102,7 @@ def test_pick_query_rank_and_explain(page_url):
 
 
 def test_upload_a_pair_and_a_bad_file(page_url, tmp_path):
-    url, handlers, browser, expect, root = page_url
+    url, service, browser, expect, root = page_url
     images = sorted((root / "data" / "query").iterdir())
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really")

@@ -21,7 +21,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from app.testing import make_checkpoint, make_dataset, running_app  # noqa: E402
+from app_helpers import make_checkpoint, make_dataset, running_app  # noqa: E402
 
 EXPLANATION_KEYS = {"same_probability", "feature_distance", "attention_distance", "threshold", "map1", "map2",
                     "rows1", "rows2", "span1", "span2", "aligned1", "aligned2"}
@@ -33,9 +33,9 @@ def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("app")
     checkpoint = make_checkpoint(root / "ckpt" / "tiny.pt")
     data = make_dataset(root / "data")
-    with running_app(checkpoint, data, root / "cache", topk=10, max_upload_bytes=UPLOAD_LIMIT) as (url, handlers):
+    with running_app(checkpoint, data, root / "cache", topk=10, max_upload_bytes=UPLOAD_LIMIT) as (url, service):
         client = Client(url, verbose=False, download_files=str(root / "downloads"))
-        yield {"url": url, "handlers": handlers, "client": client, "root": root, "checkpoint": checkpoint,
+        yield {"url": url, "service": service, "client": client, "root": root, "checkpoint": checkpoint,
                "data": data}
 
 
@@ -45,13 +45,13 @@ def _alive(client: Client) -> None:
 
 
 def test_rank_query(served):
-    client, handlers = served["client"], served["handlers"]
-    state = handlers.state
+    client, service = served["client"], served["service"]
+    state = service.state
     result = client.predict(1, api_name="/rank_query")
     entries = result["ranking"]
     assert result["query"]["index"] == 1 and not os.path.isabs(result["query"]["name"])
     assert [e["rank"] for e in entries] == list(range(1, len(entries) + 1))
-    assert len(entries) == handlers.strip_length
+    assert len(entries) == service.strip_length
     q_pid, q_cam = result["query"]["pid"], result["query"]["camid"]
     for e in entries:
         assert e["match"] == (e["pid"] == q_pid)
@@ -74,8 +74,8 @@ def test_dataset_metrics_match_the_evaluator(served):
     """The app's per-query AP / first-match ranks reproduce casn_core's evaluation of the same ranking."""
     from casn_core.engine.evaluate import evaluate_caches
 
-    handlers = served["handlers"]
-    state = handlers.state
+    service = served["service"]
+    state = service.state
     reference = evaluate_caches(state.model, state.query, state.gallery, topk=state.topk,
                                 attention_weight=state.attention_weight, threshold=state.threshold, progress=False)
     summary = served["client"].predict(api_name="/dataset_summary")
@@ -83,6 +83,34 @@ def test_dataset_metrics_match_the_evaluator(served):
         assert summary[key]["mAP"] == pytest.approx(reference[key]["mAP"], abs=1e-6)
         assert summary[key]["rank1"] == pytest.approx(reference[key]["rank1"], abs=1e-6)
     assert summary["casn"]["cmc"][-1] <= 1.0 and len(summary["casn"]["cmc"]) == min(50, len(state.gallery))
+
+
+def test_per_query_numbers_are_the_evaluators(served):
+    """Every query's first true rank and AP in the app are the metrics module's on eval's CASN matrix, and the
+    shown list (junk left out) puts its first true match at that rank."""
+    from casn_core.engine.inference import casn_distmat
+    from casn_core.metrics import evaluate_rank_per_query
+
+    service = served["service"]
+    state = service.state
+    dist = casn_distmat(state.model, state.query, state.gallery, state.topk, state.attention_weight, state.threshold,
+                        progress=False)
+    reference = evaluate_rank_per_query(dist, state.query.pids, state.gallery.pids, state.query.camids,
+                                        state.gallery.camids)
+    listed = served["client"].predict(False, "file order", api_name="/list_queries")
+    assert [q["index"] for q in listed] == list(range(len(state.query)))
+    for q in listed:
+        i = q["index"]
+        ranking = service.ranking(i)
+        if reference.valid[i]:
+            assert q["first_true_rank"] == ranking.first_true_rank == int(reference.first_true_rank[i])
+            assert q["ap"] == pytest.approx(float(reference.ap[i]), abs=1e-12)
+            assert ranking.matches[ranking.first_true_rank - 1] and not ranking.matches[:ranking.first_true_rank - 1].any()
+            assert np.array_equal(np.argsort(ranking.distance_row, kind="stable"), np.argsort(dist[i], kind="stable"))
+        else:
+            assert q["first_true_rank"] is None and q["ap"] is None and not ranking.matches.any()
+    summary = served["client"].predict(api_name="/dataset_summary")
+    assert summary["casn"]["mINP"] == pytest.approx(reference.summary(min(50, len(state.gallery)))["mINP"], abs=1e-12)
 
 
 def test_explain_pair_matches_the_ranking(served):
@@ -109,7 +137,7 @@ def test_why_wrong(served):
     client = served["client"]
     failures = client.predict(True, "AP: worst first", api_name="/list_queries")
     everything = client.predict(False, "file order", api_name="/list_queries")
-    assert len(everything) == len(served["handlers"].state.query)
+    assert len(everything) == len(served["service"].state.query)
     assert all(q["first_true_rank"] > 1 for q in failures)
     target = failures[0]["index"] if failures else 0
     result = client.predict(target, api_name="/why_wrong")
@@ -248,9 +276,9 @@ def test_launch_defaults_are_local_and_private(served):
     args = parse_args([])
     assert args.host == "127.0.0.1" and args.share is False and args.port == 7860 and args.topk == 10
     assert parse_args(["--share"]).share is True
-    kwargs = launch_kwargs(served["handlers"])
+    kwargs = launch_kwargs(served["service"])
     assert kwargs["server_name"] == "127.0.0.1" and kwargs["share"] is False
-    state = served["handlers"].state
+    state = served["service"].state
     assert sorted(kwargs["allowed_paths"]) == sorted([str(state.data_root), str(state.cache_dir)])
     assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False" and os.environ["HF_HUB_OFFLINE"] == "1"
 
@@ -258,7 +286,7 @@ def test_launch_defaults_are_local_and_private(served):
 def test_feature_cache_is_reused_and_keyed(served):
     from app.state import cache_key, load_dataset, load_state
 
-    state = served["handlers"].state
+    state = served["service"].state
     again = load_state(served["checkpoint"], served["data"], state.cache_dir, progress=False, log=lambda *_: None)
     assert again.cache_hit and again.cache_file == state.cache_file
     assert (again.gallery.maps == state.gallery.maps).all()

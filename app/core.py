@@ -1,0 +1,29 @@
+"""Every name the app takes from the library, in one place (public names only: none starts with ``_``).
+
+The app talks to ``casn_core`` through this module, so what it depends on is one list: the names
+``casn_core`` exports at its top level are taken from there; the others come from the public
+module that defines them (and are listed in the app's report as candidates for export).
+"""
+from __future__ import annotations
+
+from casn_core import CASN, CheckpointError, load_model, pair_attention
+from casn_core.attention import DEFAULT_THRESHOLD
+from casn_core.attention.similarity import contrastive_map, correspondence, similarity_decomposition
+from casn_core.checkpoint import CheckpointInfo, checkpoint_info
+from casn_core.data import ImageDataset, build_test_transform, generate_dataset, load_market
+from casn_core.engine.inference import (
+    FeatureCache, explain_pair_tensors, explanation_dict, extract, extract_tensors, feature_distance,
+    rank_query_casn,
+)
+from casn_core.images import MAX_PIXELS, ImageInputError, load_rgb
+from casn_core.metrics import QueryResults, evaluate_rank_per_query
+from casn_core.numeric import unit_range
+from casn_core.visualize import overlay_heatmap, plot_aligned, plot_rows
+
+__all__ = [
+    "CASN", "CheckpointError", "CheckpointInfo", "DEFAULT_THRESHOLD", "FeatureCache", "ImageDataset",
+    "ImageInputError", "MAX_PIXELS", "QueryResults", "build_test_transform", "checkpoint_info", "contrastive_map",
+    "correspondence", "evaluate_rank_per_query", "explain_pair_tensors", "explanation_dict", "extract", "generate_dataset",
+    "extract_tensors", "feature_distance", "load_market", "load_model", "load_rgb", "overlay_heatmap",
+    "pair_attention", "plot_aligned", "plot_rows", "rank_query_casn", "similarity_decomposition", "unit_range",
+]

@@ -1,0 +1,129 @@
+"""The app's text: Markdown tables and sentences built from rankings, explanations and the summary."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from app.ranking import DatasetSummary, QueryRanking, QueryStats
+from app.state import AppState
+
+INTRO = """# CASN explainability: why does this gallery image rank here?
+Consistent Attentive Siamese Network (Zheng et al., CVPR 2019). Pick a query to see its ranked gallery
+(<span class="legend-dot" style="background:#22a03c"></span>true match
+<span class="legend-dot" style="background:#d72626"></span>wrong identity), then click any gallery image to see
+**where each image looks** (Siamese attention, sec. 3.2.2), the **row max-pooled importance vectors** with the
+threshold and kept spans, the **aligned vectors** whose distance is the attention-consistency term of the ranking,
+and the **BCE same-person probability**."""
+
+
+def _num(value: float, digits: int = 3) -> str:
+    return "–" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _pct(value: float) -> str:
+    return "–" if value is None or not np.isfinite(value) else f"{100 * value:.1f}%"
+
+
+def query_caption(index: int, stats: QueryStats) -> str:
+    """The picker's caption of a query: its first true rank and AP."""
+    if stats.first_true_rank is None:
+        return f"q{index} · no match"
+    mark = "✓" if stats.first_true_rank == 1 else f"✗{stats.first_true_rank}"
+    return f"q{index} {mark} AP {stats.ap:.2f}"
+
+
+def query_markdown(state: AppState, ranking: QueryRanking) -> str:
+    q = ranking.query_index
+    head = (f"### Query q{q}: `{state.relative(state.query.paths[q])}`\n"
+            f"identity **{int(state.query.pids[q])}**, camera **{int(state.query.camids[q])}**\n\n")
+    if ranking.first_true_rank is None:
+        body = "No true match of this identity from another camera is in the gallery: no AP for this query."
+    else:
+        verdict = ('<span style="color:#22a03c">correct at rank 1</span>' if ranking.first_true_rank == 1
+                   else '<span style="color:#d72626">wrong identity at rank 1</span>')
+        body = (f"| first true match | AP | matches in gallery | rank-1 |\n|---|---|---|---|\n"
+                f"| **rank {ranking.first_true_rank}** | **{ranking.ap:.3f}** | {int(ranking.matches.sum())} | "
+                f"{verdict} |")
+    note = (f"\n\nRanked by d = norm(d_f) + {state.attention_weight:g}·norm(d_a) on the top {ranking.topk} by "
+            f"feature distance (paper sec. 4); {ranking.excluded} same-camera image(s) of this identity left out "
+            f"(Market-1501 protocol).")
+    return head + body + note
+
+
+def ranking_table(state: AppState, ranking: QueryRanking, length: int) -> str:
+    rows = ["| rank | gallery | id | cam | match | d_f | d_a | feature part | attention part | d |",
+            "|---:|---|---:|---:|:---:|---:|---:|---:|---:|---:|"]
+    for pos in range(min(length, len(ranking.order))):
+        g = int(ranking.order[pos])
+        total = ranking.score[pos] if ranking.reranked(pos) else float("nan")
+        rows.append(f"| {pos + 1} | g{g} `{Path(state.gallery.paths[g]).name}` | {int(state.gallery.pids[g])} | "
+                    f"{int(state.gallery.camids[g])} | {'✓' if ranking.matches[pos] else '✗'} | "
+                    f"{_num(ranking.feature_distance[pos])} | {_num(ranking.attention_distance[pos])} | "
+                    f"{_num(ranking.feature_part[pos])} | {_num(ranking.attention_part[pos])} | {_num(total)} |")
+    return "\n".join(rows)
+
+
+def summary_markdown(summary: DatasetSummary, topk: int) -> str:
+    rows = ["| ranking | rank-1 | rank-5 | rank-10 | mAP | mINP |", "|---|---:|---:|---:|---:|---:|"]
+    for key, label in (("casn", f"**CASN**: feature + Siamese attention (top {topk})"),
+                       ("feature", "feature distance only")):
+        r = getattr(summary, key)
+        rows.append(f"| {label} | {_pct(r['rank1'])} | {_pct(r['rank5'])} | {_pct(r['rank10'])} | {_pct(r['mAP'])} | "
+                    f"{_pct(r['mINP'])} |")
+    return (f"**{summary.num_query}** queries ({summary.num_valid} with a true match), **{summary.num_gallery}** "
+            f"gallery images. Scored by `casn_core.metrics` exactly as `python -m casn_core eval` scores them.\n\n"
+            + "\n".join(rows))
+
+
+def model_line(state: AppState, summary: DatasetSummary) -> str:
+    return (f"model: `{state.checkpoint_path.name}` ({state.backbone}, input {state.input_size[0]}x"
+            f"{state.input_size[1]}, threshold t = {state.threshold:g}) · data: `{state.data_root.name}` · "
+            f"CASN rank-1 **{_pct(summary.casn['rank1'])}**, mAP **{_pct(summary.casn['mAP'])}** (details in the "
+            f"*Dataset* tab)")
+
+
+def model_info(state: AppState) -> str:
+    cache = "loaded from the cache" if state.cache_hit else "extracted at this start and cached"
+    return (f"Checkpoint `{state.checkpoint_path.name}`: backbone **{state.backbone}**, input "
+            f"{state.input_size[0]}x{state.input_size[1]}, alignment threshold t = {state.threshold:g}, "
+            f"attention weight w = {state.attention_weight:g}, attention re-ranking depth K = {state.topk}.\n\n"
+            f"Features: {cache} (`{state.cache_file.name if state.cache_file else '-'}`).")
+
+
+def pair_markdown(explanation: dict, labels: tuple[str, str] = ("query", "gallery")) -> str:
+    """The numbers of an explanation as a small table, with the ranking score split into its parts."""
+    rows = [
+        f"| BCE same-person probability (eq. 3) | **{explanation['same_probability']:.3f}** |",
+        f"| feature distance d_f (L2-normalised f) | {explanation['feature_distance']:.4f} |",
+        f"| attention consistency distance d_a (eq. 5) | {explanation['attention_distance']:.4f} |",
+        f"| kept rows (threshold t = {explanation['threshold']:.2f}) | {labels[0]} {explanation['span1'][0]}-"
+        f"{explanation['span1'][1]}, {labels[1]} {explanation['span2'][0]}-{explanation['span2'][1]} |",
+    ]
+    if "similarity" in explanation:
+        rows.append(f"| cosine similarity s of f (d_f² = 2 − 2s; the maps below sum to it) | "
+                    f"{explanation['similarity']:.4f} |")
+    score = explanation.get("ranking_score")
+    if score is not None:
+        if score.get("rank") is None:
+            rows.append(f"| ranking | {score['note']} |")
+        elif score.get("reranked_with_attention"):
+            rows.append(
+                f"| ranking score d (rank {score['rank']} of {score['of']}) | **{score['total']:.3f}** = "
+                f"{score['feature_part']:.3f} feature + {score['attention_part']:.3f} attention |")
+            rows.append(f"| | each part min-max normalised over the top {score['topk']} candidates; "
+                        f"attention weight w = {score['attention_weight']:g} |")
+        else:
+            rows.append(f"| ranking (rank {score['rank']} of {score['of']}) | {score['note']} |")
+    head = ""
+    if "query" in explanation and "gallery" in explanation:
+        q, g = explanation["query"], explanation["gallery"]
+        verdict = "true match" if explanation["true_match"] else "wrong identity"
+        head = (f"**{labels[0]}** `{q['name']}` (id {q['pid']}, cam {q['camid']}) vs **{labels[1]}** `{g['name']}` "
+                f"(id {g['pid']}, cam {g['camid']}): **{verdict}**\n\n")
+    return head + "| quantity | value |\n|---|---|\n" + "\n".join(rows)
+
+
+def why_message(query_index: int, failed: bool, message: str) -> str:
+    colour = "#d72626" if failed else "#555"
+    return f'<span style="color:{colour}">**q{query_index}**: {message}</span>'

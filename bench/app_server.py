@@ -1,0 +1,132 @@
+"""The app benchmarks' shared part: their inputs, and the app run as a separate process (``python app.py``).
+
+Benchmarks talk to the app only as a user's client does (``gradio_client`` over HTTP), so they
+import nothing of ``app``; memory is the app process's own resident set (``/proc/<pid>/status``).
+
+- :func:`bench_inputs` -- the bundled checkpoint (or, when missing, a random-init MobileNetV2 CASN at
+  256x128, reported as such) and the demo-sized generated set (or ``--data``).
+- :func:`served_app` -- start ``app.py`` on a free 127.0.0.1 port, wait until it answers, stop it after.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BUNDLED_CHECKPOINT = REPO_ROOT / "checkpoints" / "casn_mobilenetv2_synth.pt"
+DEMO_SET = {"num_ids": 120, "num_cameras": 4, "images_per_id": 8, "seed": 20190616, "height": 256, "width": 128}
+"""The app's demo set (``app/demo.py``): 60 test identities, 480 query + gallery images."""
+
+
+def bench_inputs(checkpoint: str | None, data: str | None, scratch: Path, log=print) -> tuple[Path, Path, str]:
+    """``(checkpoint, dataset, note)`` for an app benchmark."""
+    import torch
+
+    from casn_core import build_model
+    from casn_core.checkpoint import model_payload, save_checkpoint
+    from casn_core.data.synth import generate_dataset
+
+    path = Path(checkpoint) if checkpoint else BUNDLED_CHECKPOINT
+    note = path.name
+    if not path.is_file():
+        torch.manual_seed(0)
+        model = build_model("mobilenet_v2", num_classes=60, pretrained="none").eval()
+        path = save_checkpoint(Path(scratch) / "random_mobilenet_v2.pt", model_payload(model, input_size=[256, 128]))
+        note = "random-init mobilenet_v2 256x128 (bundled checkpoint missing)"
+    if data:
+        return path, Path(data), note
+    out = Path(scratch) / "demo_data"
+    log(f"generating the demo-sized set into {out}")
+    generate_dataset(out, workers=min(4, os.cpu_count() or 1), **DEMO_SET)
+    return path, out, note
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rss_mib(pid: int) -> float:
+    """Resident set size of process ``pid`` in MiB (Linux ``/proc/<pid>/status``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+class RssSampler:
+    """Samples :func:`rss_mib` of ``pid`` in a background thread; ``peak`` is the largest value seen."""
+
+    def __init__(self, pid: int, interval: float = 0.02) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.peak = rss_mib(pid)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_mib(self.pid))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_mib(self.pid))
+
+
+@contextlib.contextmanager
+def served_app(checkpoint: Path, data: Path, cache_dir: Path, extra: list[str] | None = None, timeout: float = 600.0,
+               log_file: Path | None = None):
+    """Run ``python app.py`` on a free port until the block ends; yields ``(url, process, seconds to ready)``."""
+    import httpx
+
+    port = free_port()
+    command = [sys.executable, str(REPO_ROOT / "app.py"), "--checkpoint", str(checkpoint), "--data", str(data),
+               "--cache-dir", str(cache_dir), "--port", str(port), *(extra or [])]
+    log = open(log_file or os.devnull, "wb")
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"app.py exited with {process.returncode} before serving (log: {log_file})")
+            try:
+                if httpx.get(f"{url}config", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.perf_counter() - start > timeout:
+                raise TimeoutError(f"app.py did not answer within {timeout} s")
+            time.sleep(0.1)
+        yield url, process, time.perf_counter() - start
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        log.close()
+
+
+def dataset_images(data: Path) -> tuple[list[str], list[str]]:
+    """Query and gallery image paths of a Market-layout folder (for uploads)."""
+    query = sorted(str(p) for p in (Path(data) / "query").glob("*.jpg"))
+    gallery = sorted(str(p) for p in (Path(data) / "bounding_box_test").glob("*.jpg"))
+    return query, gallery
