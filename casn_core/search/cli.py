@@ -13,9 +13,9 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
+from casn_core.atomic import write_text_atomic
 from casn_core.search.features import DEFAULT_CACHE_DIR
 from casn_core.store import MAP_DTYPE_CHOICES
 from casn_core.search.index import DEFAULT_TOPK, SearchResult, open_search_index
@@ -59,19 +59,8 @@ def format_result(result: SearchResult) -> str:
 
 
 def write_json(payload: object, path: str | os.PathLike) -> Path:
-    """Write JSON atomically (temporary file beside ``path``, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=1)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write JSON atomically (:mod:`casn_core.atomic`)."""
+    return write_text_atomic(path, json.dumps(payload, indent=1) + "\n")
 
 
 def run_search(args: argparse.Namespace) -> int:

@@ -17,13 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
+from casn_core.atomic import write_json_atomic
 from casn_core.models.casn import CASN
 from casn_core.search.scan import GalleryImage, SearchError, SkippedFile, check_images
 from casn_core.store import (
@@ -73,17 +73,7 @@ def check_cache_location(cache_dir: str | os.PathLike, gallery: str | os.PathLik
 
 
 def _write_json_atomic(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json_atomic(path, obj)
 
 
 def _read_checked(path: Path, key: str, images: Sequence[GalleryImage]) -> tuple[list[GalleryImage], list[SkippedFile]]:

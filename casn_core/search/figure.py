@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from casn_core.atomic import write_bytes_atomic
 from casn_core.search.index import SearchResult
 
 SAME, OTHER, UNKNOWN = "tab:green", "tab:red", "0.6"
@@ -77,17 +77,7 @@ def strip_figure(results: Sequence[SearchResult], gallery: str | os.PathLike, qu
 
 
 def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
-    """Write ``fig`` as PNG atomically (temporary file beside ``path``, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``fig`` as PNG atomically (:mod:`casn_core.atomic`)."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_bytes_atomic(path, buffer.getvalue())
