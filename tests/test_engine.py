@@ -168,3 +168,66 @@ def test_ddp_two_processes_on_gloo_keep_parameters_identical(synth_data, tmp_pat
     assert float((out / "param_diff.txt").read_text()) == 0.0
     assert sorted(p.name for p in out.glob("*.pt")) == ["last.pt"]
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_train_options_are_declared_once_and_parse_to_the_dataclass_defaults():
+    import argparse
+    from dataclasses import fields
+
+    from casn_core.engine.train import add_train_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    flags = {a.dest for a in parser._actions}
+    cli_fields = {f.name for f in fields(TrainConfig) if f.metadata.get("cli", True)}
+    assert cli_fields <= flags and flags - cli_fields == {"help", "resume"}
+    args = parser.parse_args(["--data", "D", "--out", "O"])
+    assert config_from_args(args) == TrainConfig(data="D", out="O")
+    args = parser.parse_args(["--data", "D", "--out", "O", "--eval-topk", "all", "--bce-weight", "1",
+                              "--consistency-margin", "0.5", "--hard-negatives", "0.25", "--channels-last"])
+    config = config_from_args(args)
+    assert config.eval_topk is None and config.bce_weight == 1.0 and config.consistency_margin == 0.5
+    assert config.hard_negatives == 0.25 and config.channels_last
+    # the paper's objective unless an option of ours is given
+    paper = TrainConfig(data="D", out="O").loss_config()
+    assert paper.bce_weight is None and paper.consistency_margin is None
+
+
+def test_val_ids_hold_out_identities_and_store_the_chosen_ranking(synth_data, tmp_path):
+    from casn_core.checkpoint import checkpoint_info
+
+    config = _config(synth_data, tmp_path / "run", backbone="resnet18", pretrained="none", epochs=1,
+                     max_steps_per_epoch=2, batch_size=4, height=64, width=32, val_ids=4, hard_negatives=0.5,
+                     bce_weight=1.0, consistency_margin=0.5)
+    result = train(config, progress=False)
+    assert result.model.config.num_classes == 12 - 4  # 12 training identities, 4 held out
+    payload = load_checkpoint(tmp_path / "run" / "last.pt")
+    ranking = payload["ranking"]
+    assert {row["attention_weight"] for row in ranking["curve"]} >= {0.0, 1.0}
+    assert ranking["validation"]["mAP"] == max(row["mAP"] for row in ranking["curve"])
+    info = checkpoint_info(payload)
+    assert info.attention_weight == ranking["attention_weight"] and "val-ids" in info.attention_weight_source
+    assert json.loads((tmp_path / "run" / "tune.json").read_text())["attention_weight"] == info.attention_weight
+
+
+def test_init_checkpoint_starts_from_its_weights(synth_data, tmp_path):
+    common = dict(backbone="resnet18", pretrained="none", epochs=1, max_steps_per_epoch=1, batch_size=2,
+                  height=64, width=32, losses="ide")
+    train(_config(synth_data, tmp_path / "a", **common), progress=False)
+    start = load_checkpoint(tmp_path / "a" / "last.pt")["model"]
+    import casn_core.engine.train as train_module
+
+    seen = {}
+    original = train_module.run_epoch
+
+    def capture(config, ctx, state, *args, **kwargs):
+        seen.update({k: v.detach().clone() for k, v in state.model.state_dict().items()})
+        return original(config, ctx, state, *args, **kwargs)
+
+    train_module.run_epoch = capture
+    try:
+        train(_config(synth_data, tmp_path / "b", init_checkpoint=str(tmp_path / "a" / "last.pt"), **common),
+              progress=False)
+    finally:
+        train_module.run_epoch = original
+    assert all(torch.equal(seen[k], start[k]) for k in start)

@@ -1,12 +1,18 @@
 """Training: ``python -m casn_core train`` (single process, or DDP under ``torchrun``).
 
 Paper sec. 4 defaults: SGD momentum 0.9, lr 0.03, lr x0.1 at 3/4 of the epochs (30 of 40), batch
-16 pairs, lambda1 0.5, lambda2 0.05, alpha 0.2, half positive and half negative pairs.
+16 pairs, lambda1 0.5, lambda2 0.05, alpha 0.2, half positive and half negative pairs. Options marked
+"ours" in :class:`TrainConfig` are not in the paper; each defaults to the paper's behaviour.
 
 Every epoch writes ``RUN_DIR/last.pt`` atomically (weights, optimizer, scheduler, epoch, RNG state,
 the full config), and ``best.pt`` when ``--eval-every`` asks for evaluation on the test split. The
 data order and the random augmentation of epoch ``e`` are seeded from ``(seed, e)``, so ``--resume``
-continues exactly where a run stopped and reproduces the uninterrupted run.
+continues exactly where a run stopped and reproduces the uninterrupted run. With ``--val-ids N``,
+N training identities are held out and the ranking weight w (and K) is chosen on them after the last
+epoch (:mod:`casn_core.engine.tune`) and stored as ``payload["ranking"]``.
+
+``train()`` is a sequence of named steps: :func:`setup_run`, :func:`build_data`, :func:`build_model`,
+:func:`resume_state`, :func:`run_epoch`, :func:`save_epoch`, :func:`tune_after_training`.
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -25,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from casn_core.attention.siamese import DEFAULT_THRESHOLD
 from casn_core.checkpoint import (
     CheckpointError, load_checkpoint, model_from_checkpoint, remove_stale_temporaries, save_checkpoint,
 )
@@ -36,54 +43,112 @@ from casn_core.models.casn import CASN, ModelConfig
 log = logging.getLogger("casn_core.train")
 
 
+def _option(default, help: str, **cli):
+    """A :class:`TrainConfig` field with its command-line help (each option is declared once)."""
+    return field(default=default, metadata={"help": help, **cli})
+
+
+def _topk(text: str) -> int | None:
+    return None if str(text).lower() == "all" else int(text)
+
+
 @dataclass
 class TrainConfig:
-    """Everything a run depends on; stored in every checkpoint."""
+    """Everything a run depends on; stored in every checkpoint. ``python -m casn_core train``'s options
+    are built from these fields (:func:`add_train_arguments`)."""
 
-    data: str
-    out: str
-    backbone: str = "resnet50"
-    losses: str = "ide,ia,sa"
-    epochs: int = 40
-    batch_size: int = 16
-    height: int = 288
-    width: int = 144
-    pretrained: str = "imagenet"
-    seed: int = 0
-    lr: float = 0.03
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_step_fraction: float = 0.75
-    lambda1: float = 0.5
-    lambda2: float = 0.05
-    alpha: float = 0.2
-    threshold: float = 0.3
-    positive_fraction: float = 0.5
-    pairs_per_epoch: int | None = None
-    last_stride: int = 1
-    dropout: float = 0.5
-    device: str = "auto"
-    amp: str = "none"
-    channels_last: bool = False
-    compile: bool = False
-    workers: int = 0
-    eval_every: int = 0
-    eval_topk: int | None = 100
-    max_steps_per_epoch: int | None = None
-    skip_bad_images: bool = False
-    extra: dict = field(default_factory=dict)
+    data: str = field(metadata={"help": "Market-1501-layout dataset root (bounding_box_train/ ...)"})
+    out: str = field(metadata={"help": "run directory (checkpoints, metrics.jsonl, train.log)"})
+    backbone: str = _option("resnet50", "backbone", choices=BACKBONES)
+    losses: str = _option("ide,ia,sa", "the paper's ablation rows", choices=LOSS_CHOICES)
+    epochs: int = _option(40, "training epochs")
+    batch_size: int = _option(16, "pairs per step (2x images)")
+    height: int = _option(288, "input height")
+    width: int = _option(144, "input width")
+    pretrained: str = _option("imagenet", "imagenet, none, or a weight file path")
+    seed: int = _option(0, "seed of initialisation, pairs and augmentation")
+    lr: float = _option(0.03, "SGD learning rate")
+    momentum: float = _option(0.9, "SGD momentum")
+    weight_decay: float = _option(5e-4, "SGD weight decay")
+    lr_step_fraction: float = _option(0.75, "lr x0.1 after this fraction of the epochs", cli=False)
+    lambda1: float = _option(0.5, "weight of L_ia (eq. 6)")
+    lambda2: float = _option(0.05, "weight of L_sa (eq. 6); with --bce-weight, of its consistency part only")
+    alpha: float = _option(0.2, "weight of the consistency distance inside L_sa (eq. 5)")
+    threshold: float = _option(DEFAULT_THRESHOLD, "alignment threshold t")
+    positive_fraction: float = _option(0.5, "share of positive pairs")
+    pairs_per_epoch: int | None = _option(None, "default: one pair per training image")
+    last_stride: int = _option(1, "stride of the backbone's last stage", choices=(1, 2))
+    dropout: float = _option(0.5, "dropout of both classifier heads")
+    # ours (issue 11), each defaulting to the paper's behaviour:
+    bce_weight: float | None = _option(
+        None, "ours: weight of L_bce on its own (default: the paper's, L_bce inside lambda2 L_sa, i.e. "
+              "lambda2); the head then learns at this rate and lambda2 weighs the consistency only")
+    consistency_margin: float | None = _option(
+        None, "ours: also push the consistency distance of negative pairs above this margin "
+              "(alpha * ReLU(m - d_a)); default: the paper's, positives only")
+    hard_negatives: float = _option(
+        0.0, "ours: fraction of negative pairs drawn from the nearest other identities in feature space, "
+             "re-mined at every epoch start (default 0: the paper's random negatives)")
+    hard_negative_pool: int = _option(10, "ours: how many nearest identities a hard negative is drawn from")
+    init_checkpoint: str | None = _option(
+        None, "ours: start from the model weights of this CASN checkpoint (same backbone and identity count; "
+              "fresh optimizer and schedule), e.g. to fine-tune a paper-default run with the options above")
+    val_ids: int = _option(
+        0, "ours: hold out N training identities as validation query/gallery and choose the ranking weight "
+           "w and K on them after training (stored in the checkpoint); 0 = off, the paper's protocol")
+    device: str = _option("auto", "auto, cpu, cuda, cuda:N")
+    amp: str = _option("none", "mixed precision", choices=("none", "bf16", "fp16"))
+    channels_last: bool = _option(False, "channels-last memory format")
+    compile: bool = _option(False, "torch.compile the backbone")
+    workers: int = _option(0, "DataLoader worker processes")
+    eval_every: int = _option(0, "evaluate on query/gallery every N epochs and keep best.pt (off by default)")
+    eval_topk: int | None = _option(100, "CASN re-ranking depth during evaluation, or 'all'", parse=_topk)
+    max_steps_per_epoch: int | None = _option(None, "cap steps per epoch (smoke tests)")
+    skip_bad_images: bool = _option(False, "drop unreadable images instead of stopping")
+    extra: dict = field(default_factory=dict, metadata={"cli": False})
 
     def loss_config(self) -> LossConfig:
         return LossConfig.from_names(
-            self.losses, lambda1=self.lambda1, lambda2=self.lambda2, alpha=self.alpha, threshold=self.threshold
+            self.losses, lambda1=self.lambda1, lambda2=self.lambda2, alpha=self.alpha, threshold=self.threshold,
+            bce_weight=self.bce_weight, consistency_margin=self.consistency_margin,
         )
 
     def resume_key(self) -> dict:
         """The settings that must not change between a run and its ``--resume``."""
         keys = ("backbone", "losses", "epochs", "batch_size", "height", "width", "seed", "lr", "momentum",
                 "weight_decay", "lr_step_fraction", "lambda1", "lambda2", "alpha", "threshold",
-                "positive_fraction", "pairs_per_epoch", "last_stride", "dropout", "max_steps_per_epoch")
+                "positive_fraction", "pairs_per_epoch", "last_stride", "dropout", "max_steps_per_epoch",
+                "bce_weight", "consistency_margin", "hard_negatives", "hard_negative_pool", "val_ids",
+                "init_checkpoint")
         return {k: getattr(self, k) for k in keys}
+
+
+_TYPES = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float, "str | None": str}
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``python -m casn_core train``, one per :class:`TrainConfig` field (defaults are the
+    paper's, sec. 4), plus ``--resume``."""
+    for f in fields(TrainConfig):
+        meta = dict(f.metadata)
+        if not meta.pop("cli", True):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        help_text = meta.pop("help")
+        if f.default is MISSING:
+            parser.add_argument(flag, required=True, help=help_text)
+        elif f.type == "bool":
+            parser.add_argument(flag, action="store_true", help=help_text)
+        else:
+            parse = meta.pop("parse", None) or _TYPES[f.type]
+            parser.add_argument(flag, type=parse, default=f.default, help=help_text, **meta)
+    parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` of parsed ``train`` arguments."""
+    names = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
 
 
 @dataclass
@@ -108,58 +173,6 @@ class TrainStep(nn.Module):
 
     def forward(self, images1, images2, labels1, labels2, same) -> LossTerms:  # noqa: D401
         return casn_loss(self.model, images1, images2, labels1, labels2, same, self.loss_config)
-
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``python -m casn_core train`` (defaults are the paper's, sec. 4)."""
-    d = TrainConfig(data="", out="")
-    parser.add_argument("--data", required=True, help="Market-1501-layout dataset root (bounding_box_train/ ...)")
-    parser.add_argument("--out", required=True, help="run directory (checkpoints, metrics.jsonl, train.log)")
-    parser.add_argument("--backbone", choices=BACKBONES, default=d.backbone)
-    parser.add_argument("--losses", choices=LOSS_CHOICES, default=d.losses, help="the paper's ablation rows")
-    parser.add_argument("--epochs", type=int, default=d.epochs)
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="pairs per step (2x images)")
-    parser.add_argument("--height", type=int, default=d.height)
-    parser.add_argument("--width", type=int, default=d.width)
-    parser.add_argument("--pretrained", default=d.pretrained, help="imagenet, none, or a weight file path")
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--lr", type=float, default=d.lr)
-    parser.add_argument("--momentum", type=float, default=d.momentum)
-    parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    parser.add_argument("--lambda1", type=float, default=d.lambda1)
-    parser.add_argument("--lambda2", type=float, default=d.lambda2)
-    parser.add_argument("--alpha", type=float, default=d.alpha)
-    parser.add_argument("--threshold", type=float, default=d.threshold, help="alignment threshold t")
-    parser.add_argument("--positive-fraction", type=float, default=d.positive_fraction)
-    parser.add_argument("--pairs-per-epoch", type=int, default=None, help="default: one pair per training image")
-    parser.add_argument("--last-stride", type=int, choices=(1, 2), default=d.last_stride)
-    parser.add_argument("--dropout", type=float, default=d.dropout)
-    parser.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
-    parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default=d.amp)
-    parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the backbone")
-    parser.add_argument("--workers", type=int, default=d.workers, help="DataLoader worker processes")
-    parser.add_argument("--eval-every", type=int, default=0,
-                        help="evaluate on query/gallery every N epochs and keep best.pt (off by default)")
-    parser.add_argument("--eval-topk", default="100", help="CASN re-ranking depth during evaluation, or 'all'")
-    parser.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap steps per epoch (smoke tests)")
-    parser.add_argument("--skip-bad-images", action="store_true", help="drop unreadable images instead of stopping")
-    parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    topk = None if str(args.eval_topk).lower() == "all" else int(args.eval_topk)
-    return TrainConfig(
-        data=args.data, out=args.out, backbone=args.backbone, losses=args.losses, epochs=args.epochs,
-        batch_size=args.batch_size, height=args.height, width=args.width, pretrained=args.pretrained,
-        seed=args.seed, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-        lambda1=args.lambda1, lambda2=args.lambda2, alpha=args.alpha, threshold=args.threshold,
-        positive_fraction=args.positive_fraction, pairs_per_epoch=args.pairs_per_epoch,
-        last_stride=args.last_stride, dropout=args.dropout, device=args.device, amp=args.amp,
-        channels_last=args.channels_last, compile=args.compile, workers=args.workers,
-        eval_every=args.eval_every, eval_topk=topk, max_steps_per_epoch=args.max_steps_per_epoch,
-        skip_bad_images=args.skip_bad_images,
-    )
 
 
 def _distributed() -> tuple[int, int, int]:
@@ -233,20 +246,58 @@ def relabel(records: list) -> tuple[list, int]:
     return [replace(r, label=index[r.pid]) for r in records], len(pids)
 
 
-def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Train CASN (see the module docstring). Under torchrun the process group is created here
-    and destroyed at the end, unless the caller had already created it."""
-    from casn_core.data import PairDataset, build_train_transform, load_market
+@dataclass
+class RunContext:
+    """Where and how this process trains: rank, world size, device, run folder."""
 
+    rank: int
+    world: int
+    device: torch.device
+    run_dir: Path
+    owns_group: bool
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def last_path(self) -> Path:
+        return self.run_dir / "last.pt"
+
+
+@dataclass
+class TrainData:
+    """Training pairs, their records and identity count, and the validation split (``--val-ids``)."""
+
+    pairs: object
+    records: list
+    num_classes: int
+    val_query: list
+    val_gallery: list
+
+
+@dataclass
+class TrainState:
+    """What an epoch updates: model, optimizer, scheduler, the next epoch and the best test mAP."""
+
+    model: CASN
+    model_config: ModelConfig
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    start_epoch: int = 0
+    best_map: float = -1.0
+
+
+def setup_run(config: TrainConfig) -> RunContext:
+    """Step 1: rank/world from torchrun, the device, the process group (created here only when the
+    caller has none), the run folder and the log."""
     rank, world, local_rank = _distributed()
-    owns_group = False
-    is_main = rank == 0
     run_dir = Path(config.out)
-    if is_main:
+    if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-    _setup_logging(run_dir, is_main)
-
+    _setup_logging(run_dir, rank == 0)
     device = resolve_device(config.device)
+    owns_group = False
     if world > 1:
         if device.type == "cuda":
             device = torch.device("cuda", local_rank)
@@ -254,134 +305,250 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
         owns_group = not dist.is_initialized()
         if owns_group:
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    loss_config = config.loss_config()
+    if rank == 0:
+        remove_stale_temporaries(run_dir)
+    return RunContext(rank, world, device, run_dir, owns_group)
+
+
+def build_data(config: TrainConfig) -> TrainData:
+    """Step 2: check and relabel the training images, hold out ``--val-ids`` identities, build the pairs."""
+    from casn_core.data import PairDataset, build_train_transform, load_market
+    from casn_core.engine.tune import validation_split
 
     dataset = load_market(config.data, splits=("train",))
     records = _bad_image_report(list(dataset.train), config.skip_bad_images)
+    val_query: list = []
+    val_gallery: list = []
+    if config.val_ids:
+        records, val_query, val_gallery = validation_split(records, config.val_ids, config.seed)
     records, num_classes = relabel(records)
     transform = build_train_transform(config.height, config.width)
-    pairs = PairDataset(records, transform, config.positive_fraction, config.pairs_per_epoch, config.seed)
+    pairs = PairDataset(records, transform, config.positive_fraction, config.pairs_per_epoch, config.seed,
+                        hard_fraction=config.hard_negatives)
+    return TrainData(pairs, records, num_classes, val_query, val_gallery)
 
+
+def build_model(config: TrainConfig, num_classes: int, ctx: RunContext, resume: bool) -> TrainState:
+    """Step 3: the model (fresh, or from ``last.pt`` with ``resume``), optimizer and lr schedule."""
     model_config = ModelConfig(backbone=config.backbone, num_classes=num_classes,
                                last_stride=config.last_stride, dropout=config.dropout)
-    start_epoch = 0
-    state = None
-    last_path = run_dir / "last.pt"
-    if is_main:
-        remove_stale_temporaries(run_dir)
-    if resume:
-        state = load_checkpoint(last_path)
-        saved = TrainConfig(**state["train_config"])
-        if saved.resume_key() != config.resume_key():
-            changed = {k: (v, config.resume_key()[k]) for k, v in saved.resume_key().items() if config.resume_key()[k] != v}
-            raise CheckpointError(f"{last_path}: cannot resume with different settings (saved, now): {changed}")
-        model = model_from_checkpoint(state, last_path, expect={"backbone": config.backbone, "num_classes": num_classes})
-        start_epoch = int(state["epoch"]) + 1
+    state = resume_state(config, num_classes, ctx) if resume else None
+    if state is not None:
+        model = model_from_checkpoint(state, ctx.last_path,
+                                      expect={"backbone": config.backbone, "num_classes": num_classes})
+    elif config.init_checkpoint:
+        torch.manual_seed(config.seed)
+        model = model_from_checkpoint(load_checkpoint(config.init_checkpoint), config.init_checkpoint,
+                                      expect={"backbone": config.backbone, "num_classes": num_classes,
+                                              "last_stride": config.last_stride})
+        model.train()
     else:
         torch.manual_seed(config.seed)
         model = CASN(model_config, pretrained=config.pretrained)
-    model.to(device)
+    model.to(ctx.device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
-
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[lr_milestone(config)], gamma=0.1)
-    best_map = -1.0
+    train_state = TrainState(model, model_config, optimizer, scheduler)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        best_map = float(state.get("best_map", -1.0))
-        if is_main:
-            _trim_metrics(run_dir / "metrics.jsonl", start_epoch)
-        log.info("resumed from %s after epoch %d", last_path, start_epoch)
+        train_state.start_epoch = int(state["epoch"]) + 1
+        train_state.best_map = float(state.get("best_map", -1.0))
+        if ctx.is_main:
+            _trim_metrics(ctx.run_dir / "metrics.jsonl", train_state.start_epoch)
+        log.info("resumed from %s after epoch %d", ctx.last_path, train_state.start_epoch)
+    return train_state
 
-    step_module: nn.Module = TrainStep(model, loss_config)
+
+def resume_state(config: TrainConfig, num_classes: int, ctx: RunContext) -> dict:
+    """Step 3a: ``last.pt``, refused when a setting that shapes the run has changed."""
+    state = load_checkpoint(ctx.last_path)
+    saved = TrainConfig(**state["train_config"]).resume_key()
+    now = config.resume_key()
+    if saved != now:
+        changed = {k: (v, now[k]) for k, v in saved.items() if now[k] != v}
+        raise CheckpointError(f"{ctx.last_path}: cannot resume with different settings (saved, now): {changed}")
+    return state
+
+
+def wrap_step(config: TrainConfig, state: TrainState, ctx: RunContext) -> nn.Module:
+    """Step 4: the loss module (compiled backbone, DDP wrapper when distributed)."""
+    loss_config = config.loss_config()
+    step_module: nn.Module = TrainStep(state.model, loss_config)
     if config.compile:
-        model.backbone.compile()  # in place: state_dict keys stay unprefixed, checkpoints stay portable
-    if world > 1:
+        state.model.backbone.compile()  # in place: state_dict keys stay unprefixed, checkpoints stay portable
+    if ctx.world > 1:
         step_module = nn.parallel.DistributedDataParallel(
-            step_module, device_ids=[device.index] if device.type == "cuda" else None,
+            step_module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
             find_unused_parameters=not loss_config.use_sa,
         )
-    if is_main:
+    return step_module
+
+
+@torch.no_grad()
+def mine_neighbours(model: CASN, records: list, config: TrainConfig, device: torch.device,
+                    per_identity: int = 4) -> dict[int, list[int]]:
+    """Hard-negative table (ours): each label's ``hard_negative_pool`` nearest other identities by the
+    centroids of the current model's features of up to ``per_identity`` images each (no augmentation,
+    the same images every epoch, so ``--resume`` redraws the same table)."""
+    from casn_core.data import ImageDataset, build_test_transform
+    from casn_core.data.pairs import nearest_identities
+
+    chosen, taken = [], {}
+    for record in records:
+        if taken.get(record.label, 0) < per_identity:
+            taken[record.label] = taken.get(record.label, 0) + 1
+            chosen.append(record)
+    loader = DataLoader(ImageDataset(chosen, build_test_transform(config.height, config.width)),
+                        batch_size=64, shuffle=False, num_workers=config.workers)
+    was_training = model.training
+    model.eval()
+    feats = []
+    for images, *_ in loader:
+        with autocast_context(device, config.amp):
+            maps = model.feature_map(images.to(device))
+        feats.append(model.features(maps.float()).float().cpu())
+    model.train(was_training)
+    return nearest_identities(torch.cat(feats), [r.label for r in chosen], config.hard_negative_pool)
+
+
+def run_epoch(config: TrainConfig, ctx: RunContext, state: TrainState, step_module: nn.Module, data: TrainData,
+              epoch: int, progress: bool) -> dict:
+    """Step 5: one epoch of eq. 6 over this epoch's pairs; returns the epoch's metrics record."""
+    neighbours = mine_neighbours(state.model, data.records, config, ctx.device) if config.hard_negatives else None
+    torch.manual_seed(config.seed * 1000 + epoch)  # augmentation and dropout of this epoch
+    pairs = data.pairs
+    pairs.set_epoch(epoch, neighbours)
+    sampler = DistributedSampler(pairs, ctx.world, ctx.rank, shuffle=False) if ctx.world > 1 else None
+    loader = DataLoader(pairs, batch_size=config.batch_size, sampler=sampler, shuffle=False,
+                        num_workers=config.workers, pin_memory=ctx.device.type == "cuda", drop_last=True,
+                        persistent_workers=False)
+    if len(loader) == 0:
+        raise ValueError(f"{len(pairs)} pairs per rank cannot fill one batch of {config.batch_size}")
+    step_module.train()
+    sums: dict[str, float] = {}
+    steps, images_seen, started = 0, 0, time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (progress and ctx.is_main), unit="step")
+    for step, (images1, images2, labels1, labels2, same) in enumerate(bar):
+        if config.max_steps_per_epoch is not None and step >= config.max_steps_per_epoch:
+            break
+        batch = [t.to(ctx.device, non_blocking=True) for t in (images1, images2, labels1, labels2, same)]
+        if config.channels_last:
+            batch[0] = batch[0].contiguous(memory_format=torch.channels_last)
+            batch[1] = batch[1].contiguous(memory_format=torch.channels_last)
+        with autocast_context(ctx.device, config.amp):
+            terms = step_module(*batch)
+        if not torch.isfinite(terms.total):
+            raise NonFiniteLossError(
+                f"loss is {float(terms.total.detach())} at epoch {epoch + 1}, step {step + 1} "
+                f"(terms {terms.as_floats()}); stopped, {ctx.last_path} keeps the last good epoch"
+            )
+        state.optimizer.zero_grad(set_to_none=True)
+        terms.total.backward()
+        state.optimizer.step()
+        values = terms.as_floats()
+        for key, value in values.items():
+            sums[key] = sums.get(key, 0.0) + value
+        steps += 1
+        images_seen += 2 * batch[0].shape[0] * ctx.world
+        bar.set_postfix(loss=f"{values['total']:.3f}")
+    elapsed = time.perf_counter() - started
+    lr = state.optimizer.param_groups[0]["lr"]
+    state.scheduler.step()
+    return {"epoch": epoch + 1, "lr": lr, "steps": steps, "seconds": round(elapsed, 3),
+            "images_per_s": round(images_seen / max(elapsed, 1e-9), 2),
+            **{f"loss_{k}": v / max(steps, 1) for k, v in sums.items()}}
+
+
+def epoch_payload(config: TrainConfig, state: TrainState, epoch: int) -> dict:
+    """The checkpoint content after ``epoch`` (0-based)."""
+    return {
+        "model": state.model.state_dict(), "model_config": state.model_config.to_dict(),
+        "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
+        "epoch": epoch, "train_config": asdict(config), "input_size": [config.height, config.width],
+        "best_map": state.best_map,
+    }
+
+
+def save_epoch(config: TrainConfig, ctx: RunContext, state: TrainState, epoch: int, record: dict) -> None:
+    """Step 6 (main process): optional test evaluation and ``best.pt``, the metrics line, ``last.pt``."""
+    payload = epoch_payload(config, state, epoch)
+    if config.eval_every and (epoch + 1) % config.eval_every == 0:
+        from casn_core.engine.evaluate import evaluate_model
+
+        results = evaluate_model(state.model, config.data, config.height, config.width, device=ctx.device,
+                                 amp=config.amp, topk=config.eval_topk, progress=False)
+        record["eval"] = results
+        if results["feature"]["mAP"] > state.best_map:
+            state.best_map = results["feature"]["mAP"]
+            payload["best_map"] = state.best_map
+            save_checkpoint(ctx.run_dir / "best.pt", payload)
+        state.model.train()
+    # metrics first: a crash between the two writes repeats this epoch on --resume, and
+    # _trim_metrics then drops the record of the epoch that the checkpoint does not hold
+    with open(ctx.run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+    save_checkpoint(ctx.last_path, payload)
+    log.info("epoch %d: %s", epoch + 1, json.dumps({k: v for k, v in record.items() if k != "eval"}))
+    if "eval" in record:
+        log.info("epoch %d eval: %s", epoch + 1, json.dumps(record["eval"]))
+
+
+def tune_after_training(config: TrainConfig, ctx: RunContext, state: TrainState, data: TrainData) -> dict | None:
+    """Step 7 (main process, ``--val-ids``): choose w and K on the held-out identities, log the curve,
+    write ``tune.json`` and store ``payload["ranking"]`` in ``last.pt`` (and ``best.pt``)."""
+    if not config.val_ids:
+        return None
+    from casn_core.engine.pair_signals import extract_records
+    from casn_core.engine.tune import tune_ranking
+
+    was_training = state.model.training
+    state.model.eval()
+    size = (config.height, config.width)
+    query = extract_records(state.model, data.val_query, size, desc="validation query")
+    gallery = extract_records(state.model, data.val_gallery, size, desc="validation gallery")
+    result = tune_ranking(state.model, query, gallery, config.threshold, log=log.info)
+    state.model.train(was_training)
+    entry = result.ranking_entry(f"train --val-ids {config.val_ids} (held-out training identities)")
+    log.info("ranking chosen on %d validation identities: w = %g, K = %s (mAP %.2f%%, feature %.2f%%)",
+             config.val_ids, result.attention_weight, result.topk, 100 * result.mAP, 100 * result.feature_mAP)
+    (ctx.run_dir / "tune.json").write_text(json.dumps(entry, indent=1), encoding="utf-8")
+    for path in (ctx.last_path, ctx.run_dir / "best.pt"):
+        if path.is_file():
+            payload = {k: v for k, v in load_checkpoint(path).items() if k not in ("format", "version")}
+            payload["ranking"] = entry
+            save_checkpoint(path, payload)
+    return entry
+
+
+def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train CASN (see the module docstring). Under torchrun the process group is created here
+    and destroyed at the end, unless the caller had already created it."""
+    ctx = setup_run(config)
+    data = build_data(config)
+    state = build_model(config, data.num_classes, ctx, resume)
+    step_module = wrap_step(config, state, ctx)
+    if ctx.is_main:
         log.info("training %s on %s: %d images, %d identities, %d pairs/epoch, device %s x%d, losses %s",
-                 config.backbone, config.data, len(records), num_classes, len(pairs), device, world, config.losses)
-
+                 config.backbone, config.data, len(data.records), data.num_classes, len(data.pairs), ctx.device,
+                 ctx.world, config.losses)
     record: dict = {}
-    for epoch in range(start_epoch, config.epochs):
-        torch.manual_seed(config.seed * 1000 + epoch)  # augmentation and dropout of this epoch
-        pairs.set_epoch(epoch)
-        sampler = DistributedSampler(pairs, world, rank, shuffle=False) if world > 1 else None
-        loader = DataLoader(pairs, batch_size=config.batch_size, sampler=sampler, shuffle=False,
-                            num_workers=config.workers, pin_memory=device.type == "cuda", drop_last=True,
-                            persistent_workers=False)
-        if len(loader) == 0:
-            raise ValueError(f"{len(pairs)} pairs per rank cannot fill one batch of {config.batch_size}")
-        step_module.train()
-        sums: dict[str, float] = {}
-        steps, images_seen, started = 0, 0, time.perf_counter()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (progress and is_main), unit="step")
-        for step, (images1, images2, labels1, labels2, same) in enumerate(bar):
-            if config.max_steps_per_epoch is not None and step >= config.max_steps_per_epoch:
-                break
-            batch = [t.to(device, non_blocking=True) for t in (images1, images2, labels1, labels2, same)]
-            if config.channels_last:
-                batch[0] = batch[0].contiguous(memory_format=torch.channels_last)
-                batch[1] = batch[1].contiguous(memory_format=torch.channels_last)
-            with autocast_context(device, config.amp):
-                terms = step_module(*batch)
-            if not torch.isfinite(terms.total):
-                raise NonFiniteLossError(
-                    f"loss is {float(terms.total.detach())} at epoch {epoch + 1}, step {step + 1} "
-                    f"(terms {terms.as_floats()}); stopped, {last_path} keeps the last good epoch"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            terms.total.backward()
-            optimizer.step()
-            values = terms.as_floats()
-            for key, value in values.items():
-                sums[key] = sums.get(key, 0.0) + value
-            steps += 1
-            images_seen += 2 * batch[0].shape[0] * world
-            bar.set_postfix(loss=f"{values['total']:.3f}")
-        elapsed = time.perf_counter() - started
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        record = {"epoch": epoch + 1, "lr": lr, "steps": steps, "seconds": round(elapsed, 3),
-                  "images_per_s": round(images_seen / max(elapsed, 1e-9), 2),
-                  **{f"loss_{k}": v / max(steps, 1) for k, v in sums.items()}}
-        if is_main:
-            payload = {
-                "model": model.state_dict(), "model_config": model_config.to_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "epoch": epoch, "train_config": asdict(config), "input_size": [config.height, config.width],
-                "best_map": best_map,
-            }
-            if config.eval_every and (epoch + 1) % config.eval_every == 0:
-                from casn_core.engine.evaluate import evaluate_model
-
-                results = evaluate_model(model, config.data, config.height, config.width, device=device,
-                                         amp=config.amp, topk=config.eval_topk, progress=False)
-                record["eval"] = results
-                if results["feature"]["mAP"] > best_map:
-                    best_map = results["feature"]["mAP"]
-                    payload["best_map"] = best_map
-                    save_checkpoint(run_dir / "best.pt", payload)
-                model.train()
-            # metrics first: a crash between the two writes repeats this epoch on --resume, and
-            # _trim_metrics then drops the record of the epoch that the checkpoint does not hold
-            with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
-            save_checkpoint(last_path, payload)
-            log.info("epoch %d: %s", epoch + 1, json.dumps({k: v for k, v in record.items() if k != "eval"}))
-            if "eval" in record:
-                log.info("epoch %d eval: %s", epoch + 1, json.dumps(record["eval"]))
-        if world > 1:
+    for epoch in range(state.start_epoch, config.epochs):
+        record = run_epoch(config, ctx, state, step_module, data, epoch, progress)
+        if ctx.is_main:
+            save_epoch(config, ctx, state, epoch, record)
+        if ctx.world > 1:
             dist.barrier()
-    if world > 1 and owns_group:
+    if ctx.is_main:
+        ranking = tune_after_training(config, ctx, state, data)
+        if ranking is not None:
+            record["ranking"] = {k: v for k, v in ranking.items() if k != "curve"}
+    if ctx.world > 1 and ctx.owns_group:
         dist.destroy_process_group()
-    return TrainResult(record, model)
+    return TrainResult(record, state.model)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -394,4 +561,3 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
-

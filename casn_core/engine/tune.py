@@ -1,0 +1,188 @@
+"""A validated ranking weight: ``python -m casn_core tune`` and ``train --val-ids N`` (issue 11).
+
+The paper ranks by ``d = norm(d_f) + w norm(d_a)`` on the top K by feature distance with w = 1
+(sec. 4, "Evaluation Protocol"). Whether the attention distance helps depends on the data and on how
+well the Siamese head learned, so we (not the paper) pick w and K on held-out *validation*
+identities: a grid over w that includes 0 (= the feature ranking) and a few K, scored by mAP with the
+Market-1501 protocol (rank-1 breaks ties, then the smaller w, then the smaller K). The choice is stored in the
+checkpoint as ``payload["ranking"] = {"attention_weight", "topk", "source", "curve"}``, which
+:class:`casn_core.checkpoint.CheckpointInfo` reads (no entry: the paper's w = 1).
+
+Never tune on the test split: the chosen w would then be fitted to the numbers it is judged by.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from casn_core.engine.inference import FeatureCache
+from casn_core.models.casn import CASN
+
+WEIGHT_GRID = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0)
+"""Candidate w; 0 is the feature ranking, 1 the paper's."""
+TOPK_GRID = (10, 20, 50)
+"""Candidate K (re-ranking depth)."""
+
+
+@dataclass
+class TuneResult:
+    """The chosen ``(w, K)``, its validation scores and the whole curve (one row per grid point)."""
+
+    attention_weight: float
+    topk: int | None
+    mAP: float
+    rank1: float
+    feature_mAP: float
+    feature_rank1: float
+    curve: list[dict] = field(default_factory=list)
+
+    def ranking_entry(self, source: str) -> dict:
+        """The checkpoint's ``payload["ranking"]`` entry."""
+        return {"attention_weight": float(self.attention_weight), "topk": self.topk, "source": source,
+                "validation": {"mAP": self.mAP, "rank1": self.rank1, "feature_mAP": self.feature_mAP,
+                               "feature_rank1": self.feature_rank1},
+                "curve": self.curve}
+
+
+def pick_best(curve: Sequence[dict]) -> dict:
+    """The grid row with the best validation mAP; ties: higher rank-1, then smaller w, then smaller K."""
+    if not curve:
+        raise ValueError("the weight search needs at least one grid point")
+
+    def key(row: dict) -> tuple:
+        topk = row["topk"] if row["topk"] is not None else float("inf")
+        return (-row["mAP"], -row["rank1"], row["attention_weight"], topk)
+
+    return min(curve, key=key)
+
+
+def tune_ranking(model: CASN, query: FeatureCache, gallery: FeatureCache, threshold: float,
+                 weights: Sequence[float] = WEIGHT_GRID, topks: Sequence[int | None] = TOPK_GRID,
+                 log=None) -> TuneResult:
+    """Score the CASN ranking of every ``(w, K)`` on validation caches and pick the best (see module doc).
+
+    The grid always includes w = 0, whatever ``weights`` says, so the choice is never worse than the
+    feature ranking on the validation split.
+    """
+    from casn_core.engine.evaluate import evaluate_caches
+
+    weights = sorted({0.0, *(float(w) for w in weights)})
+    if any(w < 0 for w in weights):
+        raise ValueError(f"attention weights must be >= 0, got {weights}")
+    curve, feature = [], None
+    for topk in topks:
+        for weight in weights:
+            result = evaluate_caches(model, query, gallery, topk=topk, attention_weight=weight,
+                                     threshold=threshold, progress=False)
+            feature = result["feature"]
+            row = {"attention_weight": weight, "topk": topk, "mAP": result["casn"]["mAP"],
+                   "rank1": result["casn"]["rank1"]}
+            curve.append(row)
+            if log is not None:
+                log(f"validation K={topk} w={weight:g}: mAP {100 * row['mAP']:.2f}%  rank-1 {100 * row['rank1']:.2f}%")
+    best = pick_best(curve)
+    return TuneResult(best["attention_weight"], best["topk"], best["mAP"], best["rank1"],
+                      feature["mAP"], feature["rank1"], curve)
+
+
+def validation_split(records: Sequence, num_ids: int, seed: int = 0) -> tuple[list, list, list]:
+    """Hold out ``num_ids`` identities of a training split as a validation query/gallery.
+
+    Returns ``(train, query, gallery)``. Only identities seen by at least two cameras are held out;
+    each gives one query image (a random camera) and the rest of its images as gallery, so every
+    validation query has a cross-camera true match (Market-1501 protocol). Seeded; the training part
+    shares no identity with the validation part.
+    """
+    records = list(records)
+    if num_ids < 1:
+        raise ValueError(f"--val-ids must be >= 1, got {num_ids}")
+    cameras: dict[int, set] = {}
+    for record in records:
+        cameras.setdefault(record.pid, set()).add(record.camid)
+    eligible = sorted(pid for pid, cams in cameras.items() if len(cams) >= 2)
+    if num_ids > len(eligible) or num_ids >= len(cameras) - 1:
+        raise ValueError(
+            f"--val-ids {num_ids}: the training split has {len(cameras)} identities, {len(eligible)} of them "
+            f"seen by two or more cameras; keep at least two identities for training"
+        )
+    rng = np.random.default_rng([seed, 11])
+    held = set(int(p) for p in rng.choice(eligible, size=num_ids, replace=False))
+    train = [r for r in records if r.pid not in held]
+    query, gallery = [], []
+    for pid in sorted(held):
+        own = [r for r in records if r.pid == pid]
+        camid = sorted(cameras[pid])[int(rng.integers(len(cameras[pid])))]
+        from_cam = [r for r in own if r.camid == camid]
+        chosen = from_cam[int(rng.integers(len(from_cam)))]
+        query.append(chosen)
+        gallery.extend(r for r in own if r is not chosen)
+    return train, query, gallery
+
+
+def parse_grid(text: str, cast=float) -> list:
+    """``"0,0.1,1"`` -> ``[0.0, 0.1, 1.0]``; ``all`` as a K means the whole gallery (None)."""
+    values = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if cast is int and part.lower() == "all":
+            values.append(None)
+            continue
+        try:
+            values.append(cast(part))
+        except ValueError:
+            raise ValueError(f"bad grid value {part!r} in {text!r}") from None
+    if not values:
+        raise ValueError(f"empty grid {text!r}")
+    return values
+
+
+def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``python -m casn_core tune``."""
+    parser.add_argument("--checkpoint", required=True, help="checkpoint to tune; rewritten in place (atomically)")
+    parser.add_argument("--data", required=True,
+                        help="VALIDATION set in the Market layout (query/ and bounding_box_test/ of identities "
+                             "held out from training). Never the test split: a weight tuned on the test "
+                             "split is fitted to the numbers it is judged by")
+    parser.add_argument("--weights", default=",".join(f"{w:g}" for w in WEIGHT_GRID),
+                        help="grid of w in d = d_f + w d_a (0 is always added)")
+    parser.add_argument("--topk", default=",".join(str(k) for k in TOPK_GRID), help="grid of K ('all' allowed)")
+    parser.add_argument("--out", help="write the tuned checkpoint here instead of over --checkpoint")
+    parser.add_argument("--json", help="write the curve and the choice here")
+    parser.add_argument("--dry-run", action="store_true", help="report the curve, write no checkpoint")
+
+
+def run_tune(args: argparse.Namespace) -> int:
+    """Entry point of ``python -m casn_core tune``."""
+    from casn_core.checkpoint import CheckpointError, checkpoint_info, load_model, save_checkpoint
+    from casn_core.engine.pair_signals import dataset_caches
+
+    try:
+        weights, topks = parse_grid(args.weights, float), parse_grid(args.topk, int)
+        model, payload = load_model(args.checkpoint, "cpu")
+        info = checkpoint_info(payload)
+        query, gallery = dataset_caches(model, args.data, info.input_size)
+        result = tune_ranking(model, query, gallery, info.threshold, weights, topks, log=print)
+    except (CheckpointError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"chosen: w = {result.attention_weight:g}, K = {result.topk}: validation mAP {100 * result.mAP:.2f}% "
+          f"(feature ranking {100 * result.feature_mAP:.2f}%), rank-1 {100 * result.rank1:.2f}% "
+          f"(feature {100 * result.feature_rank1:.2f}%)")
+    entry = result.ranking_entry(f"casn tune on {args.data}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"checkpoint": args.checkpoint, **asdict(result)}, indent=1))
+    if not args.dry_run:
+        payload = {k: v for k, v in payload.items() if k not in ("format", "version")}
+        payload["ranking"] = entry
+        target = save_checkpoint(args.out or args.checkpoint, payload)
+        print(f"stored in {target} as payload['ranking']")
+    return 0
