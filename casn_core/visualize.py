@@ -49,17 +49,42 @@ def plot_aligned(ax: Axes, explanation: dict, labels: tuple[str, str] = ("image 
     ax.legend(fontsize=7, loc="upper right")
 
 
+def plot_similarity_rows(ax: Axes, explanation: dict, labels: tuple[str, str] = ("image 1", "image 2")) -> None:
+    """Row contributions to the cosine similarity s (sums over the width of the exact similarity maps)."""
+    for key, label in zip(("similarity_rows1", "similarity_rows2"), labels):
+        ax.plot(np.asarray(explanation[key]), marker="o", ms=3, label=label)
+    ax.axhline(0.0, color="gray", lw=0.8)
+    ax.set_xlabel("row (top to bottom)")
+    ax.set_ylabel("contribution to s")
+    ax.set_title(f"similarity by row, s = {explanation['similarity']:.3f}")
+    ax.legend(fontsize=7, loc="upper right")
+
+
 def explanation_figure(image1: np.ndarray, image2: np.ndarray, explanation: dict, title: str = "") -> Figure:
-    """A 1x4 figure: both overlays, the row vectors with spans, the aligned vectors."""
-    fig = Figure(figsize=(11, 4.2), dpi=100)  # no pyplot: no global backend or figure registry
-    grid = fig.add_gridspec(1, 4, width_ratios=[1, 1, 2, 2])
+    """Both explainers of a pair (``PairExplanation.to_json()`` keys).
+
+    Top row, the paper's Siamese attention (figs. 5-8): both overlays, the row vectors with spans,
+    the aligned vectors. Bottom row, when the explanation has them, the exact similarity maps of
+    both images (each sums to s) and their row contributions.
+    """
+    has_similarity = "similarity_map1" in explanation
+    rows = 2 if has_similarity else 1
+    fig = Figure(figsize=(11, 4.2 * rows), dpi=100)  # no pyplot: no global backend or figure registry
+    grid = fig.add_gridspec(rows, 4, width_ratios=[1, 1, 2, 2])
     for i, (image, key) in enumerate(((image1, "map1"), (image2, "map2"))):
         ax = fig.add_subplot(grid[0, i])
         ax.imshow(overlay_heatmap(image, np.asarray(explanation[key])))
-        ax.set_title(f"image {i + 1}")
+        ax.set_title(f"image {i + 1}: Siamese attention", fontsize=8)
         ax.axis("off")
     plot_rows(fig.add_subplot(grid[0, 2]), explanation)
     plot_aligned(fig.add_subplot(grid[0, 3]), explanation)
+    if has_similarity:
+        for i, (image, key) in enumerate(((image1, "similarity_map1"), (image2, "similarity_map2"))):
+            ax = fig.add_subplot(grid[1, i])
+            ax.imshow(overlay_heatmap(image, np.clip(np.asarray(explanation[key]), 0, None)))
+            ax.set_title(f"image {i + 1}: similarity map", fontsize=8)
+            ax.axis("off")
+        plot_similarity_rows(fig.add_subplot(grid[1, 2:]), explanation)
     head = (
         f"same-person probability {explanation['same_probability']:.3f} | feature distance "
         f"{explanation['feature_distance']:.3f} | attention distance {explanation['attention_distance']:.3f}"
