@@ -9,6 +9,7 @@ def build_parser() -> argparse.ArgumentParser:
     from casn_core.data.synth import add_synth_arguments
     from casn_core.engine.evaluate import add_eval_arguments, add_explain_arguments
     from casn_core.engine.train import add_train_arguments
+    from casn_core.engine.tune import add_tune_arguments
     from casn_core.search import add_search_arguments
 
     parser = argparse.ArgumentParser(prog="casn", description="CASN person re-identification "
@@ -17,6 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_synth_arguments(commands.add_parser("synth", help="generate a procedural pedestrian dataset (Market layout)"))
     add_train_arguments(commands.add_parser("train", help="train CASN (DDP under torchrun)"))
     add_eval_arguments(commands.add_parser("eval", help="CMC/mAP/mINP with feature and CASN ranking"))
+    add_tune_arguments(commands.add_parser("tune", help="choose the attention weight w (and K) on a validation "
+                                           "set (never the test split) and store it in the checkpoint"))
     add_explain_arguments(commands.add_parser("explain", help="explain one image pair (JSON and figure)"))
     add_search_arguments(commands.add_parser("search", help="search any folder of person crops with query images"))
     commands.add_parser("app", help="the Gradio explainability app (same options as `python app.py`)",
@@ -48,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         from casn_core.engine.evaluate import run_eval
 
         return run_eval(args)
+    if args.command == "tune":
+        from casn_core.engine.tune import run_tune
+
+        return run_tune(args)
     if args.command == "search":
         from casn_core.search import run_search
 
