@@ -18,8 +18,10 @@ from casn_core.checkpoint import CheckpointError, load_model
 from casn_core.engine.inference import (
     FeatureCache, casn_distmat, explain_pair_tensors, explanation_dict, extract, feature_distance, resolve_device,
 )
+from casn_core.attention.siamese import DEFAULT_THRESHOLD
 from casn_core.metrics import evaluate_rank
 from casn_core.models.casn import CASN
+from casn_core.store import MAP_DTYPE_CHOICES, MapStore, open_or_build_store, resolve_map_dtype, store_path
 
 
 def summarise(result: dict) -> dict:
@@ -45,35 +47,87 @@ def extract_split(model: CASN, records: list, height: int, width: int, batch_siz
 
 
 def evaluate_caches(model: CASN, query: FeatureCache, gallery: FeatureCache, topk: int | None = 100,
-                    attention_weight: float = 1.0, threshold: float = 0.3, casn: bool = True,
-                    progress: bool = True) -> dict:
-    """Score feature ranking and CASN ranking of cached query and gallery features."""
+                    attention_weight: float = 1.0, threshold: float = DEFAULT_THRESHOLD, casn: bool = True,
+                    progress: bool = True, device: torch.device | str | None = None) -> dict:
+    """Score feature ranking and CASN ranking of cached query and gallery features.
+
+    ``query`` / ``gallery`` hold their maps in RAM (:func:`extract_split`) or in a store on disk
+    (``MapStore.as_cache()``); the CASN re-ranking reads only the candidates' maps.
+    """
     args = (query.pids, gallery.pids, query.camids, gallery.camids)
     feat = feature_distance(query.features, gallery.features).numpy()
     max_rank = min(50, len(gallery))
     results = {"num_query": len(query), "num_gallery": len(gallery),
                "feature": summarise(evaluate_rank(feat, *args, max_rank=max_rank))}
+    del feat
     if casn:
-        combined = casn_distmat(model, query, gallery, topk, attention_weight, threshold, progress)
+        combined = casn_distmat(model, query, gallery, topk, attention_weight, threshold, progress, device=device)
         results["casn"] = summarise(evaluate_rank(combined, *args, max_rank=max_rank))
         results["casn_settings"] = {"topk": "all" if topk is None else topk, "attention_weight": attention_weight,
                                     "threshold": threshold}
     return results
 
 
-def evaluate_model(model: CASN, data: str, height: int, width: int, device: torch.device | str = "cpu",
-                   amp: str = "none", topk: int | None = 100, attention_weight: float = 1.0,
-                   threshold: float = 0.3, batch_size: int = 64, workers: int = 0, casn: bool = True,
-                   progress: bool = True) -> dict:
-    """Evaluate ``model`` on the query/gallery splits of the dataset at ``data``."""
+def split_stores(model: CASN, data: str, height: int, width: int, store_dir: str | Path, *,
+                 checkpoint: str | Path | None = None, map_dtype: str = "auto", amp: str = "none",
+                 batch_size: int = 64, workers: int = 0, progress: bool = True, log=print,
+                 rank: int = 0, world_size: int = 1, group=None) -> tuple[MapStore, MapStore]:
+    """The query and gallery :class:`casn_core.store.MapStore` of the dataset at ``data`` (built once, then reused).
+
+    Stores live in ``store_path(store_dir, data, split, dtype)`` and are keyed by the checkpoint's
+    bytes (or the model's weights when ``checkpoint`` is None), the file list, the input size, the
+    map dtype and AMP; the app and ``eval`` share them. Under torchrun every rank calls this and
+    extracts its shard.
+    """
     from casn_core.data import load_market
 
     dataset = load_market(data, splits=("query", "gallery"))
+    dtype_name = resolve_map_dtype(map_dtype, next(model.parameters()).device)
+    stores = []
+    for split, records in (("query", dataset.query), ("gallery", dataset.gallery)):
+        stores.append(open_or_build_store(
+            model, list(records), store_path(store_dir, data, split, dtype_name), checkpoint=checkpoint, root=data,
+            input_size=(height, width), map_dtype=dtype_name, amp=amp, batch_size=batch_size, workers=workers,
+            progress=progress and rank == 0, desc=split, log=log, rank=rank, world_size=world_size, group=group))
+    return stores[0], stores[1]
+
+
+def evaluate_model(model: CASN, data: str, height: int, width: int, device: torch.device | str = "cpu",
+                   amp: str = "none", topk: int | None = 100, attention_weight: float = 1.0,
+                   threshold: float = DEFAULT_THRESHOLD, batch_size: int = 64, workers: int = 0, casn: bool = True,
+                   progress: bool = True, store_dir: str | Path | None = None, map_dtype: str = "auto",
+                   checkpoint: str | Path | None = None, log=print, rank: int = 0, world_size: int = 1,
+                   group=None) -> dict | None:
+    """Evaluate ``model`` on the query/gallery splits of the dataset at ``data``.
+
+    Without ``store_dir`` the maps are extracted into RAM (float32, as before); with it they go to
+    (or come from) map stores on disk (:func:`split_stores`) and memory does not grow with the
+    gallery. Distributed (``world_size > 1``): every rank extracts its shard into the stores; rank 0
+    scores and returns the results, the other ranks return None.
+    """
+    from casn_core.data import load_market
+
     was_training = model.training
     model.eval()
-    query = extract_split(model, list(dataset.query), height, width, batch_size, workers, amp, progress, "query")
-    gallery = extract_split(model, list(dataset.gallery), height, width, batch_size, workers, amp, progress, "gallery")
-    results = evaluate_caches(model, query, gallery, topk, attention_weight, threshold, casn, progress)
+    if store_dir is not None:
+        query_store, gallery_store = split_stores(
+            model, data, height, width, store_dir, checkpoint=checkpoint, map_dtype=map_dtype, amp=amp,
+            batch_size=batch_size, workers=workers, progress=progress, log=log, rank=rank, world_size=world_size,
+            group=group)
+        if rank != 0:
+            model.train(was_training)
+            return None
+        query, gallery = query_store.as_cache(), gallery_store.as_cache()
+        storage = {"maps": "store", "map_dtype": query_store.map_dtype,
+                   "stores": [str(query_store.path), str(gallery_store.path)]}
+    else:
+        dataset = load_market(data, splits=("query", "gallery"))
+        query = extract_split(model, list(dataset.query), height, width, batch_size, workers, amp, progress, "query")
+        gallery = extract_split(model, list(dataset.gallery), height, width, batch_size, workers, amp, progress,
+                                "gallery")
+        storage = {"maps": "memory", "map_dtype": "float32"}
+    results = evaluate_caches(model, query, gallery, topk, attention_weight, threshold, casn, progress, device)
+    results["storage"] = storage
     model.train(was_training)
     return results
 
@@ -105,30 +159,79 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
+    parser.add_argument("--store-dir", default=str(Path(".cache") / "store"),
+                        help="map stores on disk (one per split; reused while checkpoint, files, size and dtype "
+                             "match; shared with the app); default .cache/store under the working directory")
+    parser.add_argument("--map-dtype", choices=MAP_DTYPE_CHOICES, default="auto",
+                        help="dtype of the stored maps; auto = float32 on CUDA, bfloat16 on the CPU "
+                             "(float32 reproduces the in-memory numbers exactly)")
+    parser.add_argument("--in-memory", action="store_true", help="keep all maps in RAM instead of a store")
 
 
 def _threshold(args: argparse.Namespace, payload: dict) -> float:
     if args.threshold is not None:
         return args.threshold
-    return float(payload.get("train_config", {}).get("threshold", 0.3))
+    return float(payload.get("train_config", {}).get("threshold", DEFAULT_THRESHOLD))
+
+
+def _init_distributed(device: torch.device):
+    """``(rank, world_size, coordination group, device)`` under torchrun; ``(0, 1, None, device)`` otherwise."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, None, device
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    # object broadcasts and barriers of the store go through a CPU group whatever the backend
+    group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
+    return dist.get_rank(), dist.get_world_size(), group, device
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    """Entry point of ``python -m casn_core eval``."""
+    """Entry point of ``python -m casn_core eval`` (and ``torchrun -m casn_core eval``: sharded extraction)."""
     topk = None if str(args.topk).lower() == "all" else int(args.topk)
+    rank, world = 0, 1
     try:
-        model, payload = load_model(args.checkpoint, resolve_device(args.device))
+        rank, world, group, device = _init_distributed(resolve_device(args.device))
+        model, payload = load_model(args.checkpoint, device)
         height, width = _input_size(payload)
+        store_dir = None if args.in_memory else args.store_dir
+        if store_dir is None and world > 1:
+            raise ValueError("--in-memory cannot be sharded across processes; drop it to use the map store")
+        log = (lambda message: print(message, file=sys.stderr)) if rank == 0 else (lambda message: None)
         results = evaluate_model(model, args.data, height, width, next(model.parameters()).device, args.amp, topk,
-                                 args.attention_weight, _threshold(args, payload), args.batch_size, args.workers)
+                                 args.attention_weight, _threshold(args, payload), args.batch_size, args.workers,
+                                 store_dir=store_dir, map_dtype=args.map_dtype, checkpoint=args.checkpoint, log=log,
+                                 rank=rank, world_size=world, group=group, progress=rank == 0)
     except (CheckpointError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    if results is None:
+        return 0
     print(format_table(results))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        _write_json_atomic(Path(args.json), results)
     return 0
+
+
+def _write_json_atomic(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    tmp.replace(path)
 
 
 def add_explain_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence, Union
 
 import numpy as np
 import torch
@@ -16,15 +16,22 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from casn_core.attention.siamese import PairAttention, pair_attention, pair_attention_grid
+from casn_core.attention.siamese import DEFAULT_THRESHOLD, PairAttention, pair_attention, pair_attention_grid
 from casn_core.models.casn import CASN
+
+if TYPE_CHECKING:
+    from casn_core.store import StoredMaps
 
 
 @dataclass
 class FeatureCache:
-    """Per-image outputs of one backbone pass: ``maps`` = A (N, K, H, W), ``features`` = f (N, D)."""
+    """Per-image outputs of one backbone pass: ``maps`` = A (N, K, H, W), ``features`` = f (N, D).
 
-    maps: torch.Tensor
+    ``maps`` is an in-memory tensor (:func:`extract`) or a :class:`casn_core.store.StoredMaps` that
+    reads only the indexed rows from disk (``MapStore.as_cache()``); both index the same way.
+    """
+
+    maps: Union[torch.Tensor, "StoredMaps"]
     features: torch.Tensor
     pids: np.ndarray
     camids: np.ndarray
@@ -66,6 +73,40 @@ def extract_tensors(
 
 
 @torch.no_grad()
+def extract_batches(
+    model: CASN,
+    dataset: torch.utils.data.Dataset,
+    batch_size: int = 64,
+    workers: int = 0,
+    amp: str = "none",
+    channels_last: bool = False,
+    map_dtype: torch.dtype = torch.float32,
+    progress: bool = True,
+    desc: str = "extract",
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Yield ``(first row, maps, features)`` per batch: maps (n, K, H, W) channels-last on the CPU in
+    ``map_dtype``, features (n, D) float32. One backbone pass per image; nothing is kept here, so a
+    consumer can stream the maps to disk (:mod:`casn_core.store`) or into a preallocated tensor.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=device.type == "cuda")
+    start = 0
+    for images, *_ in tqdm(loader, desc=desc, disable=not progress, unit="batch"):
+        images = images.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        batch_maps, batch_feats = extract_tensors(model, images, amp, map_dtype)
+        # channels-last storage: the per-pair map products of the ranking read each gallery map as a
+        # contiguous (HW, K) matrix, measured 2.2x faster than the default layout (bench/pair_attention.py)
+        yield start, batch_maps.contiguous(memory_format=torch.channels_last).cpu(), batch_feats.float().cpu()
+        start += images.shape[0]
+
+
+@torch.no_grad()
 def extract(
     model: CASN,
     dataset: torch.utils.data.Dataset,
@@ -78,30 +119,28 @@ def extract(
     progress: bool = True,
     desc: str = "extract",
 ) -> FeatureCache:
-    """Run the backbone once over ``dataset`` (items ``(image, label, camid, index)``).
+    """Run the backbone once over ``dataset`` (items ``(image, label, camid, index)``), maps in RAM.
 
     ``records`` (with ``pid``, ``camid``, ``path``) supplies the labels kept in the cache. Maps are
-    stored on the CPU in ``map_dtype`` (bfloat16 halves their memory and the ranking's traffic).
+    stored on the CPU in ``map_dtype`` (bfloat16 halves their memory and the ranking's traffic),
+    written batch by batch into one preallocated tensor (no second copy). For sets whose maps do not
+    fit in memory use :func:`casn_core.store.open_or_build_store` instead.
     """
-    model.eval()
-    device = next(model.parameters()).device
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=device.type == "cuda")
-    maps, feats = [], []
-    for images, *_ in tqdm(loader, desc=desc, disable=not progress, unit="batch"):
-        images = images.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        batch_maps, batch_feats = extract_tensors(model, images, amp, map_dtype)
-        # channels-last storage: the per-pair map products of the ranking read each gallery map as a
-        # contiguous (HW, K) matrix, measured 2.2x faster than the default layout (bench/pair_attention.py)
-        maps.append(batch_maps.contiguous(memory_format=torch.channels_last).cpu())
-        feats.append(batch_feats.float().cpu())
+    maps = feats = None
+    total = len(dataset)
+    for start, batch_maps, batch_feats in extract_batches(model, dataset, batch_size, workers, amp, channels_last,
+                                                          map_dtype, progress, desc):
+        if maps is None:
+            k, h, w = batch_maps.shape[1:]
+            maps = torch.empty((total, h, w, k), dtype=batch_maps.dtype).permute(0, 3, 1, 2)
+            feats = torch.empty((total, batch_feats.shape[1]), dtype=torch.float32)
+        maps[start:start + batch_maps.shape[0]] = batch_maps
+        feats[start:start + batch_feats.shape[0]] = batch_feats
+    if maps is None:
+        raise ValueError("extract: the dataset is empty")
     return FeatureCache(
-        maps=torch.cat(maps),
-        features=torch.cat(feats),
+        maps=maps,
+        features=feats,
         pids=np.asarray([r.pid for r in records]),
         camids=np.asarray([r.camid for r in records]),
         paths=[str(r.path) for r in records],
@@ -139,7 +178,7 @@ def rank_query_casn(
     feature_distances: torch.Tensor,
     topk: int | None = 100,
     weight: float = 1.0,
-    threshold: float = 0.3,
+    threshold: float = DEFAULT_THRESHOLD,
     query_feature: torch.Tensor | None = None,
     gallery_features: torch.Tensor | None = None,
 ) -> RankedQuery:
@@ -187,25 +226,26 @@ def casn_distmat(
     gallery: FeatureCache,
     topk: int | None = 100,
     weight: float = 1.0,
-    threshold: float = 0.3,
+    threshold: float = DEFAULT_THRESHOLD,
     progress: bool = True,
+    device: torch.device | str | None = None,
+    max_batch_bytes: int | None = None,
 ) -> np.ndarray:
     """A (num_query, num_gallery) matrix whose row order is the CASN ranking of each query.
 
     Values are the combined distances for the re-scored candidates and larger values, in feature
-    order, for the rest, so :func:`casn_core.metrics.evaluate_rank` can score it directly.
+    order, for the rest, so :func:`casn_core.metrics.evaluate_rank` can score it directly. Every
+    query is re-ranked in one call (:func:`casn_core.engine.rerank.casn_distmat_batched`), the same
+    numbers as :func:`rank_query_casn` query by query; maps may be in RAM or in a store on disk.
     """
-    dist = feature_distance(query.features, gallery.features)
-    out = np.empty(tuple(dist.shape), dtype=np.float64)
-    for i in tqdm(range(len(query)), desc="casn re-rank", disable=not progress, unit="query"):
-        ranked = rank_query_casn(model, query.maps[i], gallery.maps, dist[i], topk, weight, threshold,
-                                 query.features[i], gallery.features)
-        out[i, ranked.order] = ranked.distance
-    return out
+    from casn_core.engine.rerank import casn_distmat_batched
+
+    return casn_distmat_batched(model, query, gallery, topk, weight, threshold, progress=progress, device=device,
+                                max_batch_bytes=max_batch_bytes)
 
 
 def explain_pair_tensors(
-    model: CASN, image1: torch.Tensor, image2: torch.Tensor, threshold: float = 0.3, amp: str = "none"
+    model: CASN, image1: torch.Tensor, image2: torch.Tensor, threshold: float = DEFAULT_THRESHOLD, amp: str = "none"
 ) -> tuple[PairAttention, float]:
     """Siamese attention of one pair of preprocessed images (3, H, W): ``(attention, feature distance)``."""
     model.eval()

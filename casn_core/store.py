@@ -1,0 +1,608 @@
+"""An on-disk store of feature maps, one per split, so memory does not grow with the gallery.
+
+CASN's ranking (paper sec. 4) and every explanation (sec. 3.2.2) need each image's whole feature map
+``A``, not only its feature vector ``f``. At Market-1501 size (3,368 + 19,732 images) those maps are
+13 GB (MobileNetV2, 256 x 128, float32) to 26 GB (ResNet50, 288 x 144), so they live on disk and
+only the rows a computation needs are read.
+
+Format (one directory per split)::
+
+    <path>/header.json             written LAST (temp + rename): the commit of a build
+    <path>/build-<token>/maps.npy  (N, H, W, K) maps, channels-last, float32 / float16 / uint16 (bf16 bits)
+    <path>/build-<token>/features.npy  (N, D) float32 pooled features f
+    <path>/build-<token>/pids.npy, camids.npy  (N,) int64
+    <path>/build-<token>/paths.json    the N image paths, in row order
+
+Why ``.npy`` (``numpy.lib.format.open_memmap``) rather than a format of our own: it is numpy's own,
+documented and versioned format; numpy writes and checks its header (magic, version, dtype, shape,
+order) and refuses a file shorter than its header says, and any tool can open it
+(``numpy.load(path, mmap_mode="r")``). safetensors' ``safe_open`` was the alternative, but it cannot
+be written incrementally (the whole tensor must exist before saving), which is the point here.
+numpy has no bfloat16: bf16 maps are stored as their raw uint16 bits and viewed as
+``torch.bfloat16`` on reading.
+
+Trust: a build is written into a private ``.tmp-*`` folder, renamed to ``build-<token>`` when every
+row is written and flushed, and only then is ``header.json`` (format version, shape, dtype,
+checkpoint sha256, file-list hash over relative path + size + mtime, input size, AMP, byte size of
+every file) atomically replaced to point at it. A store whose header is missing, unreadable, of
+another format version, of another checkpoint / file list / input size / dtype, or whose files do
+not have the recorded sizes, is rebuilt with a logged message, never trusted. A process killed
+mid-extraction leaves only a ``.tmp-*`` folder, which is never read and is removed by the next build.
+
+Memory: rows are read with explicit ``os.preadv`` calls into fresh buffers (:meth:`StoredMaps.read`),
+not through a memory map, because resident pages of a mapping count in the process's RSS and would
+make it grow to the whole file; the page cache still serves repeated reads. Writing likewise uses
+``os.pwrite`` at each row's offset (``open_memmap`` only lays down the header and the file size).
+
+Many processes (``torchrun``): rank 0 creates the build folder and preallocates the files, every rank
+writes the disjoint row range of its shard, and rank 0 commits after a barrier
+(:func:`open_or_build_store` with ``world_size > 1``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+STORE_FORMAT = "casn-map-store"
+STORE_VERSION = 1
+HEADER = "header.json"
+TMP_PREFIX = ".tmp-"
+BUILD_PREFIX = "build-"
+FILES = ("maps.npy", "features.npy", "pids.npy", "camids.npy", "paths.json")
+
+# name -> (numpy storage dtype, torch dtype)
+MAP_DTYPES: dict[str, tuple[np.dtype, torch.dtype]] = {
+    "float32": (np.dtype(np.float32), torch.float32),
+    "float16": (np.dtype(np.float16), torch.float16),
+    "bfloat16": (np.dtype(np.uint16), torch.bfloat16),
+}
+MAP_DTYPE_CHOICES = ("auto", *MAP_DTYPES)
+
+Log = Callable[[str], None]
+
+
+class StoreError(ValueError):
+    """A store that cannot be trusted; the message names the path and the reason."""
+
+
+def default_map_dtype(device: torch.device | str) -> str:
+    """The map dtype used when the user asks for ``auto``.
+
+    CUDA: ``float32``: exact, and device memory (or per-batch transfers) is not the bottleneck.
+    CPU: ``bfloat16``: half the disk space and half the page-cache traffic of the re-ranking, which
+    is what bounds it on a workstation; float32's exponent range, so no overflow; CASN distances
+    move by ~1e-2 relative (see BENCHMARKS.md, ``bench/scale.py``). Pass ``float32`` for
+    bit-identical results with the in-memory path.
+    """
+    return "float32" if torch.device(device).type == "cuda" else "bfloat16"
+
+
+def resolve_map_dtype(map_dtype: str | torch.dtype, device: torch.device | str = "cpu") -> str:
+    """A name of :data:`MAP_DTYPES` from a name, ``auto`` or a torch dtype; a clear error otherwise."""
+    if isinstance(map_dtype, torch.dtype):
+        for name, (_, tdtype) in MAP_DTYPES.items():
+            if tdtype == map_dtype:
+                return name
+        raise ValueError(f"map dtype {map_dtype} not supported; choose from {list(MAP_DTYPES)}")
+    if map_dtype == "auto":
+        return default_map_dtype(device)
+    if map_dtype not in MAP_DTYPES:
+        raise ValueError(f"--map-dtype {map_dtype!r} not supported; choose from {list(MAP_DTYPE_CHOICES)}")
+    return map_dtype
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes (the checkpoint's identity)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_sha256(model: torch.nn.Module) -> str:
+    """Hex sha256 of a model's state dict (names, shapes, dtypes, bytes): a checkpoint identity for models not from a file."""
+    digest = hashlib.sha256()
+    module = model.module if hasattr(model, "module") else model
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}\t{tuple(t.shape)}\t{t.dtype}\n".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def files_sha256(records: Sequence, root: str | os.PathLike | None = None) -> str:
+    """Hash of the file list: for each record its path (relative to ``root``), pid, camid, size and mtime."""
+    digest = hashlib.sha256()
+    for record in records:
+        path = Path(record.path)
+        stat = path.stat()
+        rel = os.path.relpath(path, root) if root is not None else str(path)
+        digest.update(f"{rel}\t{record.pid}\t{record.camid}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class StoreKey:
+    """What a store's content depends on; a header that differs in any field is stale."""
+
+    checkpoint_sha256: str
+    files_sha256: str
+    input_size: tuple[int, int]
+    map_dtype: str
+    amp: str = "none"
+    num_images: int = 0
+
+    def to_dict(self) -> dict:
+        return {"checkpoint_sha256": self.checkpoint_sha256, "files_sha256": self.files_sha256,
+                "input_size": [int(v) for v in self.input_size], "map_dtype": self.map_dtype, "amp": self.amp,
+                "num_images": int(self.num_images)}
+
+
+def store_path(store_dir: str | os.PathLike, data_root: str | os.PathLike, split: str, map_dtype: str) -> Path:
+    """The folder of one split's store: ``<store_dir>/<split>-<hash of the data root>-<dtype>``.
+
+    The checkpoint is not part of the name: a store of another checkpoint at the same place is
+    detected from its header and rebuilt (so old stores do not pile up), while other datasets and
+    dtypes get their own folders (so ``eval`` in float32 and the app in bf16 do not evict each other).
+    """
+    root_hash = hashlib.sha256(str(Path(data_root).resolve()).encode()).hexdigest()[:12]
+    return Path(store_dir) / f"{split}-{root_hash}-{map_dtype}"
+
+
+class StoredMaps:
+    """Read-only row access to a store's ``maps.npy`` with explicit reads (no resident mapping).
+
+    ``maps[i]`` (K, H, W), ``maps[indices]`` / ``maps[a:b]`` (n, K, H, W), channels-last tensors in the
+    stored torch dtype, as :func:`casn_core.engine.inference.extract` keeps them in memory; so a
+    :class:`casn_core.engine.inference.FeatureCache` holding a ``StoredMaps`` works with the
+    ranking and explanation code unchanged.
+    """
+
+    def __init__(self, path: str | os.PathLike, map_dtype: str) -> None:
+        self.path = Path(path)
+        self.map_dtype = map_dtype
+        array = np.lib.format.open_memmap(self.path, mode="r")  # numpy checks magic, header and file length
+        self._offset = int(array.offset)
+        self._np_dtype = array.dtype
+        n, h, w, k = array.shape
+        del array
+        self.shape = torch.Size((n, k, h, w))
+        self.dtype = MAP_DTYPES[map_dtype][1]
+        self.row_bytes = h * w * k * self._np_dtype.itemsize
+        self._fd: int | None = None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return self.row_bytes * self.shape[0]
+
+    def _file(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fd": None}
+
+    def read(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Rows ``indices`` (any order, repeats allowed) as an (n, K, H, W) channels-last tensor."""
+        idx = np.asarray(indices.cpu() if isinstance(indices, torch.Tensor) else indices, dtype=np.int64).reshape(-1)
+        n, k, h, w = self.shape
+        if idx.size and (idx.min() < -n or idx.max() >= n):
+            raise IndexError(f"{self.path}: row index out of range for {n} rows")
+        idx = np.where(idx < 0, idx + n, idx)
+        out = np.empty((idx.size, h, w, k), dtype=self._np_dtype)
+        if idx.size:
+            fd = self._file()
+            unique = np.unique(idx)
+            buffer = np.empty((unique.size, h, w, k), dtype=self._np_dtype)
+            flat = buffer.reshape(unique.size, -1).view(np.uint8)
+            # contiguous runs of rows are one read each
+            breaks = np.flatnonzero(np.diff(unique) != 1) + 1
+            for run in np.split(np.arange(unique.size), breaks):
+                start, count = int(unique[run[0]]), len(run)
+                view = memoryview(flat[run[0]:run[0] + count].reshape(-1))
+                done = 0
+                while done < len(view):
+                    got = os.preadv(fd, [view[done:]], self._offset + start * self.row_bytes + done)
+                    if got <= 0:
+                        raise StoreError(f"{self.path}: file ended while reading row {start} (truncated store)")
+                    done += got
+            in_order = unique.size == idx.size and bool(np.all(unique == idx))
+            out = buffer if in_order else buffer[np.searchsorted(unique, idx)]
+        array = torch.from_numpy(out)
+        if self.map_dtype == "bfloat16":
+            array = array.view(torch.bfloat16)
+        return array.permute(0, 3, 1, 2)  # (n, K, H, W) with channels-last strides
+
+    def __getitem__(self, key) -> torch.Tensor:
+        n = self.shape[0]
+        if isinstance(key, slice):
+            return self.read(np.arange(n)[key])
+        if isinstance(key, (int, np.integer)) or (isinstance(key, torch.Tensor) and key.ndim == 0):
+            return self.read([int(key)])[0]
+        if isinstance(key, torch.Tensor) and key.dtype == torch.bool:
+            key = torch.nonzero(key).flatten()
+        return self.read(key)
+
+    def to(self, device: torch.device | str) -> torch.Tensor:
+        """All maps as one tensor on ``device`` (read in chunks; for callers that decided they fit)."""
+        device = torch.device(device)
+        n, k, h, w = self.shape
+        out = torch.empty((n, h, w, k), dtype=self.dtype, device=device).permute(0, 3, 1, 2)
+        chunk = max(1, (256 << 20) // max(1, self.row_bytes))
+        for start in range(0, n, chunk):
+            out[start:start + chunk] = self.read(np.arange(start, min(n, start + chunk))).to(device)
+        return out
+
+
+@dataclass
+class MapStore:
+    """One split's committed store: features and labels in RAM (small), maps on disk (:class:`StoredMaps`).
+
+    Use :meth:`read_maps` for rows, :meth:`as_cache` for a
+    :class:`casn_core.engine.inference.FeatureCache` that the ranking code (``casn_distmat``,
+    ``rank_query_casn``) and the app accept as is.
+    """
+
+    path: Path
+    header: dict
+    maps: StoredMaps
+    features: torch.Tensor
+    pids: np.ndarray
+    camids: np.ndarray
+    paths: list[str]
+    log_messages: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+    @property
+    def map_dtype(self) -> str:
+        return self.header["key"]["map_dtype"]
+
+    def read_maps(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Only rows ``indices``: (n, K, H, W) channels-last, in the stored dtype."""
+        return self.maps.read(indices)
+
+    def as_cache(self):
+        """A ``FeatureCache`` whose ``maps`` reads rows from disk on indexing."""
+        from casn_core.engine.inference import FeatureCache
+
+        return FeatureCache(maps=self.maps, features=self.features, pids=self.pids, camids=self.camids,
+                            paths=self.paths)
+
+    def close(self) -> None:
+        self.maps.close()
+
+
+def _read_header(path: Path) -> dict:
+    header_file = path / HEADER
+    if not header_file.is_file():
+        raise StoreError(f"{path}: no {HEADER} (never completed, or interrupted)")
+    try:
+        header = json.loads(header_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{header_file}: unreadable header ({exc})") from exc
+    if not isinstance(header, dict) or header.get("format") != STORE_FORMAT:
+        raise StoreError(f"{header_file}: not a {STORE_FORMAT} header")
+    if header.get("version") != STORE_VERSION:
+        raise StoreError(f"{header_file}: format version {header.get('version')}, this code reads {STORE_VERSION}")
+    return header
+
+
+def load_store(path: str | os.PathLike, key: StoreKey | None = None) -> MapStore:
+    """Open a committed store, checking it against ``key``; :class:`StoreError` says why it is not trusted."""
+    path = Path(path)
+    header = _read_header(path)
+    stored_key = header.get("key", {})
+    if key is not None:
+        wanted = key.to_dict()
+        names = {"checkpoint_sha256": "checkpoint", "files_sha256": "file list", "input_size": "input size",
+                 "map_dtype": "map dtype", "amp": "AMP setting", "num_images": "number of images"}
+        for name, value in wanted.items():
+            if stored_key.get(name) != value:
+                raise StoreError(f"{path}: stale store, other {names[name]} "
+                                 f"({str(stored_key.get(name))[:16]} != {str(value)[:16]})")
+    build = path / str(header.get("build", ""))
+    if not header.get("build") or not build.is_dir():
+        raise StoreError(f"{path}: build folder {header.get('build')} missing")
+    sizes = header.get("file_bytes", {})
+    for name in FILES:
+        file = build / name
+        if not file.is_file():
+            raise StoreError(f"{file}: missing")
+        if file.stat().st_size != sizes.get(name):
+            raise StoreError(f"{file}: {file.stat().st_size} bytes, header says {sizes.get(name)} (truncated or rewritten)")
+    map_dtype = stored_key.get("map_dtype")
+    if map_dtype not in MAP_DTYPES:
+        raise StoreError(f"{path}: unknown map dtype {map_dtype!r}")
+    try:
+        maps = StoredMaps(build / "maps.npy", map_dtype)
+        features = torch.from_numpy(np.load(build / "features.npy"))
+        pids, camids = np.load(build / "pids.npy"), np.load(build / "camids.npy")
+        paths = json.loads((build / "paths.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{build}: unreadable ({exc})") from exc
+    n = int(header.get("num_images", -1))
+    expected_shape = [n, *header.get("map_shape", [])]
+    if list(maps.shape) != expected_shape or maps._np_dtype != MAP_DTYPES[map_dtype][0]:
+        raise StoreError(f"{build / 'maps.npy'}: shape {list(maps.shape)} / {maps._np_dtype}, header says "
+                         f"{expected_shape} / {map_dtype}")
+    if features.shape[0] != n or len(pids) != n or len(camids) != n or len(paths) != n:
+        raise StoreError(f"{build}: features/labels/paths do not have {n} rows")
+    return MapStore(path=path, header=header, maps=maps, features=features, pids=pids, camids=camids, paths=paths)
+
+
+def try_open_store(path: str | os.PathLike, key: StoreKey, log: Log = print) -> MapStore | None:
+    """:func:`load_store`, or ``None`` with a logged reason when the store is absent or not trusted."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return load_store(path, key)
+    except StoreError as exc:
+        log(f"map store not used, rebuilding: {exc}")
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_store_dir(path: Path, log: Log = print) -> None:
+    """Remove builds the header does not point at, and temp folders of dead processes on this host."""
+    if not path.is_dir():
+        return
+    try:
+        current = json.loads((path / HEADER).read_text()).get("build")
+    except (OSError, ValueError, AttributeError):
+        current = None
+    host = socket.gethostname()
+    for entry in path.iterdir():
+        if entry.name.startswith(BUILD_PREFIX) and entry.name != current:
+            shutil.rmtree(entry, ignore_errors=True)
+        elif entry.name.startswith(TMP_PREFIX):
+            parts = entry.name[len(TMP_PREFIX):].split("-")
+            try:
+                owner_host, owner_pid = "-".join(parts[:-2]), int(parts[-2])
+            except (ValueError, IndexError):
+                continue
+            if owner_host == host and not _pid_alive(owner_pid):
+                log(f"removing {entry} (left by an interrupted extraction)")
+                shutil.rmtree(entry, ignore_errors=True)
+        elif entry.name.startswith(HEADER + ".") and entry.name.endswith(".tmp"):
+            try:
+                if time.time() - entry.stat().st_mtime > 60:
+                    entry.unlink()
+            except OSError:
+                pass
+
+
+class StoreWriter:
+    """Writes one build: preallocated files, rows written at their offsets (any process, disjoint rows)."""
+
+    def __init__(self, path: Path, build: str) -> None:
+        self.path, self.build = Path(path), build
+        self.tmp = self.path / build
+        self._maps_meta: tuple[int, int] | None = None  # (offset, row bytes)
+        self._feat_meta: tuple[int, int] | None = None
+
+    @classmethod
+    def create(cls, path: str | os.PathLike) -> "StoreWriter":
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        build = f"{TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(6)}"
+        (path / build).mkdir()
+        return cls(path, build)
+
+    def allocate(self, num_images: int, map_shape: tuple[int, int, int], feature_dim: int, map_dtype: str) -> None:
+        """Create ``maps.npy`` (N, H, W, K) and ``features.npy`` (N, D) of full size (sparse until written)."""
+        k, h, w = map_shape
+        maps = np.lib.format.open_memmap(self.tmp / "maps.npy", mode="w+", dtype=MAP_DTYPES[map_dtype][0],
+                                         shape=(num_images, h, w, k))
+        offset = int(maps.offset)
+        del maps
+        feats = np.lib.format.open_memmap(self.tmp / "features.npy", mode="w+", dtype=np.float32,
+                                          shape=(num_images, feature_dim))
+        foffset = int(feats.offset)
+        del feats
+        (self.tmp / "layout.json").write_text(json.dumps(
+            {"num_images": num_images, "map_shape": [k, h, w], "feature_dim": feature_dim, "map_dtype": map_dtype,
+             "maps_offset": offset, "features_offset": foffset}))
+
+    def _layout(self) -> dict:
+        return json.loads((self.tmp / "layout.json").read_text())
+
+    def write_rows(self, start: int, maps: torch.Tensor, features: torch.Tensor) -> None:
+        """Write rows ``start .. start + n`` from maps (n, K, H, W) in the store dtype and features (n, D)."""
+        layout = self._layout() if self._maps_meta is None else None
+        if layout is not None:
+            k, h, w = layout["map_shape"]
+            self._maps_meta = (layout["maps_offset"], h * w * k * MAP_DTYPES[layout["map_dtype"]][0].itemsize)
+            self._feat_meta = (layout["features_offset"], layout["feature_dim"] * 4)
+        rows = maps.detach().cpu().permute(0, 2, 3, 1).contiguous()  # (n, H, W, K)
+        if rows.dtype == torch.bfloat16:
+            rows = rows.view(torch.int16)  # the raw bf16 bits (read back as uint16 and viewed as bf16)
+        data = rows.numpy().tobytes()
+        feats = features.detach().cpu().float().contiguous().numpy().tobytes()
+        for name, (offset, row_bytes), blob in (("maps.npy", self._maps_meta, data),
+                                                ("features.npy", self._feat_meta, feats)):
+            fd = os.open(self.tmp / name, os.O_WRONLY)
+            try:
+                done = 0
+                while done < len(blob):
+                    done += os.pwrite(fd, memoryview(blob)[done:], offset + start * row_bytes + done)
+            finally:
+                os.close(fd)
+
+    def commit(self, key: StoreKey, records: Sequence, root: str | os.PathLike | None, log: Log = print) -> MapStore:
+        """Write labels, flush, rename the build into place, then write the header (the commit)."""
+        layout = self._layout()
+        n = layout["num_images"]
+        np.save(self.tmp / "pids.npy", np.asarray([r.pid for r in records], dtype=np.int64))
+        np.save(self.tmp / "camids.npy", np.asarray([r.camid for r in records], dtype=np.int64))
+        (self.tmp / "paths.json").write_text(json.dumps([str(r.path) for r in records]))
+        for name in FILES:
+            with open(self.tmp / name, "rb+") as handle:
+                os.fsync(handle.fileno())
+        final = BUILD_PREFIX + self.build.rsplit("-", 1)[-1]
+        os.replace(self.tmp, self.path / final)
+        header = {
+            "format": STORE_FORMAT, "version": STORE_VERSION, "build": final, "num_images": n,
+            "map_shape": layout["map_shape"], "feature_dim": layout["feature_dim"], "layout": "NHWC",
+            "storage_dtype": MAP_DTYPES[layout["map_dtype"]][0].str, "key": key.to_dict(),
+            "file_bytes": {name: (self.path / final / name).stat().st_size for name in FILES},
+            "data_root": None if root is None else str(root), "created_unix": time.time(),
+        }
+        tmp_header = self.path / f"{HEADER}.{secrets.token_hex(4)}.tmp"
+        with open(tmp_header, "w") as handle:
+            handle.write(json.dumps(header, indent=1))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_header, self.path / HEADER)
+        clean_store_dir(self.path, log)
+        return load_store(self.path, key)
+
+
+def shard_range(num_images: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Rows ``[start, stop)`` extracted by ``rank`` of ``world_size`` (contiguous, sizes differ by <= 1)."""
+    base, extra = divmod(num_images, world_size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+def build_key(model: torch.nn.Module, records: Sequence, *, checkpoint: str | os.PathLike | None,
+              root: str | os.PathLike | None, input_size: tuple[int, int], map_dtype: str, amp: str) -> StoreKey:
+    """The :class:`StoreKey` of extracting ``records`` with ``model`` (or the checkpoint file it came from)."""
+    ckpt = sha256_file(checkpoint) if checkpoint is not None else "model:" + model_sha256(model)
+    return StoreKey(ckpt, files_sha256(records, root), (int(input_size[0]), int(input_size[1])), map_dtype, amp,
+                    len(records))
+
+
+def open_or_build_store(
+    model: torch.nn.Module,
+    records: Sequence,
+    path: str | os.PathLike,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    root: str | os.PathLike | None = None,
+    input_size: tuple[int, int],
+    map_dtype: str | torch.dtype = "auto",
+    amp: str = "none",
+    batch_size: int = 64,
+    workers: int = 0,
+    progress: bool = True,
+    desc: str = "extract",
+    log: Log = print,
+    rank: int = 0,
+    world_size: int = 1,
+    group=None,
+) -> MapStore:
+    """The committed store of ``records`` at ``path``: opened when its header matches, else (re)built.
+
+    ``checkpoint``: the checkpoint file ``model`` was loaded from (its sha256 keys the store; ``None``
+    hashes the model's weights instead). ``root``: the dataset root the file-list hash is relative
+    to. ``map_dtype``: ``auto`` (:func:`default_map_dtype`), ``float32``, ``float16`` or ``bfloat16``.
+    With ``world_size > 1`` every rank of ``group`` (a process group; gloo works everywhere) must
+    call this; each extracts its shard (:func:`shard_range`) into the shared build and rank 0
+    commits. Every rank returns the opened store.
+    """
+    from casn_core.data import ImageDataset, build_test_transform
+    from casn_core.engine.inference import extract_batches
+
+    device = next(model.parameters()).device
+    dtype_name = resolve_map_dtype(map_dtype, device)
+    records = list(records)
+    if not records:
+        raise ValueError(f"{path}: no images to extract")
+    path = Path(path)
+    key = build_key(model, records, checkpoint=checkpoint, root=root, input_size=input_size, map_dtype=dtype_name,
+                    amp=amp)
+    distributed = world_size > 1
+    if distributed:
+        import torch.distributed as dist
+
+    def broadcast(value):
+        if not distributed:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0, group=group)
+        return box[0]
+
+    store = try_open_store(path, key, log) if rank == 0 else None
+    build = broadcast(None if store is not None else "build")
+    if build is None:
+        return store if store is not None else load_store(path, key)
+
+    writer = None
+    if rank == 0:
+        clean_store_dir(path, log)
+        writer = StoreWriter.create(path)
+        log(f"map store: extracting {len(records)} images into {path} ({dtype_name}"
+            + (f", {world_size} processes" if distributed else "") + ")")
+    build_name = broadcast(writer.build if writer is not None else None)
+    if writer is None:
+        writer = StoreWriter(path, build_name)
+    start, stop = shard_range(len(records), rank, world_size) if distributed else (0, len(records))
+    transform = build_test_transform(int(input_size[0]), int(input_size[1]))
+    dataset = ImageDataset(records[start:stop], transform)
+    torch_dtype = MAP_DTYPES[dtype_name][1]
+    shapes = None
+    if rank == 0:
+        # rank 0 learns the map shape from one image and preallocates before anyone writes
+        probe_maps, probe_feats = _probe(model, dataset if len(dataset) else ImageDataset(records[:1], transform), amp)
+        shapes = (tuple(probe_maps.shape[1:]), int(probe_feats.shape[1]))
+        writer.allocate(len(records), shapes[0], shapes[1], dtype_name)
+    if distributed:
+        dist.barrier(group=group)
+    for offset, maps, feats in extract_batches(model, dataset, batch_size=batch_size, workers=workers, amp=amp,
+                                               map_dtype=torch_dtype, progress=progress, desc=desc):
+        writer.write_rows(start + offset, maps, feats)
+    if distributed:
+        dist.barrier(group=group)
+    if rank == 0:
+        store = writer.commit(key, records, root, log)
+    if distributed:
+        dist.barrier(group=group)
+    return store if store is not None else load_store(path, key)
+
+
+@torch.no_grad()
+def _probe(model: torch.nn.Module, dataset, amp: str) -> tuple[torch.Tensor, torch.Tensor]:
+    from casn_core.engine.inference import extract_tensors
+
+    model.eval()
+    image = dataset[0][0][None]
+    return extract_tensors(model, image, amp)

@@ -1,0 +1,243 @@
+"""The on-disk map store (issue 13): round trip, stale and damaged stores, SIGKILL, same results as in RAM."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from casn_core.checkpoint import model_payload, save_checkpoint
+from casn_core.data import ImageDataset, build_test_transform, load_market
+from casn_core.engine.evaluate import evaluate_caches, evaluate_model
+from casn_core.engine.inference import FeatureCache, extract, feature_distance, rank_query_casn
+from casn_core.engine.rerank import casn_distmat_batched
+from casn_core.metrics import evaluate_rank
+from casn_core.models import build_model
+from casn_core.store import (
+    StoreError, StoreWriter, build_key, load_store, open_or_build_store, shard_range, store_path, try_open_store,
+)
+
+SIZE = (64, 32)
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    from casn_core.data.synth import generate_dataset
+
+    root = tmp_path_factory.mktemp("synth")
+    generate_dataset(root, num_ids=12, num_cameras=3, images_per_id=5, seed=5, height=SIZE[0], width=SIZE[1])
+    return root
+
+
+def _model(seed: int = 0):
+    torch.manual_seed(seed)
+    return build_model("mobilenet_v2", num_classes=6, pretrained="none").eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _model(0)
+
+
+def _records(data: Path, split: str = "gallery") -> list:
+    return list(getattr(load_market(data, splits=("query", "gallery")), split))
+
+
+def _in_memory(model, records, map_dtype=torch.float32) -> FeatureCache:
+    dataset = ImageDataset(records, build_test_transform(*SIZE))
+    return extract(model, dataset, records, batch_size=8, map_dtype=map_dtype, progress=False)
+
+
+def _build(model, records, path, messages, **kw):
+    kw = {"input_size": SIZE, "map_dtype": "float32", "batch_size": 8, "progress": False, **kw}
+    return open_or_build_store(model, records, path, log=messages.append, **kw)
+
+
+@pytest.mark.parametrize("dtype_name,dtype", [("float32", torch.float32), ("bfloat16", torch.bfloat16),
+                                              ("float16", torch.float16)])
+def test_round_trip_equals_in_memory_extraction_and_is_reused(data, model, tmp_path, dtype_name, dtype):
+    records = _records(data)
+    reference = _in_memory(model, records, dtype)
+    messages: list[str] = []
+    store = _build(model, records, tmp_path / "g", messages, map_dtype=dtype_name)
+    assert any("extracting" in m for m in messages)
+    assert len(store) == len(records) and store.maps.dtype == dtype
+    assert torch.equal(store.features, reference.features)
+    assert np.array_equal(store.pids, reference.pids) and np.array_equal(store.camids, reference.camids)
+    assert store.paths == reference.paths
+    every = store.read_maps(np.arange(len(store)))
+    assert every.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(every, reference.maps)
+    picks = [5, 0, 5, len(records) - 1, 3]  # any order, repeats
+    assert torch.equal(store.read_maps(picks), reference.maps[picks])
+    cache = store.as_cache()
+    assert torch.equal(cache.maps[2], reference.maps[2])
+    assert torch.equal(cache.maps[1:4], reference.maps[1:4])
+    assert torch.equal(cache.maps[torch.tensor([4, 1])], reference.maps[[4, 1]])
+    # a second open trusts the committed store: no extraction
+    messages.clear()
+    again = _build(model, records, tmp_path / "g", messages, map_dtype=dtype_name)
+    assert messages == [] and again.header["build"] == store.header["build"]
+
+
+def test_truncated_store_is_rebuilt_with_a_message(data, model, tmp_path):
+    records = _records(data)
+    messages: list[str] = []
+    store = _build(model, records, tmp_path / "g", messages)
+    maps_file = store.path / store.header["build"] / "maps.npy"
+    with open(maps_file, "r+b") as handle:
+        handle.truncate(maps_file.stat().st_size // 2)
+    key = build_key(model, records, checkpoint=None, root=None, input_size=SIZE, map_dtype="float32", amp="none")
+    with pytest.raises(StoreError, match="truncated"):
+        load_store(store.path, key)
+    messages.clear()
+    rebuilt = _build(model, records, tmp_path / "g", messages)
+    assert any("truncated" in m and "rebuilding" in m for m in messages), messages
+    assert torch.equal(rebuilt.read_maps(np.arange(len(records))), _in_memory(model, records).maps)
+
+
+def test_store_of_another_checkpoint_files_or_dtype_is_rebuilt(data, model, tmp_path):
+    records = _records(data)
+    ckpt_a = save_checkpoint(tmp_path / "a.pt", model_payload(model, input_size=list(SIZE)))
+    other = _model(1)
+    ckpt_b = save_checkpoint(tmp_path / "b.pt", model_payload(other, input_size=list(SIZE)))
+    messages: list[str] = []
+    first = _build(model, records, tmp_path / "g", messages, checkpoint=ckpt_a)
+    messages.clear()
+    second = _build(other, records, tmp_path / "g", messages, checkpoint=ckpt_b)
+    assert any("other checkpoint" in m for m in messages), messages
+    assert not torch.equal(first.features, second.features)
+    assert torch.equal(second.features, _in_memory(other, records).features)
+    # the old build is gone, only the committed one remains
+    assert sorted(p.name for p in (tmp_path / "g").iterdir()) == sorted(["header.json", second.header["build"]])
+    # another file list (one image fewer) and another dtype are stale too
+    key = build_key(other, records[:-1], checkpoint=ckpt_b, root=None, input_size=SIZE, map_dtype="float32",
+                    amp="none")
+    with pytest.raises(StoreError, match="other file list"):
+        load_store(tmp_path / "g", key)
+    key = build_key(other, records, checkpoint=ckpt_b, root=None, input_size=SIZE, map_dtype="bfloat16", amp="none")
+    with pytest.raises(StoreError, match="other map dtype"):
+        load_store(tmp_path / "g", key)
+    os.utime(records[0].path, ns=(time.time_ns(), time.time_ns() + 10**9))  # touched file: other file list
+    messages.clear()
+    _build(other, records, tmp_path / "g", messages, checkpoint=ckpt_b)
+    assert any("other file list" in m for m in messages), messages
+
+
+def test_sigkill_during_extraction_leaves_no_trusted_store(data, model, tmp_path):
+    records = _records(data)
+    ckpt = save_checkpoint(tmp_path / "m.pt", model_payload(model, input_size=list(SIZE)))
+    path = tmp_path / "g"
+    script = tmp_path / "worker.py"
+    script.write_text(
+        "import sys, time\n"
+        "from casn_core.checkpoint import load_model\n"
+        "from casn_core.data import load_market\n"
+        "from casn_core import store\n"
+        "original = store.StoreWriter.write_rows\n"
+        "def slow(self, *a, **k):\n"
+        "    original(self, *a, **k)\n"
+        "    print('WROTE', flush=True)\n"
+        "    time.sleep(60)\n"
+        "store.StoreWriter.write_rows = slow\n"
+        "model, _ = load_model(sys.argv[1], 'cpu')\n"
+        "records = list(load_market(sys.argv[2], splits=('query', 'gallery')).gallery)\n"
+        "store.open_or_build_store(model, records, sys.argv[3], checkpoint=sys.argv[1], input_size=(64, 32),\n"
+        "                          map_dtype='float32', batch_size=4, progress=False,\n"
+        "                          log=lambda m: print(m, file=sys.stderr))\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen([sys.executable, str(script), str(ckpt), str(data), str(path)], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = child.stdout.readline()  # blocks until one batch is on disk (or the child died: "")
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.stdout.close()
+        child.stderr.close()
+    assert line.strip() == "WROTE" and child.returncode == -signal.SIGKILL, line
+    leftovers = [p.name for p in path.iterdir()]
+    assert leftovers and all(name.startswith(".tmp-") for name in leftovers), leftovers
+    key = build_key(model, records, checkpoint=ckpt, root=None, input_size=SIZE, map_dtype="float32", amp="none")
+    messages: list[str] = []
+    assert try_open_store(path, key, messages.append) is None
+    assert any("no header.json" in m for m in messages), messages
+    messages.clear()
+    store = _build(model, records, path, messages, checkpoint=ckpt)
+    assert any("interrupted extraction" in m for m in messages), messages
+    assert not any(p.name.startswith(".tmp-") for p in path.iterdir())
+    assert torch.equal(store.read_maps(np.arange(len(records))), _in_memory(model, records).maps)
+
+
+def test_batched_reranking_from_the_store_equals_the_per_query_path(data, model, tmp_path):
+    """Same distance matrix (to 1e-6) and metrics as rank_query_casn query by query on in-memory maps."""
+    query_records, gallery_records = _records(data, "query"), _records(data, "gallery")
+    query, gallery = _in_memory(model, query_records), _in_memory(model, gallery_records)
+    dist = feature_distance(query.features, gallery.features)
+    reference = np.empty(tuple(dist.shape))
+    for i in range(len(query)):
+        ranked = rank_query_casn(model, query.maps[i], gallery.maps, dist[i], 10, 1.0,
+                                 query_feature=query.features[i], gallery_features=gallery.features)
+        reference[i, ranked.order] = ranked.distance
+    messages: list[str] = []
+    q_store = _build(model, query_records, tmp_path / "q", messages)
+    g_store = _build(model, gallery_records, tmp_path / "g", messages)
+    # tiny byte budget: many batches in both passes
+    batched = casn_distmat_batched(model, q_store.as_cache(), g_store.as_cache(), 10, 1.0, progress=False,
+                                   device="cpu", max_batch_bytes=3 * g_store.maps.row_bytes)
+    np.testing.assert_allclose(batched, reference, rtol=0, atol=1e-6)
+    assert np.array_equal(np.argsort(batched, axis=1, kind="stable"), np.argsort(reference, axis=1, kind="stable"))
+    labels = (query.pids, gallery.pids, query.camids, gallery.camids)
+    a, b = evaluate_rank(batched, *labels, max_rank=10), evaluate_rank(reference, *labels, max_rank=10)
+    np.testing.assert_allclose(a["cmc"], b["cmc"], rtol=0, atol=1e-9)
+    assert abs(a["mAP"] - b["mAP"]) <= 1e-9 and abs(a["mINP"] - b["mINP"]) <= 1e-9
+    # K = all gallery images: every candidate re-scored
+    full = casn_distmat_batched(model, q_store.as_cache(), g_store.as_cache(), None, 1.0, progress=False)
+    assert np.isfinite(full).all()
+
+
+def test_eval_on_the_store_matches_the_in_memory_eval(data, model, tmp_path):
+    """float32 store: identical metrics to 1e-9; 16-bit stores within the stated tolerance."""
+    in_memory = evaluate_model(model, str(data), *SIZE, topk=10, batch_size=8, progress=False)
+    messages: list[str] = []
+    stored = evaluate_model(model, str(data), *SIZE, topk=10, batch_size=8, progress=False,
+                            store_dir=tmp_path / "store", map_dtype="float32", log=messages.append)
+    assert stored["storage"]["maps"] == "store" and in_memory["storage"]["maps"] == "memory"
+    for ranking in ("feature", "casn"):
+        for name, value in in_memory[ranking].items():
+            assert abs(stored[ranking][name] - value) <= 1e-9, (ranking, name)
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "store").iterdir()) == ["gallery", "query"]
+    # 16-bit maps: features stay float32 (same feature ranking); CASN metrics within 0.1 (stated in BENCHMARKS.md)
+    half = evaluate_model(model, str(data), *SIZE, topk=10, batch_size=8, progress=False,
+                          store_dir=tmp_path / "store", map_dtype="bfloat16", log=messages.append)
+    assert half["storage"]["map_dtype"] == "bfloat16"
+    assert half["feature"] == in_memory["feature"]
+    for name, value in in_memory["casn"].items():
+        assert abs(half["casn"][name] - value) <= 0.1, (name, half["casn"], in_memory["casn"])
+
+
+def test_store_path_and_shards():
+    assert store_path("s", "/d", "query", "float32") != store_path("s", "/d", "query", "bfloat16")
+    assert store_path("s", "/d", "query", "float32") != store_path("s", "/e", "query", "float32")
+    ranges = [shard_range(10, r, 3) for r in range(3)]
+    assert ranges == [(0, 4), (4, 7), (7, 10)]
+    assert shard_range(1, 1, 2) == (1, 1)
+
+
+def test_bad_dtype_and_empty_records_are_clear_errors(model, tmp_path):
+    with pytest.raises(ValueError, match="float8"):
+        open_or_build_store(model, [], tmp_path / "x", input_size=SIZE, map_dtype="float8")
+    with pytest.raises(ValueError, match="no images"):
+        open_or_build_store(model, [], tmp_path / "x", input_size=SIZE, map_dtype="float32")
+    writer = StoreWriter.create(tmp_path / "y")
+    assert writer.tmp.name.startswith(".tmp-")
