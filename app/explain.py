@@ -1,12 +1,14 @@
 """Pair explanations (paper sec. 4.2, figures 7 and 8): cached query/gallery pairs, uploads, failures.
 
-For a pair from the dataset no backbone pass is needed: the Siamese attention is computed from the
-cached feature maps (:func:`casn_core.attention.siamese.pair_attention`). An uploaded pair runs the
-backbone on its two images once (:func:`casn_core.engine.inference.explain_pair_tensors`).
+Each explanation has the paper's Siamese attention (what the BCE head looks at: maps, row vectors,
+alignment, consistency distance) and, beside it, the exact decomposition of the feature similarity
+that ranks (:mod:`app.similarity`). For a pair from the dataset no backbone pass is needed: both
+come from the cached feature maps (:func:`casn_core.attention.siamese.pair_attention`). An uploaded
+pair runs the backbone on its two images once.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,8 @@ import torch
 from PIL import Image
 
 from app import figures
-from app.core import build_test_transform, explain_pair_tensors, explanation_dict, pair_attention
+from app import similarity
+from app.core import build_test_transform, explanation_dict, extract_tensors, feature_distance, pair_attention
 from app.markdown import pair_markdown
 from app.ranking import QueryRanking, rank_query
 from app.state import AppState
@@ -29,8 +32,15 @@ class PairView:
     vectors: np.ndarray
     markdown: str
     name: str = "pair"
-    extra_images: list[np.ndarray] = field(default_factory=list)
-    """Further panels in the export, between the overlays and the vector plots (similarity views)."""
+    similarity: np.ndarray | None = None
+    """Both images with their similarity maps (what makes d_f small), or None."""
+    similarity_rows: np.ndarray | None = None
+    """Row contributions to the similarity, plotted like the importance vectors."""
+
+    @property
+    def extra_images(self) -> list[np.ndarray]:
+        """Panels of the export between the overlays and the vector plots."""
+        return [image for image in (self.similarity, self.similarity_rows) if image is not None]
 
 
 def input_image(image: Image.Image | str, state: AppState) -> np.ndarray:
@@ -78,17 +88,20 @@ def explain_cached(state: AppState, query_index: int, gallery_index: int, rankin
                  "camid": int(state.gallery.camids[gallery_index])},
         true_match=q_pid == g_pid,
         ranking_score=_score_part(state, ranking, gallery_index),
+        **similarity.cached_pair(state, query_index, gallery_index),
     )
     return result
 
 
 @torch.no_grad()
 def explain_images(state: AppState, image1: Image.Image, image2: Image.Image) -> dict:
-    """Explanation of two arbitrary images (one backbone pass each)."""
+    """Explanation of two arbitrary images (one backbone pass for both)."""
     transform = build_test_transform(*state.input_size)
-    attention, feature_dist = explain_pair_tensors(state.model, transform(image1), transform(image2), state.threshold)
-    result = explanation_dict(attention.detach(), feature_dist, state.threshold)
+    maps, features = extract_tensors(state.model, torch.stack([transform(image1), transform(image2)]))
+    attention = pair_attention(state.model, maps[:1], maps[1:], state.threshold).detach()[0]
+    result = explanation_dict(attention, float(feature_distance(features[:1], features[1:])[0, 0]), state.threshold)
     result["kind"] = "uploaded pair"
+    result.update(similarity.decomposition_dict(state.model, maps[0], maps[1], features[0], features[1]))
     return result
 
 
@@ -101,7 +114,12 @@ def render(explanation: dict, image1: np.ndarray, image2: np.ndarray, labels: tu
     overlays = figures.overlay_panel(image1, image2, np.asarray(explanation["map1"]), np.asarray(explanation["map2"]),
                                      labels, frame)
     vectors = figures.vectors_figure(explanation, labels)
-    return PairView(explanation, overlays, vectors, pair_markdown(explanation, labels), name)
+    view = PairView(explanation, overlays, vectors, pair_markdown(explanation, labels), name)
+    if "similarity" in explanation:
+        view.similarity = figures.similarity_panel(image1, image2, np.asarray(explanation["similarity_map1"]),
+                                                   np.asarray(explanation["similarity_map2"]), labels)
+        view.similarity_rows = figures.similarity_rows_figure(explanation, labels)
+    return view
 
 
 def pair_name(state: AppState, query_index: int, gallery_index: int) -> str:

@@ -78,6 +78,89 @@ def overlay_panel(image1: np.ndarray, image2: np.ndarray, map1: np.ndarray, map2
     return np.asarray(canvas)
 
 
+def similarity_panel(image1: np.ndarray, image2: np.ndarray, map1: np.ndarray, map2: np.ndarray,
+                     labels: tuple[str, str] = ("query", "gallery"), height: int = DISPLAY_HEIGHT) -> np.ndarray:
+    """Both images with their similarity maps ``m_q``, ``m_g`` (each sums to the cosine similarity s)."""
+    tiles = [
+        (_panel(overlay_heatmap(image1, np.asarray(map1)), height), f"{labels[0]}: similarity map"),
+        (_panel(overlay_heatmap(image2, np.asarray(map2)), height), f"{labels[1]}: similarity map"),
+    ]
+    gap, caption, pad = 10, 22, 4
+    width = sum(t.width for t, _ in tiles) + gap * (len(tiles) - 1) + 2 * pad
+    canvas = Image.new("RGB", (width, height + caption + 2 * pad), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    font = _font(13)
+    x = pad
+    for tile, text in tiles:
+        canvas.paste(tile, (x, pad + caption))
+        draw.text((x, pad + 2), text, fill=(30, 30, 30), font=font)
+        x += tile.width + gap
+    return np.asarray(canvas)
+
+
+def similarity_rows_figure(explanation: dict, labels: tuple[str, str] = ("query", "gallery")) -> np.ndarray:
+    """Row contributions to the similarity (sum over the width of each map): which body rows make s."""
+    fig = Figure(figsize=(4.5, 3.0), dpi=100)
+    ax = fig.subplots()
+    for key, label, colour in (("similarity_rows1", labels[0], "tab:blue"), ("similarity_rows2", labels[1],
+                                                                             "tab:orange")):
+        rows = np.asarray(explanation[key], dtype=np.float64)
+        ax.plot(np.arange(len(rows)), rows, marker="o", ms=3, color=colour, label=f"{label} (sum {rows.sum():.3f})")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("feature-map row (top to bottom)")
+    ax.set_ylabel("contribution to s")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper right")
+    ax.set_title(f"row contributions to s = {explanation['similarity']:.3f} (d_f² = 2 − 2s)", fontsize=9)
+    fig.tight_layout()
+    return _render(fig)
+
+
+def magnified(image: np.ndarray, scale: int) -> np.ndarray:
+    """``image`` enlarged ``scale`` times (nearest neighbour: pixels stay where they were)."""
+    return np.repeat(np.repeat(np.asarray(image), scale, axis=0), scale, axis=1)
+
+
+def marked(image: np.ndarray, x: int, y: int, cell: tuple[int, int], map_size: tuple[int, int]) -> np.ndarray:
+    """``image`` with the clicked pixel marked (a cross) and the feature-map cell it falls in outlined."""
+    pil = Image.fromarray(np.asarray(image)).convert("RGB")
+    draw = ImageDraw.Draw(pil)
+    cell_h, cell_w = pil.height / map_size[0], pil.width / map_size[1]
+    top, left = cell[0] * cell_h, cell[1] * cell_w
+    draw.rectangle([left, top, left + cell_w - 1, top + cell_h - 1], outline=(255, 230, 0), width=2)
+    arm = max(4, pil.height // 40)
+    for dx, dy in ((1, 0), (0, 1)):
+        draw.line([x - arm * dx, y - arm * dy, x + arm * dx, y + arm * dy], fill=(255, 0, 255), width=3)
+    draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=(255, 255, 255))
+    return np.asarray(pil)
+
+
+def heat(image: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``image`` with ``values`` (h, w) as a heat map (where a clicked location's features match)."""
+    return overlay_heatmap(np.asarray(image), np.asarray(values))
+
+
+def contrastive_figure(image: np.ndarray, gap_map: np.ndarray, gap: float, height: int = DISPLAY_HEIGHT) -> np.ndarray:
+    """The query beside its contrastive map (red: closer to the wrong match; blue: closer to the true one)."""
+    values = np.asarray(gap_map, dtype=np.float64)
+    limit = float(np.abs(values).max())
+    fig = Figure(figsize=(4.2, 3.6), dpi=100)
+    left, right = fig.subplots(1, 2)
+    left.imshow(image)
+    left.set_title("query", fontsize=9)
+    right.imshow(image, alpha=0.55)
+    h, w = image.shape[:2]
+    shown = right.imshow(values, cmap="bwr", vmin=-limit if limit > 0 else -1, vmax=limit if limit > 0 else 1,
+                         alpha=0.6, extent=(0, w, h, 0), interpolation="bilinear")
+    right.set_title(f"s(q, wrong) − s(q, true) = {gap:.3f}", fontsize=8)
+    for ax in (left, right):
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(shown, ax=right, fraction=0.08)
+    fig.tight_layout()
+    return _render(fig)
+
+
 def _render(fig: Figure) -> np.ndarray:
     canvas = FigureCanvasAgg(fig)
     canvas.draw()

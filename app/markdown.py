@@ -127,3 +127,18 @@ def pair_markdown(explanation: dict, labels: tuple[str, str] = ("query", "galler
 def why_message(query_index: int, failed: bool, message: str) -> str:
     colour = "#d72626" if failed else "#555"
     return f'<span style="color:{colour}">**q{query_index}**: {message}</span>'
+
+
+def contrastive_markdown(gap: float) -> str:
+    return (f"**Why the wrong match is closer** (query regions, exact): the query's similarity map against the "
+            f"rank-1 wrong match minus its map against the best true match. Red = the query's features there are "
+            f"closer to the wrong identity. The map sums to the similarity gap s(q, wrong) − s(q, true) = "
+            f"**{gap:.4f}** (d_f(q, true)² − d_f(q, wrong)² = {2 * gap:.4f}).")
+
+
+def correspondence_markdown(found) -> str:
+    source, target = ("query", "gallery") if found.direction == "query" else ("gallery", "query")
+    return (f"Clicked the **{source}** image at pixel (x={found.x}, y={found.y}): feature cell row {found.cell[0]}, "
+            f"column {found.cell[1]} of {found.source_map_size[0]}x{found.source_map_size[1]}. The **{target}** image "
+            f"lights up where that location's features match (one row of C; it sums to this cell's share of the "
+            f"similarity, {found.location_share:.4f} of s = {found.similarity:.4f}).")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app import explain, figures, markdown
+from app import explain, figures, markdown, similarity
 from app.exports import export_view
 from app.lru import LRUCache
 from app.ranking import DatasetSummary, QueryRanking, rank_query, ranking_dict
@@ -48,6 +48,18 @@ class WhyView:
     message: str
     wrong: explain.PairView | None
     true: explain.PairView | None
+    contrastive: np.ndarray | None = None
+    contrastive_text: str = ""
+
+
+@dataclass
+class CorrespondenceView:
+    """A clicked location and where its features match: both shown images and the JSON."""
+
+    query_image: np.ndarray
+    gallery_image: np.ndarray
+    markdown: str
+    result: dict
 
 
 @dataclass(frozen=True)
@@ -157,7 +169,39 @@ class AppService:
                                       (case.true_index, ("query", "best true match"))):
             views.append(None if gallery_index is None else
                          explain.view_cached(self.state, ranking.query_index, gallery_index, ranking, labels))
-        return WhyView(markdown.why_message(ranking.query_index, ranking.failed, case.message), *views)
+        view = WhyView(markdown.why_message(ranking.query_index, ranking.failed, case.message), *views)
+        if case.wrong_index is not None and case.true_index is not None:
+            result = similarity.contrastive(self.state, ranking.query_index, case.wrong_index, case.true_index)
+            image = explain.input_image(self.state.query.paths[ranking.query_index], self.state)
+            view.contrastive = figures.contrastive_figure(image, np.asarray(result["map"]), result["similarity_gap"])
+            view.contrastive_text = markdown.contrastive_markdown(result["similarity_gap"])
+        return view
+
+    # ---- point correspondence -----------------------------------------------------------------------
+    def shown_pair(self, query_index, gallery_index) -> tuple[np.ndarray, np.ndarray]:
+        """The two images the correspondence view shows (model input, magnified), before any click."""
+        q, g = self.query_index(query_index), self.gallery_index(gallery_index)
+        scale = similarity.shown_scale(self.state)
+        return (figures.magnified(explain.input_image(self.state.query.paths[q], self.state), scale),
+                figures.magnified(explain.input_image(self.state.gallery.paths[g], self.state), scale))
+
+    def api_correspondence(self, query_index, gallery_index, x, y, direction: str = "query") -> dict:
+        q, g = self.query_index(query_index), self.gallery_index(gallery_index)
+        found = similarity.point_correspondence(self.state, q, g, x, y, direction)
+        return found.to_json(q, g, similarity.shown_size(self.state))
+
+    def correspondence_view(self, query_index, gallery_index, x, y, direction: str = "query") -> CorrespondenceView:
+        q, g = self.query_index(query_index), self.gallery_index(gallery_index)
+        found = similarity.point_correspondence(self.state, q, g, x, y, direction)
+        query_image, gallery_image = self.shown_pair(q, g)
+        if direction == "query":
+            query_image = figures.marked(query_image, found.x, found.y, found.cell, found.source_map_size)
+            gallery_image = figures.heat(gallery_image, found.values)
+        else:
+            gallery_image = figures.marked(gallery_image, found.x, found.y, found.cell, found.source_map_size)
+            query_image = figures.heat(query_image, found.values)
+        return CorrespondenceView(query_image, gallery_image, markdown.correspondence_markdown(found),
+                                  found.to_json(q, g, similarity.shown_size(self.state)))
 
     def _read_pair(self, file1, file2):
         images = [read_upload(upload, label, self.max_upload_bytes)
@@ -202,6 +246,10 @@ class AppService:
         for key, index in (("rank1_wrong", case.wrong_index), ("best_true", case.true_index)):
             out[key] = None if index is None else explain.explain_cached(self.state, ranking.query_index, index,
                                                                          ranking)
+        out["contrastive"] = None
+        if case.wrong_index is not None and case.true_index is not None:
+            out["contrastive"] = similarity.contrastive(self.state, ranking.query_index, case.wrong_index,
+                                                        case.true_index)
         return out
 
     def api_explain_upload(self, file1, file2) -> dict:

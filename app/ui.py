@@ -12,6 +12,9 @@ relative to the dataset folder, never server paths):
 - ``/why_wrong(query_index)`` -> ``{"failed", "message", "rank1_wrong", "best_true"}``
 - ``/explain_upload(file1, file2)`` -> explanation JSON of two uploaded images
 - ``/list_queries(failures_only, sort)`` and ``/dataset_summary()``
+- ``/correspondence(query_index, gallery_index, x, y, direction)`` -> one row (``direction="query"``:
+  (x, y) is a pixel of the shown query image) or column (``"gallery"``) of the exact similarity
+  correspondence C, as the other image's map, with the clicked feature cell
 
 Selection events (``.select``) cannot be called by clients; they share their logic with these.
 The service raises plain errors; :func:`user_errors` turns them into ``gr.Error`` messages.
@@ -66,29 +69,39 @@ def _picture(elem_id: str, label: str, **kwargs) -> gr.Image:
 
 @dataclass
 class PairPanel:
-    """The components that show one pair explanation (numbers, attention overlays, vector plots)."""
+    """The components that show one pair explanation: numbers; the paper's Siamese attention (overlays,
+    vector plots); beside it the exact similarity decomposition (maps, row contributions)."""
 
     numbers: gr.Markdown
     overlays: gr.Image
     vectors: gr.Image
+    similarity: gr.Image
+    similarity_rows: gr.Image
 
     @classmethod
-    def build(cls, prefix: str, numbers_first: bool = True) -> "PairPanel":
+    def build(cls, prefix: str) -> "PairPanel":
         numbers = gr.Markdown(elem_id=f"{prefix}-metrics")
-        overlays = _picture(f"{prefix}-overlays", "Siamese attention maps")
-        vectors = _picture(f"{prefix}-vectors", "importance vectors and their alignment")
-        return cls(numbers, overlays, vectors)
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3):
+                gr.Markdown("**Siamese attention** (the paper's BCE head: what it compares)")
+                overlays = _picture(f"{prefix}-overlays", "Siamese attention maps")
+                vectors = _picture(f"{prefix}-vectors", "importance vectors and their alignment")
+            with gr.Column(scale=2):
+                gr.Markdown("**Similarity decomposition** (exact: what makes d_f, the ranking distance, small)")
+                similarity = _picture(f"{prefix}-similarity", "similarity maps")
+                similarity_rows = _picture(f"{prefix}-similarity-rows", "row contributions to the similarity")
+        return cls(numbers, overlays, vectors, similarity, similarity_rows)
 
     @property
     def outputs(self) -> list:
-        return [self.numbers, self.overlays, self.vectors]
+        return [self.numbers, self.overlays, self.vectors, self.similarity, self.similarity_rows]
 
     @staticmethod
     def values(view: PairView | None) -> list:
         if view is None:
-            return ["*(nothing to show)*", gr.update(value=None, visible=False), gr.update(value=None, visible=False)]
-        return [view.markdown, gr.update(value=view.overlays, visible=True), gr.update(value=view.vectors,
-                                                                                       visible=True)]
+            return ["*(nothing to show)*"] + [gr.update(value=None, visible=False)] * 4
+        return [view.markdown] + [gr.update(value=image, visible=image is not None) for image in
+                                  (view.overlays, view.vectors, view.similarity, view.similarity_rows)]
 
 
 @dataclass
@@ -126,6 +139,33 @@ class RankingsTab:
     pair: PairPanel
     export: ExportControls
     pair_ref: gr.State
+    correspondence: "CorrespondencePanel"
+
+
+@dataclass
+class CorrespondencePanel:
+    """Click a location on either image: the other lights up where that location's features match."""
+
+    query: gr.Image
+    gallery: gr.Image
+    info: gr.Markdown
+
+    @classmethod
+    def build(cls) -> "CorrespondencePanel":
+        gr.Markdown("#### Point correspondence: click a location on either image")
+        with gr.Row(equal_height=False):
+            query = gr.Image(label="query: click a location", type="numpy", format="png", interactive=False,
+                             elem_id="corr-query", buttons=[], min_width=140, scale=1)
+            gallery = gr.Image(label="gallery: click a location", type="numpy", format="png", interactive=False,
+                               elem_id="corr-gallery", buttons=[], min_width=140, scale=1)
+            info = gr.Markdown("The clicked point is marked; the other image shows one row of the exact "
+                               "correspondence C (Stylianou et al. 2019) of the feature similarity.",
+                               elem_id="corr-info")
+        return cls(query, gallery, info)
+
+    @property
+    def outputs(self) -> list:
+        return [self.query, self.gallery, self.info]
 
 
 def _rankings_tab(service: AppService) -> RankingsTab:
@@ -159,20 +199,23 @@ def _rankings_tab(service: AppService) -> RankingsTab:
                 table = gr.Markdown(elem_id="ranking-table")
             gr.Markdown("### 3. Explain the pair")
             pair = PairPanel.build("pair")
+            correspondence = CorrespondencePanel.build()
             export = ExportControls.build("export")
     return RankingsTab(failures, sort, picker, picker_note, query_index, rank_button, query_image, query_info, strip,
-                       table, pair, export, gr.State(None))
+                       table, pair, export, gr.State(None), correspondence)
 
 
 @dataclass
 class WhyTab:
     message: gr.Markdown
+    contrastive_text: gr.Markdown
+    contrastive: gr.Image
     wrong: PairPanel
     true: PairPanel
 
     @property
     def outputs(self) -> list:
-        return [self.message, *self.wrong.outputs, *self.true.outputs]
+        return [self.message, self.contrastive_text, self.contrastive, *self.wrong.outputs, *self.true.outputs]
 
 
 def _why_tab() -> WhyTab:
@@ -182,13 +225,16 @@ def _why_tab() -> WhyTab:
                 "tab.")
     message = gr.Markdown(elem_id="why-info")
     with gr.Row(equal_height=False):
+        contrastive = _picture("why-contrastive", "contrastive similarity map", height=300)
+        contrastive_text = gr.Markdown(elem_id="why-contrastive-info")
+    with gr.Row(equal_height=False):
         with gr.Column():
             gr.Markdown("#### query vs rank-1 (wrong)")
             wrong = PairPanel.build("why-wrong")
         with gr.Column():
             gr.Markdown("#### query vs best-ranked true match")
             true = PairPanel.build("why-true")
-    return WhyTab(message, wrong, true)
+    return WhyTab(message, contrastive_text, contrastive, wrong, true)
 
 
 @dataclass
@@ -227,7 +273,8 @@ def _dataset_tab(service: AppService) -> None:
 
 def _wire_rankings(service: AppService, tab: RankingsTab, why: WhyTab, demo: gr.Blocks) -> None:
     query_outputs = [tab.query_image, tab.query_info, tab.strip, tab.table]
-    pair_outputs = [*tab.pair.outputs, tab.export.button, tab.pair_ref]
+    corr = tab.correspondence
+    pair_outputs = [*tab.pair.outputs, tab.export.button, tab.pair_ref, corr.query, corr.gallery]
 
     def show_query(query_index):
         view = user_errors(service.query_view, query_index)
@@ -236,14 +283,26 @@ def _wire_rankings(service: AppService, tab: RankingsTab, why: WhyTab, demo: gr.
     def show_pair_at(query_index, position: int = 0):
         gallery = user_errors(service.gallery_at, query_index, position)
         view, ref = user_errors(service.pair_view, query_index, gallery)
-        return [*PairPanel.values(view), gr.update(interactive=True), ref]
+        shown = user_errors(service.shown_pair, ref.query_index, ref.gallery_index)
+        return [*PairPanel.values(view), gr.update(interactive=True), ref, *shown]
 
     def show_strip_pick(query_index, evt: gr.SelectData):
         return show_pair_at(query_index, _selected(evt))
 
     def show_why(query_index):
         view = user_errors(service.why_view, query_index)
-        return [view.message, *PairPanel.values(view.wrong), *PairPanel.values(view.true)]
+        return [view.message, view.contrastive_text, gr.update(value=view.contrastive,
+                                                               visible=view.contrastive is not None),
+                *PairPanel.values(view.wrong), *PairPanel.values(view.true)]
+
+    def clicked(direction: str):
+        def show(ref: PairRef | None, evt: gr.SelectData):
+            if ref is None:
+                raise gr.Error("explain a pair first")
+            x, y = evt.index
+            view = user_errors(service.correspondence_view, ref.query_index, ref.gallery_index, x, y, direction)
+            return view.query_image, view.gallery_image, view.markdown
+        return show
 
     def pick(failures_only, sort, evt: gr.SelectData):
         return user_errors(service.picked_query, failures_only, sort, _selected(evt))
@@ -265,6 +324,8 @@ def _wire_rankings(service: AppService, tab: RankingsTab, why: WhyTab, demo: gr.
     refresh(demo.load(same, tab.query_index, tab.query_index, **PRIVATE))
     tab.strip.select(show_strip_pick, tab.query_index, pair_outputs, **PRIVATE)
     tab.export.wire(service, tab.pair_ref)
+    corr.query.select(clicked("query"), tab.pair_ref, corr.outputs, **PRIVATE)
+    corr.gallery.select(clicked("gallery"), tab.pair_ref, corr.outputs, **PRIVATE)
 
 
 def _wire_upload(service: AppService, tab: UploadTab) -> None:
@@ -303,7 +364,11 @@ def _api_endpoints(service: AppService) -> None:
     def dataset_summary() -> dict:
         return service.api_dataset_summary()
 
-    for fn in (rank_query, explain_pair, why_wrong, list_queries, dataset_summary):
+    def correspondence(query_index: int, gallery_index: int, x: int, y: int, direction: str = "query") -> dict:
+        """Where the features at pixel (x, y) of the shown query (or gallery) image match in the other image."""
+        return user_errors(service.api_correspondence, query_index, gallery_index, x, y, direction)
+
+    for fn in (rank_query, explain_pair, why_wrong, list_queries, dataset_summary, correspondence):
         gr.api(fn, api_name=fn.__name__)
 
 

@@ -79,6 +79,20 @@ def test_pick_query_rank_and_explain(page_url):
     expect(page.locator("#export-files")).to_contain_text(".png", timeout=20_000)
     expect(page.locator("#export-files")).to_contain_text(".json")
     assert len(list(exports.glob("*/*.png"))) == 1
+    # the exact similarity decomposition beside the Siamese attention
+    expect(page.locator("#pair-similarity img")).to_be_visible()
+    expect(page.locator("#pair-similarity-rows img")).to_be_visible()
+    # point correspondence: a click on the query image lights up the gallery image
+    corr_query = page.locator("#corr-query img")
+    expect(corr_query).to_be_visible(timeout=20_000)
+    gallery_before = page.locator("#corr-gallery img").get_attribute("src")
+    box = corr_query.bounding_box()
+    corr_query.click(position={"x": box["width"] * 0.5, "y": box["height"] * 0.3})
+    expect(page.locator("#corr-info")).to_contain_text("Clicked the query image", timeout=20_000)
+    expect(page.locator("#corr-gallery img")).not_to_have_attribute("src", gallery_before)
+    box = page.locator("#corr-gallery img").bounding_box()
+    page.locator("#corr-gallery img").click(position={"x": box["width"] * 0.4, "y": box["height"] * 0.6})
+    expect(page.locator("#corr-info")).to_contain_text("Clicked the gallery image", timeout=20_000)
     page.screenshot(path=str(ARTIFACTS / "app_rankings.png"), full_page=True)
 
     # the failure view follows the picked query
@@ -92,6 +106,8 @@ def test_pick_query_rank_and_explain(page_url):
     if failures:
         expect(page.locator("#why-wrong-overlays img")).to_be_visible()
         expect(page.locator("#why-info")).to_contain_text("wrong identity")
+        expect(page.locator("#why-contrastive img")).to_be_visible()
+        expect(page.locator("#why-contrastive-info")).to_contain_text("similarity gap")
     page.screenshot(path=str(ARTIFACTS / "app_why_wrong.png"), full_page=True)
 
     page.get_by_role("tab", name="Dataset").click()

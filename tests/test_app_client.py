@@ -133,6 +133,52 @@ def test_explain_pair_matches_the_ranking(served):
         client.predict(2, -5, api_name="/explain_pair")
 
 
+def test_similarity_decomposition_in_explanations(served):
+    """The pair JSON carries the exact decomposition of the feature similarity (issue 12): maps summing to s."""
+    client = served["client"]
+    top = client.predict(2, api_name="/rank_query")["ranking"][0]
+    result = client.predict(2, top["gallery_index"], api_name="/explain_pair")
+    s = result["similarity"]
+    assert result["feature_distance"] ** 2 == pytest.approx(2 - 2 * s, abs=1e-5)
+    for key in ("similarity_map1", "similarity_map2"):
+        assert np.asarray(result[key]).sum() == pytest.approx(s, abs=1e-5)
+    assert np.sum(result["similarity_rows1"]) == pytest.approx(s, abs=1e-5)
+    assert len(result["similarity_rows2"]) == np.asarray(result["similarity_map2"]).shape[0]
+
+
+def test_correspondence_endpoint(served):
+    """Clicking every feature cell of the shown query image gives rows of C that together sum to s; each row
+    sums to its cell's entry of the query's similarity map; the other way round for the gallery image."""
+    client, service = served["client"], served["service"]
+    q, g = 3, 5
+    pair = client.predict(q, g, api_name="/explain_pair")
+    for direction, own in (("query", np.asarray(pair["similarity_map1"])), ("gallery", np.asarray(pair["similarity_map2"]))):
+        total = 0.0
+        h, w = own.shape
+        first = client.predict(q, g, 0, 0, direction, api_name="/correspondence")
+        height, width = first["shown_size"]
+        for row in range(h):
+            for col in range(w):
+                x, y = int((col + 0.5) * width / w), int((row + 0.5) * height / h)
+                result = client.predict(q, g, x, y, direction, api_name="/correspondence")
+                assert result["cell"] == [row, col] and result["direction"] == direction
+                values = np.asarray(result["correspondence"])
+                other = np.asarray(pair["similarity_map2" if direction == "query" else "similarity_map1"]).shape
+                assert values.shape == other
+                assert values.sum() == pytest.approx(own[row, col], abs=1e-5)
+                assert result["location_share"] == pytest.approx(own[row, col], abs=1e-6)
+                total += values.sum()
+        assert total == pytest.approx(pair["similarity"], abs=1e-5)
+    height, width = first["shown_size"]
+    with pytest.raises(AppError, match="outside"):
+        client.predict(q, g, width, 0, "query", api_name="/correspondence")
+    with pytest.raises(AppError, match="direction"):
+        client.predict(q, g, 0, 0, "sideways", api_name="/correspondence")
+    with pytest.raises(AppError, match="gallery index"):
+        client.predict(q, len(service.state.gallery), 0, 0, "query", api_name="/correspondence")
+    _alive(client)
+
+
 def test_why_wrong(served):
     client = served["client"]
     failures = client.predict(True, "AP: worst first", api_name="/list_queries")
@@ -146,8 +192,11 @@ def test_why_wrong(served):
         assert result["rank1_wrong"]["true_match"] is False and result["rank1_wrong"]["ranking_score"]["rank"] == 1
         assert result["best_true"]["true_match"] is True
         assert result["best_true"]["ranking_score"]["rank"] == result["first_true_rank"]
+        gap = result["rank1_wrong"]["similarity"] - result["best_true"]["similarity"]
+        assert np.asarray(result["contrastive"]["map"]).sum() == pytest.approx(gap, abs=1e-5)
+        assert result["contrastive"]["similarity_gap"] == pytest.approx(gap, abs=1e-5)
     else:
-        assert result["rank1_wrong"] is None
+        assert result["rank1_wrong"] is None and result["contrastive"] is None
 
 
 def _png_bytes(image: Image.Image, **kwargs) -> bytes:
