@@ -54,17 +54,25 @@ def evaluate_caches(model: CASN, query: FeatureCache, gallery: FeatureCache, top
     ``query`` / ``gallery`` hold their maps in RAM (:func:`extract_split`) or in a store on disk
     (``MapStore.as_cache()``); the CASN re-ranking reads only the candidates' maps.
     """
+    import time
+
     args = (query.pids, gallery.pids, query.camids, gallery.camids)
+    timing = {}
+    started = time.perf_counter()
     feat = feature_distance(query.features, gallery.features).numpy()
     max_rank = min(50, len(gallery))
     results = {"num_query": len(query), "num_gallery": len(gallery),
                "feature": summarise(evaluate_rank(feat, *args, max_rank=max_rank))}
     del feat
+    timing["feature_ranking"] = time.perf_counter() - started
     if casn:
+        started = time.perf_counter()
         combined = casn_distmat(model, query, gallery, topk, attention_weight, threshold, progress, device=device)
+        timing["casn_rerank"] = time.perf_counter() - started
         results["casn"] = summarise(evaluate_rank(combined, *args, max_rank=max_rank))
         results["casn_settings"] = {"topk": "all" if topk is None else topk, "attention_weight": attention_weight,
                                     "threshold": threshold}
+    results["seconds"] = timing
     return results
 
 
@@ -109,6 +117,9 @@ def evaluate_model(model: CASN, data: str, height: int, width: int, device: torc
 
     was_training = model.training
     model.eval()
+    import time
+
+    started = time.perf_counter()
     if store_dir is not None:
         query_store, gallery_store = split_stores(
             model, data, height, width, store_dir, checkpoint=checkpoint, map_dtype=map_dtype, amp=amp,
@@ -126,7 +137,9 @@ def evaluate_model(model: CASN, data: str, height: int, width: int, device: torc
         gallery = extract_split(model, list(dataset.gallery), height, width, batch_size, workers, amp, progress,
                                 "gallery")
         storage = {"maps": "memory", "map_dtype": "float32"}
+    extract_s = time.perf_counter() - started
     results = evaluate_caches(model, query, gallery, topk, attention_weight, threshold, casn, progress, device)
+    results["seconds"]["extract_or_open"] = extract_s
     results["storage"] = storage
     model.train(was_training)
     return results
