@@ -5,7 +5,7 @@ Modules, one job each:
 - :mod:`app.offline` -- environment switches that keep Gradio and the HF hub off the network
   (imported before :mod:`gradio` anywhere in the app).
 - :mod:`app.core` -- every name the app takes from ``casn_core`` (public names only), in one list.
-- :mod:`app.state` -- load the checkpoint and a Market-layout dataset, extract and cache features.
+- :mod:`app.state` -- load the checkpoint and a Market-layout dataset; maps in the shared map store on disk.
 - :mod:`app.demo` -- the bundled default: the demo dataset and checkpoint.
 - :mod:`app.ranking` -- per-query CASN ranking as shown (junk left out, score parts); every score
   (first true rank, AP, CMC, mAP, mINP) from :func:`casn_core.metrics.evaluate_rank_per_query`.

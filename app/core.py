@@ -11,8 +11,9 @@ from casn_core.attention import DEFAULT_THRESHOLD
 from casn_core.attention.similarity import contrastive_map, correspondence, similarity_decomposition
 from casn_core.checkpoint import CheckpointInfo, checkpoint_info
 from casn_core.data import ImageDataset, build_test_transform, generate_dataset, load_market
+from casn_core.engine.evaluate import split_stores
 from casn_core.engine.inference import (
-    FeatureCache, explanation_dict, extract, extract_tensors, feature_distance,
+    FeatureCache, casn_distmat, explanation_dict, extract_tensors, feature_distance,
     rank_query_casn,
 )
 from casn_core.images import MAX_PIXELS, ImageInputError, load_rgb
@@ -23,7 +24,8 @@ from casn_core.visualize import overlay_heatmap, plot_aligned, plot_rows
 __all__ = [
     "CASN", "CheckpointError", "CheckpointInfo", "DEFAULT_THRESHOLD", "FeatureCache", "ImageDataset",
     "ImageInputError", "MAX_PIXELS", "QueryResults", "build_test_transform", "checkpoint_info", "contrastive_map",
-    "correspondence", "evaluate_rank_per_query", "explanation_dict", "extract", "generate_dataset",
+    "correspondence", "evaluate_rank_per_query", "explanation_dict", "generate_dataset", "casn_distmat",
     "extract_tensors", "feature_distance", "load_market", "load_model", "load_rgb", "overlay_heatmap",
-    "pair_attention", "plot_aligned", "plot_rows", "rank_query_casn", "similarity_decomposition", "unit_range",
+    "pair_attention", "plot_aligned", "plot_rows", "rank_query_casn", "similarity_decomposition", "split_stores",
+    "unit_range",
 ]

@@ -17,6 +17,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = REPO_ROOT / "checkpoints" / "casn_mobilenetv2_synth.pt"
 DEFAULT_CACHE_DIR = REPO_ROOT / ".cache" / "app"
+DEFAULT_STORE_DIR = REPO_ROOT / ".cache" / "store"
+"""Map stores: ``python -m casn_core eval``'s default ``--store-dir`` when run from the repository."""
 
 DEMO_SETTINGS = {"num_ids": 120, "num_cameras": 4, "images_per_id": 8, "seed": 20190616, "height": 256, "width": 128}
 """Procedural demo set: fixed seed (not the training seed), Market layout. The generator makes the

@@ -77,7 +77,7 @@ def explain_cached(state: AppState, query_index: int, gallery_index: int, rankin
     maps_q = state.query.maps[query_index:query_index + 1].float()
     maps_g = state.gallery.maps[gallery_index:gallery_index + 1].float()
     attention = pair_attention(state.model, maps_q, maps_g, state.threshold).detach()[0]
-    feature_dist = float(state.feature_distances[query_index, gallery_index])
+    feature_dist = float(state.feature_row(query_index)[gallery_index])
     result = explanation_dict(attention, feature_dist, state.threshold)
     q_pid, g_pid = int(state.query.pids[query_index]), int(state.gallery.pids[gallery_index])
     result.update(

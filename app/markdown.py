@@ -84,11 +84,12 @@ def model_line(state: AppState, summary: DatasetSummary) -> str:
 
 
 def model_info(state: AppState) -> str:
-    cache = "loaded from the cache" if state.cache_hit else "extracted at this start and cached"
+    cache = "opened from the map store" if state.cache_hit else "extracted at this start into the map store"
     return (f"Checkpoint `{state.checkpoint_path.name}`: backbone **{state.backbone}**, input "
             f"{state.input_size[0]}x{state.input_size[1]}, alignment threshold t = {state.threshold:g}, "
             f"attention weight w = {state.attention_weight:g}, attention re-ranking depth K = {state.topk}.\n\n"
-            f"Features: {cache} (`{state.cache_file.name if state.cache_file else '-'}`).")
+            f"Features: {cache} (`{state.cache_file.name if state.cache_file else '-'}`, {state.map_dtype} maps on "
+            f"disk, read per request).")
 
 
 def pair_markdown(explanation: dict, labels: tuple[str, str] = ("query", "gallery")) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.core import QueryResults, evaluate_rank_per_query, rank_query_casn
+from app.core import QueryResults, casn_distmat, evaluate_rank_per_query, rank_query_casn
 from app.state import AppState
 
 MAX_RANK = 50
@@ -91,13 +91,14 @@ def rank_query(state: AppState, query_index: int, topk: int | None = None, casn:
     if not 0 <= query_index < len(state.query):
         raise IndexError(f"query index {query_index} is out of range 0..{len(state.query) - 1}")
     k = state.topk if topk is None else topk
-    dist = state.feature_distances[query_index].numpy()
+    dist_row = state.feature_row(query_index)
+    dist = dist_row.numpy()
     num_gallery = len(dist)
     row = np.empty(num_gallery, dtype=np.float64)
     feat_part = att_part = att_dist = np.full(num_gallery, np.nan)
     if casn and k > 0:
         ranked = rank_query_casn(state.model, state.query.maps[query_index], state.gallery.maps,
-                                 state.feature_distances[query_index], k, state.attention_weight, state.threshold,
+                                 dist_row, k, state.attention_weight, state.threshold,
                                  state.query.features[query_index], state.gallery.features)
         # the row eval scores (casn_core.engine.inference.casn_distmat): combined distances in rank order
         row[ranked.order] = ranked.distance
@@ -152,15 +153,16 @@ def scores_dict(results: QueryResults, max_rank: int) -> dict:
 
 
 def summarise_dataset(state: AppState, progress: bool = False) -> DatasetSummary:
-    """Score every query's CASN ranking (the rows ``eval`` scores) and the feature ranking."""
-    from tqdm import tqdm
+    """Score the CASN ranking of every query (``eval``'s own matrix, :func:`casn_distmat`) and the feature ranking.
 
-    rows = np.empty(tuple(state.feature_distances.shape), dtype=np.float64)
-    for index in tqdm(range(len(state.query)), desc="rank queries", disable=not progress, unit="query"):
-        rows[index] = rank_query(state, index).distance_row
+    ``tests/test_app_client.py`` checks that :func:`rank_query` of each query gives the same row.
+    """
     all_queries = np.arange(len(state.query))
+    rows = casn_distmat(state.model, state.query, state.gallery, state.topk, state.attention_weight, state.threshold,
+                        progress=progress)
     casn = query_scores(state, all_queries, rows)
-    feature = query_scores(state, all_queries, state.feature_distances.numpy())
+    del rows
+    feature = query_scores(state, all_queries, state.feature_matrix().numpy())
     max_rank = min(MAX_RANK, len(state.gallery))
     return DatasetSummary(
         num_query=len(state.query), num_gallery=len(state.gallery), num_valid=int(casn.valid.sum()),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import app.offline  # noqa: F401  (before gradio)
 
-from app.demo import DEFAULT_CACHE_DIR, DEFAULT_CHECKPOINT, ensure_demo_data
+from app.demo import DEFAULT_CACHE_DIR, DEFAULT_CHECKPOINT, DEFAULT_STORE_DIR, ensure_demo_data
 from app.uploads import MAX_UPLOAD_BYTES
 
 
@@ -32,7 +32,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threshold", type=float, default=None, help="alignment threshold (default: the checkpoint's)")
     parser.add_argument("--attention-weight", type=float, default=None,
                         help="w in d = norm(d_f) + w norm(d_a) (default: the checkpoint's, else the paper's 1)")
-    parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="feature cache, demo data and exports")
+    parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="demo data and exports")
+    parser.add_argument("--store-dir", default=str(DEFAULT_STORE_DIR),
+                        help="map stores (casn_core.store), shared with `python -m casn_core eval --store-dir` "
+                             "(default: the repository's .cache/store, eval's default when run from the repository)")
+    parser.add_argument("--map-dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"),
+                        help="dtype of the stored maps (auto: float32 up to 2 GiB of maps, else eval's auto: "
+                             "bfloat16 on the CPU, float32 on CUDA); eval shares the store when its --map-dtype agrees")
     parser.add_argument("--share", action="store_true", help="opt in to a public gradio.live link (off by default)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--ranking-cache", type=int, default=512,
@@ -48,25 +54,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_service(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_dir: str | os.PathLike,
                   topk: int = 10, threshold: float | None = None, attention_weight: float | None = None,
                   max_upload_bytes: int = MAX_UPLOAD_BYTES, ranking_cache: int = 512, progress: bool = True,
-                  log=print):
+                  log=print, store_dir: str | os.PathLike | None = None, map_dtype: str = "auto"):
     """Load the checkpoint and data and score the dataset: the Gradio-free :class:`app.service.AppService`."""
     from app.ranking import summarise_dataset
     from app.service import AppService
     from app.state import load_state
 
     state = load_state(checkpoint, data, cache_dir, topk=topk, threshold=threshold,
-                       attention_weight=attention_weight, progress=progress, log=log)
+                       attention_weight=attention_weight, progress=progress, log=log, store_dir=store_dir,
+                       map_dtype=map_dtype)
     return AppService(state, summarise_dataset(state, progress=progress), max_upload_bytes, ranking_cache)
 
 
 def build(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_dir: str | os.PathLike, topk: int = 10,
           threshold: float | None = None, attention_weight: float | None = None,
-          max_upload_bytes: int = MAX_UPLOAD_BYTES, ranking_cache: int = 512, progress: bool = True, log=print):
+          max_upload_bytes: int = MAX_UPLOAD_BYTES, ranking_cache: int = 512, progress: bool = True, log=print,
+          store_dir: str | os.PathLike | None = None, map_dtype: str = "auto"):
     """Load everything and build the page: ``(gr.Blocks, AppService)``."""
     from app.ui import build_ui
 
     service = build_service(checkpoint, data, cache_dir, topk, threshold, attention_weight, max_upload_bytes,
-                            ranking_cache, progress, log)
+                            ranking_cache, progress, log, store_dir, map_dtype)
     return build_ui(service), service
 
 
@@ -108,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data = Path(args.data) if args.data else ensure_demo_data(cache_dir)
         demo, service = build(checkpoint, data, cache_dir, args.topk, args.threshold, args.attention_weight,
-                              ranking_cache=args.ranking_cache)
+                              ranking_cache=args.ranking_cache, store_dir=args.store_dir, map_dtype=args.map_dtype)
     except (CheckpointError, DatasetError, ImageInputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

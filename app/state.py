@@ -1,30 +1,30 @@
-"""What the app serves: a checkpoint, a Market-layout dataset, and the cached feature maps of it.
+"""What the app serves: a checkpoint, a Market-layout dataset, and the feature maps of it on disk.
 
-The backbone runs once per image (DESIGN.md sec. 4). The maps ``A`` and features ``f`` of every
-query and gallery image are stored on disk under ``<cache-dir>/features/<key>.pt``, where the key
-hashes the checkpoint's bytes, the dataset's file list (relative path, size, modification time),
-the input size and the map dtype; so a second start with the same checkpoint and data is fast and
-any change re-extracts. The file holds only tensors, strings and numbers and is read back with
-``torch.load(weights_only=True)``.
+The backbone runs once per image (DESIGN.md sec. 4). The maps ``A`` and features ``f`` of the query
+and gallery images live in the library's map store (:mod:`casn_core.store`: one ``.npy`` store per
+split, keyed by the checkpoint's bytes, the file list, the input size and the map dtype, rebuilt
+when stale or truncated, never trusted otherwise). It is the same store ``python -m casn_core eval``
+builds for the same checkpoint and data (same ``--store-dir`` and ``--map-dtype``): whichever runs
+first extracts, the other opens it. Features and labels are held in RAM (small); maps are read
+from disk only for the rows a request needs, so the app's memory does not grow with the gallery.
+Feature distances are computed per query on demand (no query x gallery matrix is kept).
 """
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from app.core import (
-    CASN, CheckpointInfo, FeatureCache, ImageDataset, build_test_transform, checkpoint_info, extract, feature_distance,
-    load_market, load_model,
-)
+from app.core import CASN, CheckpointInfo, FeatureCache, checkpoint_info, feature_distance, load_market, load_model, \
+    split_stores
 
-CACHE_FORMAT = 1
+
 MAP_BYTES_BF16 = 2 * 2**30
-"""Above this many bytes of float32 maps, maps are cached in bfloat16 (half the memory)."""
+"""``map_dtype="auto"``: float32 maps while all of them take at most this many bytes (the app's rule
+before the store: small sets keep full precision, so explanations match the ranking to 1e-4);
+above it, the store's default (bfloat16 on the CPU, float32 on CUDA) halves the disk traffic."""
 
 
 class DatasetError(ValueError):
@@ -47,13 +47,26 @@ class AppState:
     threshold: float
     topk: int
     attention_weight: float = 1.0
-    feature_distances: torch.Tensor = field(default=None)  # (num_query, num_gallery)
-    cache_file: Path | None = None
+    store_paths: tuple[Path, Path] | None = None
+    map_dtype: str = "float32"
     cache_hit: bool = False
 
     @property
     def backbone(self) -> str:
         return str(self.model.config.backbone)
+
+    @property
+    def cache_file(self) -> Path | None:
+        """The gallery's map store folder (what the Dataset tab names)."""
+        return None if self.store_paths is None else self.store_paths[1]
+
+    def feature_row(self, query_index: int) -> torch.Tensor:
+        """Feature distances (num_gallery,) of one query: Euclidean distance of L2-normalised ``f``."""
+        return feature_distance(self.query.features[query_index:query_index + 1], self.gallery.features)[0]
+
+    def feature_matrix(self) -> torch.Tensor:
+        """All feature distances (num_query, num_gallery); computed when asked (dataset summary), not kept."""
+        return feature_distance(self.query.features, self.gallery.features)
 
     def relative(self, path: str) -> str:
         """A dataset path as shown to users and API clients: relative to the dataset root."""
@@ -61,58 +74,6 @@ class AppState:
             return str(Path(path).resolve().relative_to(self.data_root))
         except ValueError:
             return Path(path).name
-
-
-def _sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def cache_key(checkpoint: Path, root: Path, records: list, input_size: tuple[int, int], map_dtype: str) -> str:
-    """Hash of the checkpoint bytes, the file list (path, size, mtime), the input size and map dtype."""
-    digest = hashlib.sha256()
-    digest.update(f"casn-app-cache v{CACHE_FORMAT}\n".encode())
-    digest.update(_sha256_file(checkpoint).encode())
-    digest.update(f"{input_size[0]}x{input_size[1]} {map_dtype}\n".encode())
-    for split, split_records in records:
-        for record in split_records:
-            path = Path(record.path)
-            stat = path.stat()
-            rel = os.path.relpath(path, root)
-            digest.update(f"{split}\t{rel}\t{record.pid}\t{record.camid}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:32]
-
-
-def _cache_to_dict(prefix: str, cache: FeatureCache, root: Path) -> dict:
-    return {
-        f"{prefix}_maps": cache.maps, f"{prefix}_features": cache.features,
-        f"{prefix}_pids": torch.as_tensor(cache.pids, dtype=torch.long),
-        f"{prefix}_camids": torch.as_tensor(cache.camids, dtype=torch.long),
-        f"{prefix}_paths": [os.path.relpath(p, root) for p in cache.paths],
-    }
-
-
-def _cache_from_dict(prefix: str, data: dict, root: Path) -> FeatureCache:
-    return FeatureCache(
-        maps=data[f"{prefix}_maps"], features=data[f"{prefix}_features"],
-        pids=data[f"{prefix}_pids"].numpy(), camids=data[f"{prefix}_camids"].numpy(),
-        paths=[str(root / p) for p in data[f"{prefix}_paths"]],
-    )
-
-
-def _atomic_save(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_dataset(root: Path) -> tuple[list, list]:
@@ -129,57 +90,46 @@ def load_dataset(root: Path) -> tuple[list, list]:
     return query, gallery
 
 
-def extract_features(model: CASN, records: list, input_size: tuple[int, int], map_dtype: torch.dtype,
-                     batch_size: int, desc: str, progress: bool) -> FeatureCache:
-    dataset = ImageDataset(records, build_test_transform(*input_size))
-    return extract(model, dataset, records, batch_size=batch_size, map_dtype=map_dtype, progress=progress, desc=desc)
+def app_map_dtype(model: CASN, input_size: tuple[int, int], num_images: int) -> str:
+    """``float32`` when the float32 maps of ``num_images`` fit in :data:`MAP_BYTES_BF16`, else ``auto``."""
+    with torch.no_grad():
+        per_image = model.feature_map(torch.zeros(1, 3, *input_size))[0].numel() * 4
+    return "float32" if per_image * num_images <= MAP_BYTES_BF16 else "auto"
 
 
 def load_state(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_dir: str | os.PathLike, topk: int = 10,
                threshold: float | None = None, attention_weight: float | None = None, batch_size: int = 32,
-               progress: bool = True, log=print) -> AppState:
-    """Load the model and dataset, and the features from the disk cache (extracting them once)."""
+               progress: bool = True, log=print, store_dir: str | os.PathLike | None = None,
+               map_dtype: str = "auto") -> AppState:
+    """Load the model and dataset, and open (or build once) the query and gallery map stores.
+
+    ``store_dir``: where the stores live (default ``<cache_dir>/store``; ``python app.py`` passes the
+    folder ``eval`` uses by default, so the two share them when their dtypes agree). ``map_dtype``:
+    ``auto`` (:func:`app_map_dtype`), ``float32``, ``float16`` or ``bfloat16``.
+    """
     checkpoint, root, cache_dir = Path(checkpoint).resolve(), Path(data).resolve(), Path(cache_dir).resolve()
     model, payload = load_model(checkpoint, "cpu")
     info = checkpoint_info(payload)
-    input_size = info.input_size
-    if threshold is None:
-        threshold = info.threshold
-    if attention_weight is None:
-        attention_weight = info.attention_weight
-    query_records, gallery_records = load_dataset(root)
+    threshold = info.threshold if threshold is None else threshold
+    attention_weight = info.attention_weight if attention_weight is None else attention_weight
+    query_records, gallery_records = load_dataset(root)  # a clear DatasetError before any extraction
+    if map_dtype == "auto":
+        map_dtype = app_map_dtype(model, info.input_size, len(query_records) + len(gallery_records))
+    store_dir = Path(store_dir).resolve() if store_dir is not None else cache_dir / "store"
+    built: list[str] = []
 
-    # maps: float32 unless that would be large (full Market-1501 at 256x128 with ResNet50 is ~50 GB)
-    with torch.no_grad():
-        probe = model.feature_map(torch.zeros(1, 3, *input_size))
-    per_image = probe[0].numel() * 4
-    total = per_image * (len(query_records) + len(gallery_records))
-    map_dtype = torch.bfloat16 if total > MAP_BYTES_BF16 else torch.float32
-    dtype_name = "bf16" if map_dtype == torch.bfloat16 else "fp32"
+    def store_log(message: str) -> None:
+        if "extracting" in message:
+            built.append(message)
+        log(message)
 
-    key = cache_key(checkpoint, root, [("query", query_records), ("gallery", gallery_records)], input_size, dtype_name)
-    cache_file = cache_dir / "features" / f"{key}.pt"
-    hit = False
-    if cache_file.is_file():
-        try:
-            stored = torch.load(cache_file, map_location="cpu", weights_only=True)
-            query = _cache_from_dict("query", stored, root)
-            gallery = _cache_from_dict("gallery", stored, root)
-            hit = len(query) == len(query_records) and len(gallery) == len(gallery_records)
-        except Exception as exc:  # a corrupted cache is rebuilt, never trusted
-            log(f"feature cache {cache_file} unreadable ({type(exc).__name__}: {exc}); extracting again")
-    if hit:
-        log(f"features: loaded from cache {cache_file.name} ({len(query)} query, {len(gallery)} gallery)")
-    else:
-        log(f"features: extracting {len(query_records)} query and {len(gallery_records)} gallery images "
-            f"at {input_size[0]}x{input_size[1]} (once; cached in {cache_file.parent})")
-        query = extract_features(model, query_records, input_size, map_dtype, batch_size, "query", progress)
-        gallery = extract_features(model, gallery_records, input_size, map_dtype, batch_size, "gallery", progress)
-        _atomic_save({"format": "casn-app-features", "version": CACHE_FORMAT,
-                      **_cache_to_dict("query", query, root), **_cache_to_dict("gallery", gallery, root)}, cache_file)
-    state = AppState(model=model, payload=payload, info=info, checkpoint_path=checkpoint, data_root=root, cache_dir=cache_dir,
-                     query=query, gallery=gallery, input_size=input_size, threshold=float(threshold),
-                     topk=int(topk), attention_weight=float(attention_weight), cache_file=cache_file, cache_hit=hit)
-    state.feature_distances = feature_distance(query.features, gallery.features)
-    return state
-
+    query_store, gallery_store = split_stores(model, str(root), *info.input_size, store_dir, checkpoint=checkpoint,
+                                              map_dtype=map_dtype, batch_size=batch_size, progress=progress,
+                                              log=store_log)
+    log(f"features: {len(query_store)} query and {len(gallery_store)} gallery images "
+        f"({'extracted now' if built else 'opened'}; map store {query_store.map_dtype} in {store_dir})")
+    return AppState(model=model, payload=payload, info=info, checkpoint_path=checkpoint, data_root=root,
+                    cache_dir=cache_dir, query=query_store.as_cache(), gallery=gallery_store.as_cache(),
+                    input_size=info.input_size, threshold=float(threshold), topk=int(topk),
+                    attention_weight=float(attention_weight), store_paths=(query_store.path, gallery_store.path),
+                    map_dtype=query_store.map_dtype, cache_hit=not built)

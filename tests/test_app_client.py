@@ -332,21 +332,45 @@ def test_launch_defaults_are_local_and_private(served):
     assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False" and os.environ["HF_HUB_OFFLINE"] == "1"
 
 
-def test_feature_cache_is_reused_and_keyed(served):
-    from app.state import cache_key, load_dataset, load_state
+def test_map_store_is_reused_and_shared_with_eval(served, tmp_path):
+    """A second start opens the stores instead of extracting; ``eval`` with the same store folder and dtype
+    opens the same stores (no second extraction) and gets the app's numbers; a changed file list rebuilds."""
+    import shutil
+
+    from casn_core.engine.evaluate import evaluate_model
+
+    from app.state import load_state
 
     state = served["service"].state
-    again = load_state(served["checkpoint"], served["data"], state.cache_dir, progress=False, log=lambda *_: None)
-    assert again.cache_hit and again.cache_file == state.cache_file
-    assert (again.gallery.maps == state.gallery.maps).all()
-    query, gallery = load_dataset(state.data_root)
-    size = state.input_size
-    key = cache_key(state.checkpoint_path, state.data_root, [("query", query), ("gallery", gallery)], size, "fp32")
-    assert key == state.cache_file.stem
-    assert cache_key(state.checkpoint_path, state.data_root, [("query", query), ("gallery", gallery[:-1])], size,
-                     "fp32") != key
-    assert cache_key(state.checkpoint_path, state.data_root, [("query", query), ("gallery", gallery)],
-                     (size[0] * 2, size[1]), "fp32") != key
+    assert state.map_dtype == "float32"  # "auto" for a small set
+    messages = []
+    again = load_state(served["checkpoint"], served["data"], state.cache_dir, progress=False, log=messages.append)
+    assert again.cache_hit and again.store_paths == state.store_paths, messages
+    assert not any("extracting" in m for m in messages)
+    assert (again.gallery.maps[:] == state.gallery.maps[:]).all()
+    assert not hasattr(state, "feature_distances")  # no query x gallery matrix is kept
+
+    messages.clear()
+    results = evaluate_model(state.model, str(state.data_root), *state.input_size, topk=state.topk,
+                             attention_weight=state.attention_weight, threshold=state.threshold, progress=False,
+                             store_dir=state.cache_dir / "store", map_dtype=state.map_dtype,
+                             checkpoint=state.checkpoint_path, log=messages.append)
+    assert not any("extracting" in m for m in messages), messages
+    assert sorted(results["storage"]["stores"]) == sorted(str(p) for p in state.store_paths)
+    summary = served["client"].predict(api_name="/dataset_summary")
+    for key in ("casn", "feature"):
+        for metric in ("rank1", "mAP", "mINP"):
+            assert summary[key][metric] == pytest.approx(results[key][metric], abs=1e-12), (key, metric)
+
+    data = tmp_path / "data"
+    shutil.copytree(served["data"], data)
+    first = load_state(served["checkpoint"], data, tmp_path / "cache", progress=False, log=lambda *_: None)
+    assert not first.cache_hit
+    sorted((data / "bounding_box_test").iterdir())[-1].unlink()
+    messages.clear()
+    changed = load_state(served["checkpoint"], data, tmp_path / "cache", progress=False, log=messages.append)
+    assert not changed.cache_hit and len(changed.gallery) == len(first.gallery) - 1
+    assert any("extracting" in m for m in messages)
 
 
 def test_app_refuses_a_pickle_checkpoint(tmp_path, served):

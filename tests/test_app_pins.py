@@ -30,7 +30,9 @@ def pinned_service(tmp_path_factory):
     torch.set_num_threads(1)  # as the pins were made
     try:
         checkpoint, data = make_pinned_checkpoint_and_data(root)
-        service = build_service(checkpoint, data, root / "cache", topk=10, progress=False, log=lambda *_: None)
+        # float32 maps, as the old code kept them for a set this small
+        service = build_service(checkpoint, data, root / "cache", topk=10, progress=False, log=lambda *_: None,
+                                map_dtype="float32")
     finally:
         torch.set_num_threads(threads)
     return service, json.loads(PINS.read_text())
