@@ -7,7 +7,8 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     from casn_core.data.synth import add_synth_arguments
-    from casn_core.engine.evaluate import add_eval_arguments, add_explain_arguments
+    from casn_core.engine.evaluate import add_eval_arguments
+    from casn_core.engine.explain import add_explain_arguments
     from casn_core.engine.train import add_train_arguments
     from casn_core.engine.tune import add_tune_arguments
     from casn_core.search import add_search_arguments
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         from casn_core.search import run_search
 
         return run_search(args)
-    from casn_core.engine.evaluate import run_explain
+    from casn_core.engine.explain import run_explain
 
     return run_explain(args)
 

@@ -1,0 +1,71 @@
+"""``casn explain``: both explanations of one image pair, as JSON and as a figure.
+
+The pair is explained from its two feature maps (the backbone runs once per image, DESIGN.md sec. 4):
+the paper's Siamese attention (sec. 3.2.2, eq. 4-5) and the exact decomposition of the similarity
+that ranks (:mod:`casn_core.attention.similarity`), in one :class:`casn_core.explanation.PairExplanation`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from casn_core.atomic import write_bytes_atomic, write_json_atomic
+from casn_core.checkpoint import CheckpointError, checkpoint_info, load_model
+from casn_core.engine.inference import extract_tensors, resolve_device
+from casn_core.explanation import PairExplanation, explain_maps
+from casn_core.models.casn import CASN
+
+
+def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--image1", required=True, help="first image (the query)")
+    parser.add_argument("--image2", required=True, help="second image (the gallery image)")
+    parser.add_argument("--json", help="write the explanation here (PairExplanation.to_json())")
+    parser.add_argument("--figure", help="write a PNG figure here")
+    parser.add_argument("--threshold", type=float, default=None, help="alignment threshold (default: the checkpoint's)")
+    parser.add_argument("--device", default="auto")
+
+
+def explain_files(model: CASN, input_size: tuple[int, int], path1: str | Path, path2: str | Path,
+                  threshold: float) -> tuple[PairExplanation, np.ndarray, np.ndarray]:
+    """Explain one pair of image files: ``(explanation, RGB image 1, RGB image 2)``, images at the model's input size."""
+    from casn_core.data import build_test_transform
+    from casn_core.images import load_rgb
+
+    height, width = input_size
+    transform = build_test_transform(height, width)
+    pil1, pil2 = load_rgb(path1), load_rgb(path2)
+    device = next(model.parameters()).device
+    maps, _ = extract_tensors(model.eval(), torch.stack([transform(pil1), transform(pil2)]).to(device))
+    explanation = explain_maps(model, maps[0], maps[1], threshold)
+    shown = [np.asarray(p.resize((width, height))) for p in (pil1, pil2)]
+    return explanation, shown[0], shown[1]
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    """Entry point of ``casn explain``."""
+    from casn_core.images import ImageInputError
+    from casn_core.visualize import explanation_figure, figure_png
+
+    try:
+        model, payload = load_model(args.checkpoint, resolve_device(args.device))
+        info = checkpoint_info(payload)
+        threshold = info.threshold if args.threshold is None else args.threshold
+        explanation, image1, image2 = explain_files(model, info.input_size, args.image1, args.image2, threshold)
+    except (CheckpointError, ImageInputError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"same-person probability {explanation.same_probability:.4f}  feature distance "
+          f"{explanation.feature_distance:.4f}  attention distance {explanation.attention_distance:.4f}  "
+          f"similarity {explanation.similarity:.4f}")
+    data = explanation.to_json()
+    if args.json:
+        write_json_atomic(args.json, data)
+    if args.figure:
+        title = f"{Path(args.image1).name} vs {Path(args.image2).name}"
+        write_bytes_atomic(args.figure, figure_png(explanation_figure(image1, image2, data, title)))
+    return 0

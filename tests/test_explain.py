@@ -1,0 +1,48 @@
+"""``casn explain``: JSON with both explainers (Siamese attention and the exact similarity maps) and a figure."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from casn_core.cli import main as cli_main
+from helpers import make_pinned_checkpoint_and_data
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_pinned_checkpoint_and_data(tmp_path_factory.mktemp("explain"))
+
+
+def test_explain_json_has_both_explainers_and_exact_similarity(tiny, tmp_path):
+    checkpoint, data = tiny
+    query = sorted((data / "query").glob("*.jpg"))[0]
+    gallery = sorted((data / "bounding_box_test").glob("*.jpg"))[3]
+    out, figure = tmp_path / "pair.json", tmp_path / "pair.png"
+    assert cli_main(["explain", "--checkpoint", str(checkpoint), "--image1", str(query), "--image2", str(gallery),
+                     "--json", str(out), "--figure", str(figure), "--device", "cpu"]) == 0
+    result = json.loads(out.read_text())
+    for key in ("same_probability", "feature_distance", "attention_distance", "map1", "map2", "rows1", "rows2",
+                "span1", "span2", "aligned1", "aligned2", "similarity", "similarity_map1", "similarity_map2",
+                "similarity_rows1", "similarity_rows2"):
+        assert key in result, key
+    s = result["similarity"]
+    map1, map2 = np.asarray(result["similarity_map1"]), np.asarray(result["similarity_map2"])
+    assert map1.shape == np.asarray(result["map1"]).shape and map2.ndim == 2
+    assert map1.sum() == pytest.approx(s, abs=1e-5) and map2.sum() == pytest.approx(s, abs=1e-5)
+    np.testing.assert_allclose(result["similarity_rows1"], map1.sum(axis=1), atol=1e-6)
+    np.testing.assert_allclose(result["similarity_rows2"], map2.sum(axis=1), atol=1e-6)
+    assert result["feature_distance"] ** 2 == pytest.approx(2 - 2 * s, abs=1e-5)
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically, nothing left behind
+
+
+def test_explain_names_a_bad_image(tiny, tmp_path, capsys):
+    checkpoint, data = tiny
+    bad = tmp_path / "not_an_image.jpg"
+    bad.write_text("hello")
+    query = sorted((data / "query").glob("*.jpg"))[0]
+    assert cli_main(["explain", "--checkpoint", str(checkpoint), "--image1", str(query), "--image2", str(bad),
+                     "--device", "cpu"]) == 1
+    assert "not_an_image.jpg" in capsys.readouterr().err
