@@ -19,6 +19,11 @@ from casn_core.engine.inference import (
 from casn_core.images import MAX_PIXELS, ImageInputError, load_rgb
 from casn_core.metrics import QueryResults, evaluate_rank_per_query
 from casn_core.numeric import unit_range
+from casn_core.data.market import parse_market_name
+from casn_core.search import (
+    GalleryFeatures, GalleryImage, GalleryReport, SearchError, SearchIndex, SearchResult, build_search_index,
+    scan_gallery,
+)
 from casn_core.visualize import overlay_heatmap, plot_aligned, plot_rows
 
 __all__ = [
@@ -27,5 +32,6 @@ __all__ = [
     "correspondence", "evaluate_rank_per_query", "explanation_dict", "generate_dataset", "casn_distmat",
     "extract_tensors", "feature_distance", "load_market", "load_model", "load_rgb", "overlay_heatmap",
     "pair_attention", "plot_aligned", "plot_rows", "rank_query_casn", "similarity_decomposition", "split_stores",
-    "unit_range",
+    "unit_range", "GalleryFeatures", "GalleryImage", "GalleryReport", "SearchError", "SearchIndex", "SearchResult",
+    "build_search_index", "parse_market_name", "scan_gallery",
 ]

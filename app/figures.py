@@ -17,6 +17,7 @@ from app.core import overlay_heatmap, plot_aligned, plot_rows
 GREEN = (34, 160, 60)
 RED = (215, 38, 38)
 GREY = (150, 150, 150)
+DARK = (60, 60, 60)
 DISPLAY_HEIGHT = 256
 
 
@@ -157,6 +158,24 @@ def contrastive_figure(image: np.ndarray, gap_map: np.ndarray, gap: float, heigh
         ax.set_xticks([])
         ax.set_yticks([])
     fig.colorbar(shown, ax=right, fraction=0.08)
+    fig.tight_layout()
+    return _render(fig)
+
+
+def distance_histogram(distances: np.ndarray, no_match: float, shown: list[float] | None = None) -> np.ndarray:
+    """The query's feature distances to the whole gallery, the "no match" threshold, and the results shown."""
+    values = np.asarray(distances, dtype=np.float64)
+    fig = Figure(figsize=(5.0, 2.6), dpi=100)
+    ax = fig.subplots()
+    ax.hist(values, bins=min(50, max(5, len(values) // 4)), color="0.6", label=f"gallery ({len(values)} images)")
+    for i, value in enumerate(shown or []):
+        ax.axvline(value, color="tab:blue", lw=0.8, alpha=0.6, label="shown results" if i == 0 else None)
+    within = int((values <= no_match).sum())
+    ax.axvline(no_match, color="tab:red", lw=2, label=f"no-match threshold {no_match:.2f} ({within} within)")
+    ax.set_xlabel("feature distance d_f to the query")
+    ax.set_ylabel("gallery images")
+    ax.legend(fontsize=7, loc="upper left")
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     return _render(fig)
 

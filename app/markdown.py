@@ -117,7 +117,7 @@ def pair_markdown(explanation: dict, labels: tuple[str, str] = ("query", "galler
         else:
             rows.append(f"| ranking (rank {score['rank']} of {score['of']}) | {score['note']} |")
     head = ""
-    if "query" in explanation and "gallery" in explanation:
+    if "query" in explanation and "gallery" in explanation and "true_match" in explanation:
         q, g = explanation["query"], explanation["gallery"]
         verdict = "true match" if explanation["true_match"] else "wrong identity"
         head = (f"**{labels[0]}** `{q['name']}` (id {q['pid']}, cam {q['camid']}) vs **{labels[1]}** `{g['name']}` "

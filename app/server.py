@@ -23,9 +23,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="app.py", description="CASN explainability app (Gradio).")
     parser.add_argument("--checkpoint", default=None,
                         help=f"CASN checkpoint (default: the bundled {DEFAULT_CHECKPOINT.relative_to(DEFAULT_CHECKPOINT.parents[1])})")
-    parser.add_argument("--data", default=None,
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--data", default=None,
                         help="Market-layout dataset root with query/ and bounding_box_test/ (default: the demo set, "
                              "generated into the cache folder at first start)")
+    source.add_argument("--gallery", default=None,
+                        help="any folder of person crops (searched recursively; jpg, png, bmp, webp; no naming "
+                             "convention needed): search it with an uploaded image or one of its own images")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--topk", type=int, default=10, help="gallery images re-ranked with Siamese attention (K)")
@@ -66,16 +70,31 @@ def build_service(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_
     return AppService(state, summarise_dataset(state, progress=progress), max_upload_bytes, ranking_cache)
 
 
+def build_gallery(checkpoint: str | os.PathLike, gallery: str | os.PathLike, cache_dir: str | os.PathLike,
+                  topk: int = 10, threshold: float | None = None, attention_weight: float | None = None,
+                  max_upload_bytes: int = MAX_UPLOAD_BYTES, map_dtype: str = "auto", progress: bool = True,
+                  log=print):
+    """Unlabelled mode: index any folder of images and build its search page: ``(gr.Blocks, SearchService)``."""
+    from app.search import SearchService, open_gallery
+    from app.search_ui import build_search_ui
+
+    index = open_gallery(checkpoint, gallery, cache_dir, topk, threshold, attention_weight, map_dtype, progress, log)
+    service = SearchService(index, cache_dir, max_upload_bytes)
+    return build_search_ui(service), service
+
+
 def build(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_dir: str | os.PathLike, topk: int = 10,
           threshold: float | None = None, attention_weight: float | None = None,
           max_upload_bytes: int = MAX_UPLOAD_BYTES, ranking_cache: int = 512, progress: bool = True, log=print,
           store_dir: str | os.PathLike | None = None, map_dtype: str = "auto"):
     """Load everything and build the page: ``(gr.Blocks, AppService)``."""
+    from app.search import SearchService, index_from_state
     from app.ui import build_ui
 
     service = build_service(checkpoint, data, cache_dir, topk, threshold, attention_weight, max_upload_bytes,
                             ranking_cache, progress, log, store_dir, map_dtype)
-    return build_ui(service), service
+    search = SearchService(index_from_state(service.state), service.state.cache_dir, max_upload_bytes)
+    return build_ui(service, search), service
 
 
 def launch_kwargs(service, host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> dict:
@@ -84,7 +103,7 @@ def launch_kwargs(service, host: str = "127.0.0.1", port: int = 7860, share: boo
 
     return {
         "server_name": host, "server_port": port, "share": bool(share), "show_error": True, "ssr_mode": False,
-        "allowed_paths": [str(service.state.data_root), str(service.state.cache_dir)],
+        "allowed_paths": [str(folder) for folder in service.served_folders],
         "max_file_size": int(service.max_upload_bytes * 1.25) + 2**20, "css": CSS,
         "footer_links": ["api"],
     }
@@ -98,7 +117,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from app.core import CheckpointError, ImageInputError
+    from app.core import CheckpointError, ImageInputError, SearchError
     from app.state import DatasetError
 
     if args.threads:
@@ -114,10 +133,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: checkpoint {checkpoint}: {hint}", file=sys.stderr)
         return 2
     try:
-        data = Path(args.data) if args.data else ensure_demo_data(cache_dir)
-        demo, service = build(checkpoint, data, cache_dir, args.topk, args.threshold, args.attention_weight,
-                              ranking_cache=args.ranking_cache, store_dir=args.store_dir, map_dtype=args.map_dtype)
-    except (CheckpointError, DatasetError, ImageInputError) as exc:
+        if args.gallery:
+            demo, service = build_gallery(checkpoint, args.gallery, cache_dir, args.topk, args.threshold,
+                                          args.attention_weight, map_dtype=args.map_dtype)
+        else:
+            data = Path(args.data) if args.data else ensure_demo_data(cache_dir)
+            demo, service = build(checkpoint, data, cache_dir, args.topk, args.threshold, args.attention_weight,
+                                  ranking_cache=args.ranking_cache, store_dir=args.store_dir,
+                                  map_dtype=args.map_dtype)
+    except (CheckpointError, DatasetError, ImageInputError, SearchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.host not in ("127.0.0.1", "localhost", "::1"):

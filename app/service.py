@@ -83,6 +83,11 @@ class AppService:
         self.strip_length = int(min(max(state.topk, 10), 20, len(state.gallery)))
         self.rankings: LRUCache[QueryRanking] = LRUCache(ranking_cache)
 
+    @property
+    def served_folders(self) -> list[Path]:
+        """Folders the server may serve files from: the dataset (thumbnails) and the app's cache (exports)."""
+        return [self.state.data_root, self.state.cache_dir]
+
     # ---- validation -----------------------------------------------------------------------------
     def query_index(self, value) -> int:
         return index_in(value, len(self.state.query), "query index")

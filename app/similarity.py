@@ -28,7 +28,14 @@ SHOWN_HEIGHT = 256
 
 def decomposition_dict(model, maps1: torch.Tensor, maps2: torch.Tensor, features1: torch.Tensor | None = None,
                        features2: torch.Tensor | None = None) -> dict:
-    """``similarity``, ``similarity_map1/2`` (H x W lists) and ``similarity_rows1/2`` of one pair of maps (K, H, W)."""
+    """``similarity``, ``similarity_map1/2`` (H x W lists) and ``similarity_rows1/2`` of one pair of maps (K, H, W).
+
+    The cached features are used with float32 maps (they are the pool of exactly those maps); with
+    16-bit maps the features are re-pooled from the maps, so the maps still sum to ``similarity``
+    exactly (which then differs from the float32 features' by the maps' rounding).
+    """
+    if maps1.dtype != torch.float32 or maps2.dtype != torch.float32:
+        features1 = features2 = None
     with torch.no_grad():
         f1 = model.pool(maps1[None].float()) if features1 is None else features1[None].float()
         f2 = model.pool(maps2[None].float()) if features2 is None else features2[None].float()

@@ -372,8 +372,9 @@ def _api_endpoints(service: AppService) -> None:
         gr.api(fn, api_name=fn.__name__)
 
 
-def build_ui(service: AppService) -> gr.Blocks:
-    """The page: header, four tabs, their events and the API endpoints."""
+def build_ui(service: AppService, search=None) -> gr.Blocks:
+    """The page: header, the tabs, their events and the API endpoints; ``search`` (an
+    :class:`app.search.SearchService` over the dataset's gallery) adds the *Search with your image* tab."""
     with gr.Blocks(title="CASN explainability", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(markdown.INTRO, elem_id="header")
         gr.Markdown(markdown.model_line(service.state, service.summary), elem_id="model-line")
@@ -384,6 +385,12 @@ def build_ui(service: AppService) -> gr.Blocks:
                 why = _why_tab()
             with gr.Tab("Upload a pair", elem_id="tab-upload"):
                 upload = _upload_tab(service)
+            if search is not None:
+                from app.search_ui import search_tab
+
+                with gr.Tab("Search with your image", elem_id="tab-search"):
+                    gr.Markdown("Search this dataset's gallery with an image of your own (or one of its images).")
+                    search_tab(search)
             with gr.Tab("Dataset", elem_id="tab-dataset"):
                 _dataset_tab(service)
         _wire_rankings(service, rankings, why, demo)

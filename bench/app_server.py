@@ -95,7 +95,8 @@ def served_app(checkpoint: Path, data: Path, cache_dir: Path, extra: list[str] |
 
     port = free_port()
     command = [sys.executable, str(REPO_ROOT / "app.py"), "--checkpoint", str(checkpoint), "--data", str(data),
-               "--cache-dir", str(cache_dir), "--port", str(port), *(extra or [])]
+               "--cache-dir", str(cache_dir), "--store-dir", str(Path(cache_dir) / "store"), "--port", str(port),
+               *(extra or [])]
     log = open(log_file or os.devnull, "wb")
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     start = time.perf_counter()

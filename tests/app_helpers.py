@@ -49,6 +49,58 @@ def wait_until_up(url: str, timeout: float = 30.0) -> None:
         time.sleep(0.1)
 
 
+def make_unlabelled_gallery(data: str | Path, out: str | Path, seed: int = 0) -> dict:
+    """A folder of person crops with no naming convention, made from a Market-layout set's test images.
+
+    Every query and gallery image is copied under a random name (half of them into a nested
+    sub-folder); a text file and a truncated JPEG are added. Returns ``{"folder", "names"
+    (new relative name -> original Market name), "bad": [the two bad files' names]}``.
+    """
+    import random
+    import shutil
+
+    rng = random.Random(seed)
+    out = Path(out)
+    (out / "nested" / "deeper").mkdir(parents=True, exist_ok=True)
+    names = {}
+    sources = sorted((Path(data) / "query").glob("*.jpg")) + sorted((Path(data) / "bounding_box_test").glob("*.jpg"))
+    for i, source in enumerate(sources):
+        stem = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(10))
+        rel = f"nested/deeper/{stem}.jpg" if i % 2 else f"{stem}.jpg"
+        shutil.copyfile(source, out / rel)
+        names[rel] = source.name
+    (out / "notes.txt").write_text("not an image\n")
+    data_bytes = sources[0].read_bytes()
+    (out / "nested" / "truncated.jpg").write_bytes(data_bytes[: len(data_bytes) // 3])
+    return {"folder": out, "names": names, "bad": ["notes.txt", "truncated.jpg"]}
+
+
+@contextlib.contextmanager
+def serving(demo, service):
+    """Launch a built page in this process on a free 127.0.0.1 port; yields its url."""
+    from app.server import free_port, launch_kwargs
+
+    port = free_port()
+    demo.queue(default_concurrency_limit=2).launch(prevent_thread_lock=True, quiet=True,
+                                                   **launch_kwargs(service, "127.0.0.1", port))
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until_up(url)
+        yield url
+    finally:
+        demo.close()
+
+
+@contextlib.contextmanager
+def running_gallery_app(checkpoint, gallery, cache_dir, topk: int = 10):
+    """Unlabelled mode (``python app.py --gallery DIR``) in this process; yields ``(url, SearchService)``."""
+    from app.server import build_gallery
+
+    demo, service = build_gallery(checkpoint, gallery, cache_dir, topk=topk, progress=False, log=lambda *_: None)
+    with serving(demo, service) as url:
+        yield url, service
+
+
 @contextlib.contextmanager
 def running_app(checkpoint, data, cache_dir, topk: int = 10, max_upload_bytes: int | None = None,
                 ranking_cache: int = 512):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import app.offline  # noqa: F401  (before gradio)
-from app_helpers import make_checkpoint, make_dataset, running_app
+from app_helpers import make_checkpoint, make_dataset, make_unlabelled_gallery, running_app, running_gallery_app
 
 pytestmark = pytest.mark.slow
 
@@ -34,19 +34,26 @@ def _chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def page_url(tmp_path_factory):
+def chromium():
+    """One headless Chromium for the module (Playwright's sync API allows one driver at a time)."""
     executable = _chromium()
     sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            yield browser, sync_api.expect
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def page_url(tmp_path_factory, chromium):
+    browser, expect = chromium
     root = tmp_path_factory.mktemp("app-browser")
     checkpoint = make_checkpoint(root / "tiny.pt", seed=1)
     data = make_dataset(root / "data", seed=3)
     with running_app(checkpoint, data, root / "cache", topk=10) as (url, service):
-        with sync_api.sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-            try:
-                yield url, service, browser, sync_api.expect, root
-            finally:
-                browser.close()
+        yield url, service, browser, expect, root
 
 
 def test_pick_query_rank_and_explain(page_url):
@@ -145,4 +152,39 @@ def test_upload_a_pair_and_a_bad_file(page_url, tmp_path):
     page.locator("#query-index input").fill("0")
     page.locator("#rank-button").click()
     expect(page.locator("#query-info")).to_contain_text("Query q0", timeout=20_000)
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def gallery_page(tmp_path_factory, chromium):
+    browser, expect = chromium
+    root = tmp_path_factory.mktemp("app-gallery")
+    checkpoint = make_checkpoint(root / "tiny.pt", seed=1)
+    data = make_dataset(root / "data", seed=3)
+    gallery = make_unlabelled_gallery(data, root / "crops")
+    with running_gallery_app(checkpoint, gallery["folder"], root / "cache", topk=10) as (url, service):
+        yield url, service, browser, expect, gallery
+
+
+def test_unlabelled_folder_upload_a_query(gallery_page):
+    """``python app.py --gallery DIR``: bad files listed, metrics hidden with the reason, an uploaded query
+    gives the ranked strip and a click on a result gives the pair views."""
+    url, service, browser, expect, gallery = gallery_page
+    page = browser.new_page(viewport={"width": 1500, "height": 1000})
+    page.goto(url)
+    expect(page.locator("#search-skipped")).to_contain_text("notes.txt", timeout=20_000)
+    expect(page.locator("#search-skipped")).to_contain_text("truncated.jpg")
+    expect(page.locator("#metrics-hidden")).to_contain_text("no identity labels")
+    query = sorted(gallery["folder"].glob("*.jpg"))[2]
+    page.locator("#search-upload input[type=file]").set_input_files(str(query))
+    strip = page.locator("#search-strip")
+    expect(strip.get_by_role("button", name="Thumbnail 1 of 10")).to_be_visible(timeout=20_000)
+    expect(page.locator("#search-status")).to_contain_text(query.name)
+    expect(page.locator("#search-distances img")).to_be_visible()
+    strip.get_by_role("button", name="Thumbnail 2 of 10").click()
+    expect(page.locator("#search-pair-overlays img")).to_be_visible(timeout=20_000)
+    expect(page.locator("#search-pair-similarity img")).to_be_visible()
+    expect(page.locator("#search-pair-metrics")).to_contain_text("same-person probability")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "app_search_unlabelled.png"), full_page=True)
     page.close()

@@ -1,0 +1,204 @@
+"""Search a gallery with your own image: the request logic of the search views, free of Gradio.
+
+Two sources of a :class:`casn_core.search.SearchIndex`:
+
+- ``python app.py --gallery DIR`` (unlabelled mode): any folder of person crops, scanned and
+  extracted by :func:`casn_core.search.build_search_index` (bad files skipped and listed, nothing
+  written inside the folder, features cached under the app's cache folder);
+- labelled mode ("search this dataset's gallery with my image"): the dataset's gallery as the app
+  already holds it (:func:`index_from_state`; no second extraction).
+
+The query is an uploaded file or one of the gallery images (then left out of its own ranking).
+Results carry the feature distance ``d_f`` (comparable across queries, so a "no match" threshold
+applies to it) and the CASN distance that orders them (paper sec. 4). Answers of ``/search_upload``
+are the JSON of ``casn search``; paths are relative to the gallery folder, never server paths.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from app import explain, figures, similarity
+from app.core import (
+    CASN, GalleryFeatures, GalleryImage, GalleryReport, SearchIndex, SearchResult, build_search_index,
+    checkpoint_info, explanation_dict, feature_distance, load_model, pair_attention, parse_market_name, scan_gallery,
+)
+from app.explain import PairView
+from app.markdown import pair_markdown
+from app.state import AppState, app_map_dtype
+from app.uploads import MAX_UPLOAD_BYTES, read_upload, upload_name
+from app.validation import RequestError, whole_number
+
+MAX_TOPK = 100
+DEFAULT_NO_MATCH = 1.0
+"""Default "no match" threshold on the feature distance d_f of L2-normalised features (range 0..2)."""
+
+
+def index_from_state(state: AppState) -> SearchIndex:
+    """A search index over the labelled dataset's gallery, reusing the app's features and stored maps."""
+    images = []
+    for path, pid, camid in zip(state.gallery.paths, state.gallery.pids, state.gallery.camids):
+        stat = os.stat(path)
+        images.append(GalleryImage(relpath=state.relative(path), path=str(path), size=int(stat.st_size),
+                                   mtime_ns=int(stat.st_mtime_ns), pid=int(pid), camid=int(camid)))
+    gallery = GalleryFeatures(images=images, maps=state.gallery.maps, features=state.gallery.features,
+                              cache_file=state.cache_file, cache_hit=state.cache_hit)
+    report = GalleryReport(folder=str(state.data_root), num_images=len(images))
+    return SearchIndex(model=state.model, info=state.info, checkpoint=state.checkpoint_path, folder=state.data_root,
+                       gallery=gallery, report=report, threshold=state.threshold,
+                       attention_weight=state.attention_weight, rerank_k=state.topk)
+
+
+def open_gallery(checkpoint: str | os.PathLike, gallery: str | os.PathLike, cache_dir: str | os.PathLike,
+                 topk: int | None = None, threshold: float | None = None, attention_weight: float | None = None,
+                 map_dtype: str = "auto", progress: bool = True, log=print) -> SearchIndex:
+    """Load the checkpoint and index any folder of images (unlabelled mode)."""
+    model, payload = load_model(checkpoint, "cpu")
+    if map_dtype == "auto":  # the app's rule: float32 maps while they are small (app.state.app_map_dtype)
+        candidates, _ = scan_gallery(gallery)
+        map_dtype = app_map_dtype(model, checkpoint_info(payload).input_size, len(candidates))
+    return build_search_index(model, payload, checkpoint, gallery, Path(cache_dir) / "search", threshold=threshold,
+                              attention_weight=attention_weight, rerank_k=topk, map_dtype=map_dtype,
+                              progress=progress, log=log)
+
+
+@dataclass
+class SearchView:
+    """What the page shows of one search."""
+
+    result: SearchResult
+    strip: list[tuple[np.ndarray, str]]
+    distances_plot: np.ndarray
+    markdown: str
+    query_ref: tuple[str, str]
+
+
+class SearchService:
+    """Search requests over one :class:`SearchIndex` (thread-safe: read-only after construction)."""
+
+    def __init__(self, index: SearchIndex, cache_dir: str | os.PathLike,
+                 max_upload_bytes: int = MAX_UPLOAD_BYTES) -> None:
+        self.index = index
+        self.cache_dir = Path(cache_dir).resolve()
+        self.max_upload_bytes = int(max_upload_bytes)
+        self.labelled = sum(image.pid is not None for image in index.images)
+
+    @property
+    def served_folders(self) -> list[Path]:
+        """Folders the server may serve files from: the gallery (thumbnails) and the app's cache."""
+        return [Path(self.index.folder).resolve(), self.cache_dir]
+
+    @property
+    def model(self) -> CASN:
+        return self.index.rank_model
+
+    # ---- queries --------------------------------------------------------------------------------------
+    def gallery_position(self, name: str) -> int:
+        """Row of the gallery image named ``name`` (relative to the gallery folder)."""
+        row = self.index.gallery_index(str(name)) if name else None
+        if row is None or Path(str(name)).is_absolute():
+            raise RequestError(f"no gallery image named {name!r} (use a name relative to the gallery folder, "
+                               f"as results show them)")
+        return row
+
+    def _query(self, kind: str, value: str):
+        """``(query for SearchIndex.search: a gallery path or the decoded upload, name shown)``."""
+        if kind == "gallery":
+            image = self.index.images[self.gallery_position(value)]
+            return image.path, image.relpath
+        if kind != "upload":
+            raise RequestError(f"a query is an upload or a gallery image, got {kind!r}")
+        return read_upload(value, "query", self.max_upload_bytes), upload_name(value)
+
+    def _tensors(self, kind: str, value: str, query) -> tuple[torch.Tensor, torch.Tensor]:
+        """The query's map (K, H, W) and feature: cached for a gallery image, one backbone pass for an upload."""
+        if kind == "gallery":
+            row = self.gallery_position(value)
+            return self.index.gallery.maps[row], self.index.gallery.features[row]
+        qmap, qfeat, _ = self.index.query_tensors(query)
+        return qmap, qfeat
+
+    def search(self, kind: str, value: str, topk) -> SearchResult:
+        topk = whole_number(topk, "topk")
+        if not 1 <= topk <= MAX_TOPK:
+            raise RequestError(f"topk must be between 1 and {MAX_TOPK}, got {topk}")
+        query, name = self._query(kind, value)
+        result = self.index.search(query, topk)
+        result.query = name  # the user's file name or the gallery name, never a server path
+        result.gallery = Path(result.gallery).name
+        if kind == "upload":
+            labels = parse_market_name(name)
+            result.query_pid, result.query_camid = (None, None) if labels is None else labels
+        return result
+
+    def api_search_upload(self, file, topk) -> dict:
+        """The JSON of ``casn search`` for an uploaded query."""
+        return self.search("upload", file, topk).to_json()
+
+    # ---- page -----------------------------------------------------------------------------------------
+    def search_view(self, kind: str, value: str, topk, no_match: float) -> SearchView:
+        result = self.search(kind, value, topk)
+        query, name = self._query(kind, value)
+        _, qfeat = self._tensors(kind, value, query)
+        distances = feature_distance(qfeat[None], self.index.gallery.features)[0].numpy()
+        if kind == "gallery":
+            distances = np.delete(distances, self.gallery_position(value))
+        strip = []
+        for hit in result.results:
+            thumb = explain.input_image(str(self.index.folder / hit.path), self.index.info)
+            beyond = hit.feature_distance > no_match
+            if beyond:
+                colour, mark = figures.DARK, "no match"
+            elif hit.pid is None or result.query_pid is None:
+                colour, mark = figures.GREY, ""
+            else:
+                same = hit.pid == result.query_pid
+                colour, mark = (figures.GREEN, "✓") if same else (figures.RED, "✗")
+            strip.append((figures.bordered(thumb, colour, height=128),
+                          f"#{hit.rank} {mark} d_f {hit.feature_distance:.2f}".replace("  ", " ")))
+        within = int((distances <= no_match).sum())
+        text = (f"**{name}**: top {len(result.results)} of {result.num_gallery} gallery images (feature + Siamese "
+                f"attention on the top {result.rerank_k}, w = {result.attention_weight:g}). {within} of "
+                f"{len(distances)} gallery images are within the no-match threshold d_f ≤ {no_match:.2f}; results "
+                f"beyond it are marked *no match*.")
+        plot = figures.distance_histogram(distances, no_match, [h.feature_distance for h in result.results])
+        return SearchView(result, strip, plot, text, (kind, str(value)))
+
+    # ---- explanations ---------------------------------------------------------------------------------
+    def explain(self, kind: str, value: str, gallery_name: str) -> tuple[dict, np.ndarray, np.ndarray, str]:
+        """Explanation JSON of (query, gallery image) and both images at the model input size."""
+        query, name = self._query(kind, value)
+        qmap, qfeat = self._tensors(kind, value, query)
+        row = self.gallery_position(gallery_name)
+        gmap, gfeat = self.index.gallery.maps[row], self.index.gallery.features[row]
+        result = pair_explanation(self.model, self.index.threshold, qmap, gmap, qfeat, gfeat)
+        result.update(kind="search pair", query={"name": name}, gallery={"name": self.index.images[row].relpath})
+        image1 = explain.input_image(query, self.index.info)
+        image2 = explain.input_image(self.index.images[row].path, self.index.info)
+        return result, image1, image2, name
+
+    def api_explain_search(self, query_file, gallery_name: str) -> dict:
+        result, *_ = self.explain("upload", query_file, gallery_name)
+        return result
+
+    def pair_view(self, kind: str, value: str, gallery_name: str) -> PairView:
+        result, image1, image2, name = self.explain(kind, value, gallery_name)
+        view = explain.render(result, image1, image2, ("query", "gallery"),
+                              f"{Path(name).stem}_vs_{Path(gallery_name).stem}")
+        view.markdown = f"**query** `{name}` vs **gallery** `{gallery_name}`\n\n" + pair_markdown(result)
+        return view
+
+
+@torch.no_grad()
+def pair_explanation(model: CASN, threshold: float, map1: torch.Tensor, map2: torch.Tensor, feature1: torch.Tensor,
+                     feature2: torch.Tensor) -> dict:
+    """Siamese attention and the similarity decomposition of one pair of maps (K, H, W) with their features."""
+    attention = pair_attention(model, map1[None].float(), map2[None].float(), threshold).detach()[0]
+    result = explanation_dict(attention, float(feature_distance(feature1[None], feature2[None])[0, 0]), threshold)
+    result.update(similarity.decomposition_dict(model, map1, map2, feature1, feature2))
+    return result
+
