@@ -114,3 +114,16 @@ def test_query_by_upload_in_labelled_mode(labelled):
     assert answer["query_pid"] == first["pid"] == int(gallery_image.name[:4])  # Market names give labels
     explained = client.predict(handle_file(str(gallery_image)), first["path"], api_name="/explain_search")
     assert explained["feature_distance"] < 1e-3
+
+
+def test_missing_or_empty_gallery_folder_is_a_clear_error(unlabelled, tmp_path, capsys):
+    from app.server import main
+
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "sub" / "readme.txt").write_text("no images here")
+    for folder in (tmp_path / "missing", empty):
+        code = main(["--checkpoint", str(unlabelled["checkpoint"]), "--gallery", str(folder),
+                     "--cache-dir", str(tmp_path / "cache")])
+        err = capsys.readouterr().err
+        assert code == 2 and str(folder) in err and "Traceback" not in err, err
