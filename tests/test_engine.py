@@ -198,13 +198,14 @@ def test_val_ids_hold_out_identities_and_store_the_chosen_ranking(synth_data, tm
 
     config = _config(synth_data, tmp_path / "run", backbone="resnet18", pretrained="none", epochs=1,
                      max_steps_per_epoch=2, batch_size=4, height=64, width=32, val_ids=4, hard_negatives=0.5,
-                     bce_weight=1.0, consistency_margin=0.5)
+                     bce_weight=1.0, consistency_margin=0.5, head_steps=3, val_rule="best")
     result = train(config, progress=False)
     assert result.model.config.num_classes == 12 - 4  # 12 training identities, 4 held out
     payload = load_checkpoint(tmp_path / "run" / "last.pt")
     ranking = payload["ranking"]
     assert {row["attention_weight"] for row in ranking["curve"]} >= {0.0, 1.0}
     assert ranking["validation"]["mAP"] == max(row["mAP"] for row in ranking["curve"])
+    assert payload["head_stage"]["head_steps"] == 3 and result.record["head_stage"]["head_steps"] == 3
     info = checkpoint_info(payload)
     assert info.attention_weight == ranking["attention_weight"] and "val-ids" in info.attention_weight_source
     assert json.loads((tmp_path / "run" / "tune.json").read_text())["attention_weight"] == info.attention_weight

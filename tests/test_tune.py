@@ -11,7 +11,7 @@ from casn_core.checkpoint import checkpoint_info, load_checkpoint, save_checkpoi
 from casn_core.data import ImageRecord
 from casn_core.engine.inference import FeatureCache
 from casn_core.engine.tune import (
-    TuneResult, add_tune_arguments, parse_grid, pick_best, tune_ranking, validation_split,
+    TuneResult, add_tune_arguments, parse_grid, pick_best, pick_one_se, tune_ranking, validation_split,
 )
 from casn_core.models import build_model
 
@@ -75,7 +75,7 @@ def test_weight_search_includes_zero_and_picks_the_best_validation_map():
     model = build_model("resnet18", num_classes=4).eval()
     model.bce_head = type(model.bce_head)(8, 2).eval()  # the head of 8-channel maps
     query, gallery = _caches()
-    result = tune_ranking(model, query, gallery, threshold=0.3, weights=(0.5, 2.0), topks=(3, None))
+    result = tune_ranking(model, query, gallery, threshold=0.3, weights=(0.5, 2.0), topks=(3, None), rule="best")
     weights = {row["attention_weight"] for row in result.curve}
     assert weights == {0.0, 0.5, 2.0}
     assert len(result.curve) == 6
@@ -84,6 +84,24 @@ def test_weight_search_includes_zero_and_picks_the_best_validation_map():
     zero = [row for row in result.curve if row["attention_weight"] == 0.0]
     assert all(abs(row["mAP"] - result.feature_mAP) < 1e-12 for row in zero)  # w = 0 is the feature ranking
     assert result.mAP >= result.feature_mAP
+    assert all(abs(row["gain"] - (row["mAP"] - result.feature_mAP)) < 1e-9 for row in result.curve)
+    safe = tune_ranking(model, query, gallery, threshold=0.3, weights=(0.5, 2.0), topks=(3, None))
+    assert safe.rule == "one-se" and safe.mAP >= safe.feature_mAP - 1e-12
+    with pytest.raises(ValueError, match="rule"):
+        tune_ranking(model, query, gallery, threshold=0.3, rule="worst")
+
+
+def test_one_se_rule_keeps_w_0_unless_the_gain_is_beyond_noise():
+    rows = [{"attention_weight": w, "topk": 10, "mAP": 0.0, "rank1": 0.0} for w in (0.0, 0.1, 1.0)]
+    base = np.linspace(0.2, 0.9, 40)
+    noisy = base + np.where(np.arange(40) % 2 == 0, 0.05, -0.04)  # +0.005 mean, std 0.045: noise
+    clear = base + 0.05  # every query gains
+    for row, ap in zip(rows, (base, noisy, clear)):
+        row["mAP"] = float(ap.mean())
+    assert pick_one_se(rows, [base, noisy, clear]) is rows[2]  # w = 1 beats both beyond noise
+    rows[2]["mAP"], clear_below = float((base - 0.05).mean()), base - 0.05
+    assert pick_best(rows) is rows[1]
+    assert pick_one_se(rows, [base, noisy, clear_below]) is rows[0]  # best is w = 0.1, within noise of w = 0
 
 
 def test_checkpoint_without_a_stored_weight_loads_with_w_1_and_tune_stores_it(tmp_path):

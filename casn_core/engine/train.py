@@ -12,7 +12,8 @@ N training identities are held out and the ranking weight w (and K) is chosen on
 epoch (:mod:`casn_core.engine.tune`) and stored as ``payload["ranking"]``.
 
 ``train()`` is a sequence of named steps: :func:`setup_run`, :func:`build_data`, :func:`build_model`,
-:func:`resume_state`, :func:`run_epoch`, :func:`save_epoch`, :func:`tune_after_training`.
+:func:`resume_state`, :func:`run_epoch`, :func:`save_epoch`, :func:`finish_bce_head` (``--head-steps``),
+:func:`tune_after_training` (``--val-ids``).
 """
 from __future__ import annotations
 
@@ -90,12 +91,18 @@ class TrainConfig:
         0.0, "ours: fraction of negative pairs drawn from the nearest other identities in feature space, "
              "re-mined at every epoch start (default 0: the paper's random negatives)")
     hard_negative_pool: int = _option(10, "ours: how many nearest identities a hard negative is drawn from")
+    head_steps: int = _option(
+        0, "ours: after the last epoch, train only the BCE head for this many steps of --batch-size pairs on "
+           "frozen, unaugmented features of the training images (classifier re-training, Kang et al., ICLR "
+           "2020); the joint head lags the moving features. 0 = off, the paper's")
     init_checkpoint: str | None = _option(
         None, "ours: start from the model weights of this CASN checkpoint (same backbone and identity count; "
               "fresh optimizer and schedule), e.g. to fine-tune a paper-default run with the options above")
     val_ids: int = _option(
         0, "ours: hold out N training identities as validation query/gallery and choose the ranking weight "
            "w and K on them after training (stored in the checkpoint); 0 = off, the paper's protocol")
+    val_rule: str = _option("one-se", "ours: how --val-ids picks w: one-se (smallest w within one standard error "
+                                      "of the best validation mAP) or best", choices=("one-se", "best"))
     device: str = _option("auto", "auto, cpu, cuda, cuda:N")
     amp: str = _option("none", "mixed precision", choices=("none", "bf16", "fp16"))
     channels_last: bool = _option(False, "channels-last memory format")
@@ -286,6 +293,7 @@ class TrainState:
     scheduler: object
     start_epoch: int = 0
     best_map: float = -1.0
+    head_done: bool = False  # --head-steps already applied to the weights in last.pt
 
 
 def setup_run(config: TrainConfig) -> RunContext:
@@ -357,6 +365,7 @@ def build_model(config: TrainConfig, num_classes: int, ctx: RunContext, resume: 
         scheduler.load_state_dict(state["scheduler"])
         train_state.start_epoch = int(state["epoch"]) + 1
         train_state.best_map = float(state.get("best_map", -1.0))
+        train_state.head_done = bool(state.get("head_stage"))
         if ctx.is_main:
             _trim_metrics(ctx.run_dir / "metrics.jsonl", train_state.start_epoch)
         log.info("resumed from %s after epoch %d", ctx.last_path, train_state.start_epoch)
@@ -497,6 +506,65 @@ def save_epoch(config: TrainConfig, ctx: RunContext, state: TrainState, epoch: i
         log.info("epoch %d eval: %s", epoch + 1, json.dumps(record["eval"]))
 
 
+@torch.no_grad()
+def _training_features(model: CASN, records: list, config: TrainConfig, device: torch.device) -> torch.Tensor:
+    """Features ``f`` of ``records`` with the test transform, in eval mode."""
+    from casn_core.data import ImageDataset, build_test_transform
+
+    loader = DataLoader(ImageDataset(records, build_test_transform(config.height, config.width)),
+                        batch_size=64, shuffle=False, num_workers=config.workers)
+    model.eval()
+    feats = []
+    for images, *_ in loader:
+        with autocast_context(device, config.amp):
+            maps = model.feature_map(images.to(device))
+        feats.append(model.features(maps.float()).float())
+    return torch.cat(feats)
+
+
+def finish_bce_head(config: TrainConfig, ctx: RunContext, state: TrainState, data: TrainData) -> dict | None:
+    """Step 6b (main process, ``--head-steps``, ours): train only the BCE head (eq. 3) on frozen features.
+
+    Measured (BENCHMARKS.md, "Siamese signals"): in joint training the head chases features that move
+    under it, and ends far from what it can reach on the final ones. Each step draws ``batch_size``
+    pairs (``positive_fraction`` positive, seeded by ``(seed, "head")``) from the features of the
+    unaugmented training images, extracted once. The head keeps its dropout and BatchNorm in train
+    mode, as in joint training. Returns ``{"head_steps", "head_loss_first", "head_loss_last"}``
+    (mean L_bce of the first and last 10% of the steps); the caller saves ``last.pt``.
+    """
+    if not config.head_steps:
+        return None
+    import numpy as np
+
+    from casn_core.data.pairs import pair_indices
+    from casn_core.losses import bce_loss
+
+    feats = _training_features(state.model, data.records, config, ctx.device)
+    labels = np.array([r.label for r in data.records])
+    head = state.model.bce_head
+    optimizer = torch.optim.SGD(head.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    rng = np.random.default_rng([config.seed, 0x4EAD])
+    torch.manual_seed(config.seed * 1000 + config.epochs)  # the head's dropout
+    head.train()
+    losses = []
+    for _ in range(config.head_steps):
+        rows = torch.as_tensor(pair_indices(labels, config.batch_size, config.positive_fraction, rng),
+                               device=feats.device)
+        loss = bce_loss(head(feats[rows[:, 0]] - feats[rows[:, 1]]), rows[:, 2])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    state.model.train()
+    tenth = max(1, len(losses) // 10)
+    summary = {"head_steps": config.head_steps, "head_loss_first": sum(losses[:tenth]) / tenth,
+               "head_loss_last": sum(losses[-tenth:]) / tenth}
+    log.info("BCE head trained alone for %d steps on frozen features: L_bce %.3f -> %.3f", config.head_steps,
+             summary["head_loss_first"], summary["head_loss_last"])
+    return summary
+
+
 def tune_after_training(config: TrainConfig, ctx: RunContext, state: TrainState, data: TrainData) -> dict | None:
     """Step 7 (main process, ``--val-ids``): choose w and K on the held-out identities, log the curve,
     write ``tune.json`` and store ``payload["ranking"]`` in ``last.pt`` (and ``best.pt``)."""
@@ -510,7 +578,7 @@ def tune_after_training(config: TrainConfig, ctx: RunContext, state: TrainState,
     size = (config.height, config.width)
     query = extract_records(state.model, data.val_query, size, desc="validation query")
     gallery = extract_records(state.model, data.val_gallery, size, desc="validation gallery")
-    result = tune_ranking(state.model, query, gallery, config.threshold, log=log.info)
+    result = tune_ranking(state.model, query, gallery, config.threshold, rule=config.val_rule, log=log.info)
     state.model.train(was_training)
     entry = result.ranking_entry(f"train --val-ids {config.val_ids} (held-out training identities)")
     log.info("ranking chosen on %d validation identities: w = %g, K = %s (mAP %.2f%%, feature %.2f%%)",
@@ -542,6 +610,12 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
             save_epoch(config, ctx, state, epoch, record)
         if ctx.world > 1:
             dist.barrier()
+    if ctx.is_main and config.head_steps and not state.head_done:
+        head = finish_bce_head(config, ctx, state, data)
+        payload = epoch_payload(config, state, config.epochs - 1)
+        payload["head_stage"] = head
+        save_checkpoint(ctx.last_path, payload)
+        record["head_stage"] = head
     if ctx.is_main:
         ranking = tune_after_training(config, ctx, state, data)
         if ranking is not None:

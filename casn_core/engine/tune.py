@@ -4,8 +4,16 @@ The paper ranks by ``d = norm(d_f) + w norm(d_a)`` on the top K by feature dista
 (sec. 4, "Evaluation Protocol"). Whether the attention distance helps depends on the data and on how
 well the Siamese head learned, so we (not the paper) pick w and K on held-out *validation*
 identities: a grid over w that includes 0 (= the feature ranking) and a few K, scored by mAP with the
-Market-1501 protocol (rank-1 breaks ties, then the smaller w, then the smaller K). The choice is stored in the
-checkpoint as ``payload["ranking"] = {"attention_weight", "topk", "source", "curve"}``, which
+Market-1501 protocol. Two rules pick the point:
+
+* ``best``: the highest validation mAP (ties: higher rank-1, then smaller w, then smaller K);
+* ``one-se`` (default): the one-standard-error rule (Breiman et al., *Classification and Regression
+  Trees*, 1984; Hastie et al., *ESL* sec. 7.10): the simplest point (smallest w, then K) whose mAP is
+  within one standard error of the best's, the error being that of the paired per-query AP
+  difference. A gain that the validation queries cannot tell from noise keeps w = 0, so the stored
+  ranking never trades a measured feature ranking for a guess.
+
+The choice is stored in the checkpoint as ``payload["ranking"] = {"attention_weight", "topk", "source", "curve"}``, which
 :class:`casn_core.checkpoint.CheckpointInfo` reads (no entry: the paper's w = 1).
 
 Never tune on the test split: the chosen w would then be fitted to the numbers it is judged by.
@@ -41,54 +49,91 @@ class TuneResult:
     feature_mAP: float
     feature_rank1: float
     curve: list[dict] = field(default_factory=list)
+    rule: str = "one-se"
 
     def ranking_entry(self, source: str) -> dict:
         """The checkpoint's ``payload["ranking"]`` entry."""
         return {"attention_weight": float(self.attention_weight), "topk": self.topk, "source": source,
-                "validation": {"mAP": self.mAP, "rank1": self.rank1, "feature_mAP": self.feature_mAP,
+                "rule": self.rule, "validation": {"mAP": self.mAP, "rank1": self.rank1, "feature_mAP": self.feature_mAP,
                                "feature_rank1": self.feature_rank1},
                 "curve": self.curve}
+
+
+RULES = ("one-se", "best")
+
+
+def _simplicity(row: dict) -> tuple:
+    return (row["attention_weight"], row["topk"] if row["topk"] is not None else float("inf"))
 
 
 def pick_best(curve: Sequence[dict]) -> dict:
     """The grid row with the best validation mAP; ties: higher rank-1, then smaller w, then smaller K."""
     if not curve:
         raise ValueError("the weight search needs at least one grid point")
+    return min(curve, key=lambda row: (-row["mAP"], -row["rank1"], *_simplicity(row)))
 
-    def key(row: dict) -> tuple:
-        topk = row["topk"] if row["topk"] is not None else float("inf")
-        return (-row["mAP"], -row["rank1"], row["attention_weight"], topk)
 
-    return min(curve, key=key)
+def pick_one_se(curve: Sequence[dict], per_query_ap: Sequence[np.ndarray]) -> dict:
+    """The one-standard-error rule: the simplest row (smallest w, then K) whose per-query APs trail the
+    best row's by at most one standard error of the paired difference (``per_query_ap[i]`` belongs to
+    ``curve[i]``; valid queries only)."""
+    best = pick_best(curve)
+    best_ap = per_query_ap[list(curve).index(best)]
+    within = []
+    for row, ap in zip(curve, per_query_ap):
+        diff = best_ap - ap
+        se = float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else 0.0
+        if float(diff.mean()) <= se:
+            within.append(row)
+    return min(within, key=_simplicity)
 
 
 def tune_ranking(model: CASN, query: FeatureCache, gallery: FeatureCache, threshold: float,
                  weights: Sequence[float] = WEIGHT_GRID, topks: Sequence[int | None] = TOPK_GRID,
-                 log=None) -> TuneResult:
-    """Score the CASN ranking of every ``(w, K)`` on validation caches and pick the best (see module doc).
+                 rule: str = "one-se", log=None) -> TuneResult:
+    """Score the CASN ranking of every ``(w, K)`` on validation caches and pick one (see the module doc).
 
     The grid always includes w = 0, whatever ``weights`` says, so the choice is never worse than the
-    feature ranking on the validation split.
+    feature ranking on the validation split. Each curve row holds ``mAP``, ``rank1`` and ``gain`` /
+    ``gain_se``: the mean paired per-query AP difference to w = 0 and its standard error.
     """
-    from casn_core.engine.evaluate import evaluate_caches
+    from casn_core.engine.inference import casn_distmat, feature_distance
+    from casn_core.metrics import evaluate_rank_per_query
 
+    if rule not in RULES:
+        raise ValueError(f"unknown rule {rule!r}; choose from {', '.join(RULES)}")
     weights = sorted({0.0, *(float(w) for w in weights)})
     if any(w < 0 for w in weights):
         raise ValueError(f"attention weights must be >= 0, got {weights}")
-    curve, feature = [], None
+    ids = (query.pids, gallery.pids, query.camids, gallery.camids)
+    feature = evaluate_rank_per_query(feature_distance(query.features, gallery.features).numpy(), *ids)
+    valid = feature.valid
+    if not valid.any():
+        raise ValueError("no validation query has a true match from another camera in the validation gallery")
+    base_ap = feature.ap[valid]
+    feature_summary = feature.summary(max_rank=1)
+    curve, aps = [], []
     for topk in topks:
         for weight in weights:
-            result = evaluate_caches(model, query, gallery, topk=topk, attention_weight=weight,
-                                     threshold=threshold, progress=False)
-            feature = result["feature"]
-            row = {"attention_weight": weight, "topk": topk, "mAP": result["casn"]["mAP"],
-                   "rank1": result["casn"]["rank1"]}
+            if weight == 0.0:
+                result = feature  # w = 0 re-ranks nothing: the feature ranking
+            else:
+                result = evaluate_rank_per_query(
+                    casn_distmat(model, query, gallery, topk, weight, threshold, progress=False), *ids)
+            ap = result.ap[valid]
+            diff = ap - base_ap
+            row = {"attention_weight": weight, "topk": topk, "mAP": float(ap.mean()),
+                   "rank1": float((result.first_true_rank[valid] == 1).mean()),
+                   "gain": float(diff.mean()),
+                   "gain_se": float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else 0.0}
             curve.append(row)
+            aps.append(ap)
             if log is not None:
-                log(f"validation K={topk} w={weight:g}: mAP {100 * row['mAP']:.2f}%  rank-1 {100 * row['rank1']:.2f}%")
-    best = pick_best(curve)
+                log(f"validation K={topk} w={weight:g}: mAP {100 * row['mAP']:.2f}% (gain {100 * row['gain']:+.2f} "
+                    f"+- {100 * row['gain_se']:.2f})  rank-1 {100 * row['rank1']:.2f}%")
+    best = pick_best(curve) if rule == "best" else pick_one_se(curve, aps)
     return TuneResult(best["attention_weight"], best["topk"], best["mAP"], best["rank1"],
-                      feature["mAP"], feature["rank1"], curve)
+                      feature_summary["mAP"], float(feature_summary["cmc"][0]), curve, rule)
 
 
 def validation_split(records: Sequence, num_ids: int, seed: int = 0) -> tuple[list, list, list]:
@@ -154,6 +199,9 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default=",".join(f"{w:g}" for w in WEIGHT_GRID),
                         help="grid of w in d = d_f + w d_a (0 is always added)")
     parser.add_argument("--topk", default=",".join(str(k) for k in TOPK_GRID), help="grid of K ('all' allowed)")
+    parser.add_argument("--rule", choices=RULES, default="one-se",
+                        help="one-se: the smallest w (then K) within one standard error of the best validation "
+                             "mAP (default); best: the best validation mAP")
     parser.add_argument("--out", help="write the tuned checkpoint here instead of over --checkpoint")
     parser.add_argument("--json", help="write the curve and the choice here")
     parser.add_argument("--dry-run", action="store_true", help="report the curve, write no checkpoint")
@@ -169,7 +217,7 @@ def run_tune(args: argparse.Namespace) -> int:
         model, payload = load_model(args.checkpoint, "cpu")
         info = checkpoint_info(payload)
         query, gallery = dataset_caches(model, args.data, info.input_size)
-        result = tune_ranking(model, query, gallery, info.threshold, weights, topks, log=print)
+        result = tune_ranking(model, query, gallery, info.threshold, weights, topks, args.rule, log=print)
     except (CheckpointError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
