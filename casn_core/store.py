@@ -76,27 +76,55 @@ class StoreError(ValueError):
     """A store that cannot be trusted; the message names the path and the reason."""
 
 
-def default_map_dtype(device: torch.device | str) -> str:
-    """The map dtype used when the user asks for ``auto``.
+AUTO_FLOAT32_MAX_BYTES = 4 << 30
+"""``auto`` keeps float32 maps while one split's float32 maps take at most this many bytes (4 GiB)."""
 
-    CUDA: ``float32``: exact, and device memory (or per-batch transfers) is not the bottleneck.
-    CPU: ``bfloat16``: half the disk space and half the page-cache traffic of the re-ranking, which
-    is what bounds it on a workstation; float32's exponent range, so no overflow; CASN distances
-    move by ~1e-2 relative (see BENCHMARKS.md, ``bench/scale.py``). Pass ``float32`` for
-    bit-identical results with the in-memory path.
+
+def default_map_dtype(device: torch.device | str = "cpu", float32_bytes: int | None = None) -> str:
+    """The map dtype used when the user asks for ``auto``: ``float32`` while the split's float32 maps
+    take <= :data:`AUTO_FLOAT32_MAX_BYTES` (4 GiB), ``bfloat16`` above; the same rule on CPU and CUDA.
+
+    float32 is exact: ``eval``'s numbers equal the in-memory float32 path's (the demo set and
+    anything up to Market-1501 with MobileNetV2 at 256 x 128, 3.2 GB of gallery maps). Above 4 GiB
+    (e.g. Market's gallery with ResNet50 at 288 x 144, 7.3 GB) bfloat16 halves the disk space and the
+    page-cache traffic of the re-ranking, which is what bounds it then; float32's exponent range, so
+    no overflow; CASN distances move by ~1e-2 relative (BENCHMARKS.md, issue 13). ``float32_bytes``
+    unknown (``None``): the earlier per-device choice, float32 on CUDA and bfloat16 on the CPU.
     """
-    return "float32" if torch.device(device).type == "cuda" else "bfloat16"
+    if float32_bytes is None:
+        return "float32" if torch.device(device).type == "cuda" else "bfloat16"
+    return "float32" if int(float32_bytes) <= AUTO_FLOAT32_MAX_BYTES else "bfloat16"
 
 
-def resolve_map_dtype(map_dtype: str | torch.dtype, device: torch.device | str = "cpu") -> str:
-    """A name of :data:`MAP_DTYPES` from a name, ``auto`` or a torch dtype; a clear error otherwise."""
+def float32_map_bytes(model: torch.nn.Module, input_size: tuple[int, int], num_images: int) -> int:
+    """Bytes of ``num_images`` float32 feature maps of ``model`` at ``input_size`` (one probe pass of a zero image)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        per_image = model.feature_map(torch.zeros(1, 3, int(input_size[0]), int(input_size[1]), device=device))[0].numel()
+    model.train(was_training)
+    return int(per_image) * 4 * int(num_images)
+
+
+def resolve_map_dtype(map_dtype: str | torch.dtype, device: torch.device | str = "cpu",
+                      float32_bytes: int | None = None, log: Log | None = None) -> str:
+    """A name of :data:`MAP_DTYPES` from a name, ``auto`` or a torch dtype; a clear error otherwise.
+
+    ``auto``: :func:`default_map_dtype` of ``float32_bytes`` (the float32 maps of the split); when
+    that gives bfloat16 because the maps exceed 4 GiB, ``log`` says so.
+    """
     if isinstance(map_dtype, torch.dtype):
         for name, (_, tdtype) in MAP_DTYPES.items():
             if tdtype == map_dtype:
                 return name
         raise ValueError(f"map dtype {map_dtype} not supported; choose from {list(MAP_DTYPES)}")
     if map_dtype == "auto":
-        return default_map_dtype(device)
+        name = default_map_dtype(device, float32_bytes)
+        if log is not None and float32_bytes is not None and name != "float32":
+            log(f"map dtype auto: {name} (float32 maps would take {float32_bytes / 2**30:.1f} GiB > "
+                f"{AUTO_FLOAT32_MAX_BYTES / 2**30:.0f} GiB; pass --map-dtype float32 to keep them exact)")
+        return name
     if map_dtype not in MAP_DTYPES:
         raise ValueError(f"--map-dtype {map_dtype!r} not supported; choose from {list(MAP_DTYPE_CHOICES)}")
     return map_dtype
@@ -534,7 +562,8 @@ def open_or_build_store(
 
     ``checkpoint``: the checkpoint file ``model`` was loaded from (its sha256 keys the store; ``None``
     hashes the model's weights instead). ``root``: the dataset root the file-list hash is relative
-    to. ``map_dtype``: ``auto`` (:func:`default_map_dtype`), ``float32``, ``float16`` or ``bfloat16``.
+    to. ``map_dtype``: ``auto`` (:func:`default_map_dtype` of these records' float32 maps: float32 up to
+    4 GiB, else bfloat16), ``float32``, ``float16`` or ``bfloat16``.
     With ``world_size > 1`` every rank of ``group`` (a process group; gloo works everywhere) must
     call this; each extracts its shard (:func:`shard_range`) into the shared build and rank 0
     commits. Every rank returns the opened store.
@@ -543,8 +572,11 @@ def open_or_build_store(
     from casn_core.engine.inference import extract_batches
 
     device = next(model.parameters()).device
-    dtype_name = resolve_map_dtype(map_dtype, device)
     records = list(records)
+    if map_dtype == "auto" and records:
+        dtype_name = resolve_map_dtype(map_dtype, device, float32_map_bytes(model, input_size, len(records)), log)
+    else:
+        dtype_name = resolve_map_dtype(map_dtype, device)
     if not records:
         raise ValueError(f"{path}: no images to extract")
     path = Path(path)

@@ -16,11 +16,12 @@ from casn_core.checkpoint import model_payload, save_checkpoint
 from casn_core.data import ImageDataset, build_test_transform, load_market
 from casn_core.engine.evaluate import evaluate_caches, evaluate_model
 from casn_core.engine.inference import FeatureCache, extract, feature_distance, rank_query_casn
-from casn_core.engine.rerank import casn_distmat_batched
+from casn_core.engine.rerank import casn_distmat_batched, iter_casn_distmat
 from casn_core.metrics import evaluate_rank
 from casn_core.models import build_model
 from casn_core.store import (
-    StoreError, StoreWriter, build_key, load_store, open_or_build_store, shard_range, store_path, try_open_store,
+    AUTO_FLOAT32_MAX_BYTES, StoreError, StoreWriter, build_key, default_map_dtype, float32_map_bytes, load_store,
+    open_or_build_store, resolve_map_dtype, shard_range, store_path, try_open_store,
 )
 
 SIZE = (64, 32)
@@ -195,7 +196,10 @@ def test_batched_reranking_from_the_store_equals_the_per_query_path(data, model,
     # tiny byte budget: many batches in both passes
     batched = casn_distmat_batched(model, q_store.as_cache(), g_store.as_cache(), 10, 1.0, progress=False,
                                    device="cpu", max_batch_bytes=3 * g_store.maps.row_bytes)
-    np.testing.assert_allclose(batched, reference, rtol=0, atol=1e-6)
+    # same indicator call and same product shapes as the per-query path: the same float32 numbers
+    assert batched.dtype == np.float32
+    np.testing.assert_array_equal(batched, reference.astype(np.float32))
+    assert np.array_equal(reference.astype(np.float32), reference)  # the per-query values are float32 too
     assert np.array_equal(np.argsort(batched, axis=1, kind="stable"), np.argsort(reference, axis=1, kind="stable"))
     labels = (query.pids, gallery.pids, query.camids, gallery.camids)
     a, b = evaluate_rank(batched, *labels, max_rank=10), evaluate_rank(reference, *labels, max_rank=10)
@@ -241,3 +245,55 @@ def test_bad_dtype_and_empty_records_are_clear_errors(model, tmp_path):
         open_or_build_store(model, [], tmp_path / "x", input_size=SIZE, map_dtype="float32")
     writer = StoreWriter.create(tmp_path / "y")
     assert writer.tmp.name.startswith(".tmp-")
+
+
+def test_chunked_scoring_equals_the_whole_matrix(data, model):
+    """eval scores both rankings a few query rows at a time: the same metrics (1e-9) as evaluate_rank of
+    the whole matrices, whatever the chunk; the CASN blocks are the rows of casn_distmat_batched."""
+    query, gallery = _in_memory(model, _records(data, "query")), _in_memory(model, _records(data, "gallery"))
+    labels = (query.pids, gallery.pids, query.camids, gallery.camids)
+    whole = casn_distmat_batched(model, query, gallery, 10, 1.0, progress=False)
+    max_rank = min(50, len(gallery))
+    expected = {"feature": evaluate_rank(feature_distance(query.features, gallery.features), *labels, max_rank=max_rank),
+                "casn": evaluate_rank(whole, *labels, max_rank=max_rank)}
+    blocks = list(iter_casn_distmat(model, query, gallery, 10, 1.0, progress=False, chunk=3))
+    assert [start for start, _ in blocks] == list(range(0, len(query), 3))
+    np.testing.assert_array_equal(torch.cat([b for _, b in blocks]).numpy(), whole)
+    for chunk in (1, 4, None):
+        result = evaluate_caches(model, query, gallery, topk=10, progress=False, chunk=chunk)
+        for ranking in ("feature", "casn"):
+            assert abs(result[ranking]["rank1"] - expected[ranking]["cmc"][0]) <= 1e-9
+            assert abs(result[ranking]["rank5"] - expected[ranking]["cmc"][4]) <= 1e-9
+            assert abs(result[ranking]["mAP"] - expected[ranking]["mAP"]) <= 1e-9
+            assert abs(result[ranking]["mINP"] - expected[ranking]["mINP"]) <= 1e-9
+
+
+def test_auto_map_dtype_is_float32_up_to_4_gib(data, model, tmp_path, monkeypatch):
+    """auto = float32 while a split's float32 maps take <= 4 GiB (CPU and CUDA alike), bfloat16 above,
+    logged; the eval default then equals the in-memory float32 numbers."""
+    for device in ("cpu", "cuda"):
+        assert default_map_dtype(device, AUTO_FLOAT32_MAX_BYTES) == "float32"
+        assert default_map_dtype(device, AUTO_FLOAT32_MAX_BYTES + 1) == "bfloat16"
+    messages: list[str] = []
+    assert resolve_map_dtype("auto", "cpu", 5 << 30, messages.append) == "bfloat16"
+    assert "5.0 GiB > 4 GiB" in messages[0]
+    assert resolve_map_dtype("auto", "cpu", 1 << 30, messages.append) == "float32" and len(messages) == 1
+    records = _records(data, "gallery")
+    per_image = float32_map_bytes(model, SIZE, 1)
+    assert per_image == 1280 * 4 * 2 * 4  # mobilenet_v2 at 64 x 32: 1280 channels of 4 x 2 (stride 16), float32
+    assert float32_map_bytes(model, SIZE, len(records)) == per_image * len(records)
+    store = open_or_build_store(model, records, tmp_path / "g", input_size=SIZE, batch_size=8, progress=False,
+                                log=messages.append)
+    assert store.map_dtype == "float32"
+    default = evaluate_model(model, str(data), *SIZE, topk=10, batch_size=8, progress=False,
+                             store_dir=tmp_path / "store", log=messages.append)
+    in_memory = evaluate_model(model, str(data), *SIZE, topk=10, batch_size=8, progress=False)
+    assert default["storage"]["map_dtype"] == "float32"
+    assert default["feature"] == in_memory["feature"] and default["casn"] == in_memory["casn"]
+    # a gallery over the limit: bfloat16 for both splits, with the reason logged
+    monkeypatch.setattr("casn_core.store.AUTO_FLOAT32_MAX_BYTES", per_image * (len(records) - 1))
+    messages.clear()
+    half = evaluate_model(model, str(data), *SIZE, topk=10, batch_size=8, progress=False,
+                          store_dir=tmp_path / "store", log=messages.append)
+    assert half["storage"]["map_dtype"] == "bfloat16"
+    assert any("map dtype auto: bfloat16" in m for m in messages), messages

@@ -16,16 +16,19 @@ import torch
 
 from casn_core.checkpoint import CheckpointError, load_model
 from casn_core.engine.inference import (
-    FeatureCache, casn_distmat, explain_pair_tensors, explanation_dict, extract, feature_distance, resolve_device,
+    FeatureCache, explain_pair_tensors, explanation_dict, extract, resolve_device,
 )
 from casn_core.attention.siamese import DEFAULT_THRESHOLD
-from casn_core.metrics import evaluate_rank
+from casn_core.metrics import QueryResults, evaluate_rank_per_query
 from casn_core.models.casn import CASN
-from casn_core.store import MAP_DTYPE_CHOICES, MapStore, open_or_build_store, resolve_map_dtype, store_path
+from casn_core.store import (
+    MAP_DTYPE_CHOICES, MapStore, float32_map_bytes, open_or_build_store, resolve_map_dtype, store_path,
+)
 
 
 def summarise(result: dict) -> dict:
-    """``{"rank1", "rank5", "rank10", "mAP", "mINP"}`` (fractions) from :func:`evaluate_rank`'s output."""
+    """``{"rank1", "rank5", "rank10", "mAP", "mINP"}`` (fractions) from :func:`evaluate_rank`'s output
+    (or ``QueryResults.summary``, the same dict)."""
     cmc = result["cmc"]
     return {
         "rank1": float(cmc[0]),
@@ -46,30 +49,59 @@ def extract_split(model: CASN, records: list, height: int, width: int, batch_siz
                    progress=progress, desc=desc)
 
 
+def concat_query_results(parts: list[QueryResults]) -> QueryResults:
+    """Per-query results of consecutive query blocks, in order, as one :class:`QueryResults`."""
+    return QueryResults(*(np.concatenate([getattr(p, name) for p in parts])
+                          for name in ("first_true_rank", "ap", "inp", "valid")))
+
+
 def evaluate_caches(model: CASN, query: FeatureCache, gallery: FeatureCache, topk: int | None = 100,
                     attention_weight: float = 1.0, threshold: float = DEFAULT_THRESHOLD, casn: bool = True,
-                    progress: bool = True, device: torch.device | str | None = None) -> dict:
+                    progress: bool = True, device: torch.device | str | None = None,
+                    chunk: int | None = None) -> dict:
     """Score feature ranking and CASN ranking of cached query and gallery features.
 
     ``query`` / ``gallery`` hold their maps in RAM (:func:`extract_split`) or in a store on disk
-    (``MapStore.as_cache()``); the CASN re-ranking reads only the candidates' maps.
+    (``MapStore.as_cache()``); the CASN re-ranking reads only the candidates' maps. No query x
+    gallery matrix is held whole: both rankings are computed and scored ``chunk`` query rows at a
+    time (:func:`casn_core.engine.rerank.query_chunk`, ~64 MB blocks) with
+    :func:`casn_core.metrics.evaluate_rank_per_query`, whose per-query results concatenate (every
+    query's numbers depend on its own row only), so the metrics equal ``evaluate_rank`` of the
+    whole matrix.
     """
     import time
 
-    args = (query.pids, gallery.pids, query.camids, gallery.camids)
+    from casn_core.engine.rerank import casn_candidates, feature_distance_blocks, iter_casn_distmat
+
+    q_pids, q_camids = np.asarray(query.pids), np.asarray(query.camids)
+    labels = (np.asarray(gallery.pids), np.asarray(gallery.camids))
+    max_rank = min(50, len(gallery))
+
+    def score(start: int, block: torch.Tensor, into: list) -> None:
+        stop = start + block.shape[0]
+        into.append(evaluate_rank_per_query(block, q_pids[start:stop], labels[0], q_camids[start:stop], labels[1]))
+
     timing = {}
     started = time.perf_counter()
-    feat = feature_distance(query.features, gallery.features).numpy()
-    max_rank = min(50, len(gallery))
+    feature_parts: list[QueryResults] = []
+    candidates = None
+    if casn:  # the candidate lists come from the same feature blocks as the feature ranking's scores
+        candidates = casn_candidates(query.features, gallery.features, topk, chunk,
+                                     on_block=lambda start, block: score(start, block, feature_parts))
+    else:
+        for start, block in feature_distance_blocks(query.features, gallery.features, chunk):
+            score(start, block, feature_parts)
     results = {"num_query": len(query), "num_gallery": len(gallery),
-               "feature": summarise(evaluate_rank(feat, *args, max_rank=max_rank))}
-    del feat
+               "feature": summarise(concat_query_results(feature_parts).summary(max_rank))}
     timing["feature_ranking"] = time.perf_counter() - started
     if casn:
         started = time.perf_counter()
-        combined = casn_distmat(model, query, gallery, topk, attention_weight, threshold, progress, device=device)
+        casn_parts: list[QueryResults] = []
+        for start, block in iter_casn_distmat(model, query, gallery, topk, attention_weight, threshold, progress,
+                                              device, chunk=chunk, candidates=candidates):
+            score(start, block, casn_parts)
         timing["casn_rerank"] = time.perf_counter() - started
-        results["casn"] = summarise(evaluate_rank(combined, *args, max_rank=max_rank))
+        results["casn"] = summarise(concat_query_results(casn_parts).summary(max_rank))
         results["casn_settings"] = {"topk": "all" if topk is None else topk, "attention_weight": attention_weight,
                                     "threshold": threshold}
     results["seconds"] = timing
@@ -82,6 +114,8 @@ def split_stores(model: CASN, data: str, height: int, width: int, store_dir: str
                  rank: int = 0, world_size: int = 1, group=None) -> tuple[MapStore, MapStore]:
     """The query and gallery :class:`casn_core.store.MapStore` of the dataset at ``data`` (built once, then reused).
 
+    ``map_dtype="auto"``: float32 while the larger split's float32 maps take <= 4 GiB, else bfloat16
+    (:func:`casn_core.store.default_map_dtype`), one dtype for both splits.
     Stores live in ``store_path(store_dir, data, split, dtype)`` and are keyed by the checkpoint's
     bytes (or the model's weights when ``checkpoint`` is None), the file list, the input size, the
     map dtype and AMP; the app and ``eval`` share them. Under torchrun every rank calls this and
@@ -90,7 +124,12 @@ def split_stores(model: CASN, data: str, height: int, width: int, store_dir: str
     from casn_core.data import load_market
 
     dataset = load_market(data, splits=("query", "gallery"))
-    dtype_name = resolve_map_dtype(map_dtype, next(model.parameters()).device)
+    largest = max(len(dataset.query), len(dataset.gallery))
+    # auto: one dtype for both splits, the rule applied to the larger split (the gallery), so query and
+    # gallery maps are multiplied in the same dtype
+    float32_bytes = float32_map_bytes(model, (height, width), largest) if map_dtype == "auto" and largest else None
+    dtype_name = resolve_map_dtype(map_dtype, next(model.parameters()).device, float32_bytes,
+                                   log if rank == 0 else None)
     stores = []
     for split, records in (("query", dataset.query), ("gallery", dataset.gallery)):
         stores.append(open_or_build_store(
@@ -176,8 +215,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         help="map stores on disk (one per split; reused while checkpoint, files, size and dtype "
                              "match; shared with the app); default .cache/store under the working directory")
     parser.add_argument("--map-dtype", choices=MAP_DTYPE_CHOICES, default="auto",
-                        help="dtype of the stored maps; auto = float32 on CUDA, bfloat16 on the CPU "
-                             "(float32 reproduces the in-memory numbers exactly)")
+                        help="dtype of the stored maps; auto = float32 while the gallery's float32 maps take "
+                             "<= 4 GiB, else bfloat16 (same rule on CPU and CUDA; logged when it picks bfloat16). "
+                             "float32 reproduces the in-memory numbers exactly")
     parser.add_argument("--in-memory", action="store_true", help="keep all maps in RAM instead of a store")
 
 

@@ -231,12 +231,15 @@ def casn_distmat(
     device: torch.device | str | None = None,
     max_batch_bytes: int | None = None,
 ) -> np.ndarray:
-    """A (num_query, num_gallery) matrix whose row order is the CASN ranking of each query.
+    """A (num_query, num_gallery) float32 matrix whose row order is the CASN ranking of each query.
 
     Values are the combined distances for the re-scored candidates and larger values, in feature
     order, for the rest, so :func:`casn_core.metrics.evaluate_rank` can score it directly. Every
     query is re-ranked in one call (:func:`casn_core.engine.rerank.casn_distmat_batched`), the same
-    numbers as :func:`rank_query_casn` query by query; maps may be in RAM or in a store on disk.
+    numbers as :func:`rank_query_casn` query by query (which computes them in float32 too, so the
+    float32 matrix holds them exactly: same ranking, same ties); maps may be in RAM or in a store on
+    disk. To score it without holding it whole, iterate
+    :func:`casn_core.engine.rerank.iter_casn_distmat` (blocks of query rows).
     """
     from casn_core.engine.rerank import casn_distmat_batched
 

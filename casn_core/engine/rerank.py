@@ -1,4 +1,4 @@
-"""Batched CASN re-ranking: all queries in one call, every feature map read once.
+"""Batched CASN re-ranking: all queries in one call, every feature map read once, memory bounded.
 
 The paper's ranking (sec. 4, "Evaluation Protocol"; DESIGN.md sec. 3) re-scores each query's top K
 gallery images by feature distance with ``d = norm(d_f) + w norm(d_a)``, ``d_a`` the consistency
@@ -8,15 +8,25 @@ all queries are scored together, and the work is split by which map it needs (DE
 the channel weights depend only on the pair's features, never on its maps):
 
 1. query pass, queries in row order: each query's indicators (eq. 4, closed form, exactly the
-   ``1 x K`` call :func:`rank_query_casn` makes), its attention rows ``M_m1`` and the indicator
-   bits (packed, D/8 bytes per pair) kept for step 2;
-2. gallery pass, pairs sorted by gallery row: each needed gallery map is read once per batch of
-   pairs (so a map store on disk is read about once, sequentially) and gives the rows ``M_m2``;
+   ``1 x K`` call :func:`rank_query_casn` makes), its attention rows ``M_m1`` (one ``(K, C) x (C, HW)``
+   product per query) and the indicator bits (packed, D/8 bytes per pair) kept for step 2;
+2. gallery pass, pairs sorted by gallery row: the needed gallery rows are read in batches of
+   ``max_batch_bytes`` (so a map store on disk is read once, sequentially); each row is multiplied
+   by the weights of all the pairs that need it (one batched product per row, the map broadcast over
+   its pairs rather than gathered into a copy per pair) and gives those pairs' rows ``M_m2``;
 3. alignment and distance for all pairs, then the combined distance per query.
 
-The per-pair products are the same batched matrix products as :func:`pair_attention_grid`'s, so the
-distances equal the per-query path's (tests: to 1e-6, identical rankings). Memory is bounded by
-``max_batch_bytes`` of maps plus O(queries x K x (H + D/8)), whatever the gallery size.
+The indicators come from the same call and the per-pair products have the same shapes as
+:func:`pair_attention_grid`'s (``(1, K, C) x (1, C, HW)`` per query, ``(1, C) x (C, HW)`` per
+gallery candidate), so the distances equal the per-query path's at the same thread count (tests: to
+1e-6, identical rankings; a different thread count changes the BLAS's sums in the last bit, in this
+path and in the per-query one alike). Maps stored in a 16-bit dtype are multiplied in that dtype, as
+:func:`pair_attention_grid` does with 16-bit maps.
+
+Memory: ``max_batch_bytes`` of maps, O(queries x K x (H + D/8)) per-pair state, and query x gallery
+matrices only ``chunk`` query rows at a time (:func:`iter_casn_distmat`, :func:`feature_distance_blocks`):
+nothing grows with queries x gallery unless the caller asks for the whole matrix
+(:func:`casn_distmat_batched`).
 
 CUDA: with ``device="cuda"`` the products run on the GPU; maps given as device tensors stay there
 (:func:`maps_on_device` puts a store's maps on the device when they fit), otherwise each batch of rows
@@ -24,21 +34,32 @@ is read on the host and moved.
 """
 from __future__ import annotations
 
+from typing import Callable, Iterator
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from casn_core.attention.alignment import align_rows, consistency_distance, row_importance
 from casn_core.attention.siamese import DEFAULT_THRESHOLD, indicator_closed_form
-from casn_core.numeric import unit_range
+from casn_core.numeric import safe_divide, unit_range
 
 DEFAULT_BATCH_BYTES = 256 << 20
 """Map bytes read per batch of the gallery pass (and of query rows in the query pass)."""
+
+DEFAULT_BLOCK_BYTES = 64 << 20
+"""Bytes of one (query rows x gallery) float32 block: the query-row chunk of every Q x G matrix."""
 
 
 def _row_bytes(maps) -> int:
     k, h, w = maps.shape[1:]
     return int(k * h * w * torch.empty(0, dtype=maps.dtype).element_size())
+
+
+def query_chunk(num_gallery: int, block_bytes: int = DEFAULT_BLOCK_BYTES) -> int:
+    """Query rows per block so that one float32 (rows x gallery) block takes about ``block_bytes``."""
+    return max(1, int(block_bytes) // max(1, 4 * int(num_gallery)))
 
 
 def read_rows(maps, indices: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -60,9 +81,21 @@ def maps_on_device(maps, device: torch.device | str, max_fraction: float = 0.5):
     free, _ = torch.cuda.mem_get_info(device)
     if len(maps) * _row_bytes(maps) > max_fraction * free:
         return maps
-    if isinstance(maps, torch.Tensor):
-        return maps.to(device)
     return maps.to(device)
+
+
+def feature_distance_blocks(query_features: torch.Tensor, gallery_features: torch.Tensor,
+                            chunk: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(first query row, (n, G) float32 block)`` of the feature distance matrix, ``chunk`` rows at a time.
+
+    Each block is :func:`casn_core.engine.inference.feature_distance` of those query rows (Euclidean
+    distance of L2-normalised ``f``); the gallery is normalised once, not once per block.
+    """
+    q = F.normalize(query_features.float(), dim=1)
+    g = F.normalize(gallery_features.float(), dim=1)
+    chunk = chunk or query_chunk(g.shape[0])
+    for start in range(0, q.shape[0], chunk):
+        yield start, torch.cdist(q[start:start + chunk], g).clamp_min(0)
 
 
 def candidate_lists(feature_distances: torch.Tensor, k: int, chunk: int = 256) -> torch.Tensor:
@@ -73,6 +106,43 @@ def candidate_lists(feature_distances: torch.Tensor, k: int, chunk: int = 256) -
         block = feature_distances[start:start + chunk]
         out[start:start + chunk] = torch.argsort(block, dim=1, stable=True)[:, :k]
     return out
+
+
+def casn_candidates(query_features: torch.Tensor, gallery_features: torch.Tensor, topk: int | None,
+                    chunk: int | None = None,
+                    on_block: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+    """(Q, k) candidates of every query (``k = min(topk, G)``; ``None`` = all), feature blocks
+    computed ``chunk`` rows at a time and handed to ``on_block(start, block)`` (e.g. to score the
+    feature ranking in the same pass) before they are dropped."""
+    num_query, num_gallery = query_features.shape[0], gallery_features.shape[0]
+    k = num_gallery if topk is None else min(topk, num_gallery)
+    out = torch.empty((num_query, k), dtype=torch.long)
+    for start, block in feature_distance_blocks(query_features, gallery_features, chunk):
+        out[start:start + block.shape[0]] = torch.argsort(block, dim=1, stable=True)[:, :k]
+        if on_block is not None:
+            on_block(start, block)
+    return out
+
+
+def _rows(product: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    return row_importance(product.float().clamp_min(0).reshape(-1, height, width))
+
+
+def query_rows(query_map: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Rows ``M_m1`` (k, H) of one query map (C, H, W) under its k pairs' channel weights (k, C):
+    ``ReLU(sum_c w_c A_c)``, the ``(1, k, C) x (1, C, HW)`` product of :func:`pair_attention_grid`."""
+    channels, height, width = query_map.shape
+    return _rows(torch.bmm(weights[None], query_map.reshape(1, channels, height * width)), height, width)
+
+
+def gallery_rows(gallery_map: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Rows ``M_m2`` (n, H) of one gallery map (C, H, W) under the channel weights (n, C) of the n pairs
+    that have it as candidate: per pair the ``(1, C) x (C, HW)`` product of :func:`pair_attention_grid`
+    (so the same sums, bit for bit), with the map broadcast over the pairs instead of copied."""
+    channels, height, width = gallery_map.shape
+    n = weights.shape[0]
+    maps = gallery_map.reshape(channels, height * width).expand(n, channels, height * width)
+    return _rows(torch.bmm(weights[:, None, :], maps), height, width)
 
 
 @torch.no_grad()
@@ -95,7 +165,7 @@ def attention_distances(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     budget = max_batch_bytes or DEFAULT_BATCH_BYTES
     num_query, k = candidates.shape
-    _, channels, height, width = query_maps.shape
+    height, width = query_maps.shape[2:]
     if tuple(gallery_maps.shape[1:]) != tuple(query_maps.shape[1:]):
         raise ValueError(f"query maps {tuple(query_maps.shape)} and gallery maps {tuple(gallery_maps.shape)} differ")
     head, pool = model.bce_head, model.pool
@@ -103,54 +173,55 @@ def attention_distances(
     fg = gallery_features.float().to(device)
     cand = candidates.to(device)
     row_bytes = _row_bytes(query_maps)
-    rows_q = torch.empty((num_query, k, height), dtype=torch.float32, device=device)
-    rows_g = torch.empty_like(rows_q)
-    bits = None  # (Q, k, ceil(D / 8)) packed indicators, filled by the query pass
-
-    # 1. query pass: the exact 1 x k grid of rank_query_casn, per query
     per_read = max(1, budget // max(1, row_bytes))
+    rows_q = torch.empty((num_query, k, height), dtype=torch.float32, device=device)
+    rows_g = torch.empty((num_query * k, height), dtype=torch.float32, device=device)
+    feature_dim = fq.shape[1]
+    bits = np.empty((num_query, k, (feature_dim + 7) // 8), dtype=np.uint8)  # packed indicators of step 2
+
+    # 1. query pass, queries in row order: the exact 1 x k indicator call of rank_query_casn (so the
+    #    indicators are bit for bit the per-query path's), one product per query, bits packed
     bar = tqdm(total=num_query * 2, desc="casn re-rank", disable=not progress, unit="query")
     for start in range(0, num_query, per_read):
         stop = min(num_query, start + per_read)
         block = read_rows(query_maps, np.arange(start, stop), device)
         for i in range(start, stop):
-            indicator, _ = indicator_closed_form(head, fq[i:i + 1], fg[cand[i]])  # (1, k, D)
-            weights = pool.channel_weights(indicator, height, width).to(block.dtype)  # (1, k, K)
-            qmap = block[i - start:i - start + 1].reshape(1, channels, height * width)
-            product = torch.bmm(weights, qmap).float().clamp_min(0)  # (1, k, HW)
-            rows_q[i] = row_importance(product.reshape(k, height, width))
-            packed = np.packbits(indicator[0].bool().cpu().numpy(), axis=-1)
-            if bits is None:
-                bits = np.empty((num_query, k, packed.shape[-1]), dtype=np.uint8)
-            bits[i] = packed
+            indicator = indicator_closed_form(head, fq[i:i + 1], fg[cand[i]])[0][0]  # (k, D)
+            weights = pool.channel_weights(indicator, height, width).to(block.dtype)  # (k, C)
+            rows_q[i] = query_rows(block[i - start], weights)
+            bits[i] = np.packbits(indicator.bool().cpu().numpy(), axis=-1)
+        del block
         bar.update(stop - start)
-    feature_dim = fq.shape[1]
 
-    # 2. gallery pass: pairs sorted by gallery row, each needed row read once per batch
+    # 2. gallery pass: pairs sorted by gallery row; per batch, the needed rows are read once and each
+    #    row is multiplied by the weights of the pairs that need it (contiguous after the sort)
     flat = candidates.reshape(-1).numpy()
     order = np.argsort(flat, kind="stable")
     flat_bits = bits.reshape(num_query * k, -1)
-    pairs_per_batch = max(1, budget // max(1, row_bytes))
-    done_queries = 0
-    for start in range(0, order.size, pairs_per_batch):
-        pairs = order[start:start + pairs_per_batch]
-        rows = flat[pairs]
-        unique, local = np.unique(rows, return_inverse=True)
-        block = read_rows(gallery_maps, unique, device)  # (U, K, H, W)
+    sorted_rows = flat[order]
+    unique, first = np.unique(sorted_rows, return_index=True)
+    bounds = np.append(first, order.size)  # pairs of unique[j]: order[bounds[j]:bounds[j + 1]]
+    done_pairs = 0
+    for u_start in range(0, unique.size, per_read):
+        u_stop = min(unique.size, u_start + per_read)
+        block = read_rows(gallery_maps, unique[u_start:u_stop], device)  # (U, C, H, W)
+        p_start, p_stop = int(bounds[u_start]), int(bounds[u_stop])
+        pairs = order[p_start:p_stop]
         indicator = torch.from_numpy(np.unpackbits(flat_bits[pairs], axis=-1, count=feature_dim)).to(device)
-        weights = pool.channel_weights(indicator.to(fq.dtype)[:, None, :], height, width).to(block.dtype)  # (P, 1, K)
-        gathered = block[torch.as_tensor(local, device=device).reshape(-1)]  # keeps channels-last, as maps[candidates]
-        product = torch.bmm(weights, gathered.reshape(len(pairs), channels, height * width))
-        product = product.float().clamp_min(0).reshape(len(pairs), height, width)
-        target = torch.as_tensor(pairs, device=device)
-        rows_g.view(num_query * k, height)[target] = row_importance(product)
-        del block, gathered
-        finished = int((start + len(pairs)) * num_query / order.size)
-        bar.update(finished - done_queries)
-        done_queries = finished
+        weights = pool.channel_weights(indicator.to(fq.dtype), height, width).to(block.dtype)  # (P, C)
+        out = torch.empty((len(pairs), height), dtype=torch.float32, device=device)
+        for j in range(u_stop - u_start):
+            a, b = int(bounds[u_start + j]) - p_start, int(bounds[u_start + j + 1]) - p_start
+            out[a:b] = gallery_rows(block[j], weights[a:b])
+        rows_g[torch.as_tensor(pairs, device=device)] = out
+        del block, weights, indicator
+        done = int(p_stop * num_query / max(1, order.size))
+        bar.update(done - done_pairs)
+        done_pairs = done
     bar.close()
 
     # 3. alignment and distance (elementwise per pair, as pair_attention_grid's _finish)
+    rows_g = rows_g.view(num_query, k, height)
     distances = torch.empty((num_query, k), dtype=torch.float32, device=device)
     for start in range(0, num_query, 256):
         aligned_q, aligned_g, _, _ = align_rows(rows_q[start:start + 256], rows_g[start:start + 256], threshold)
@@ -158,29 +229,73 @@ def attention_distances(
     return distances.cpu()
 
 
-def combine_distances(feature_distances: torch.Tensor, candidates: torch.Tensor, attention: torch.Tensor,
-                      weight: float = 1.0) -> np.ndarray:
-    """The distance matrix of the CASN ranking from ``d_f`` (Q, G), candidates (Q, k) and ``d_a`` (Q, k).
+def combine_block(feature_block: torch.Tensor, candidates: torch.Tensor, attention: torch.Tensor,
+                  weight: float = 1.0) -> torch.Tensor:
+    """CASN distance rows (n, G) float32 from feature distances (n, G), candidates (n, k) and ``d_a`` (n, k).
 
     As :func:`casn_core.engine.inference.rank_query_casn`: candidates get ``unit_range(d_f) + w
     unit_range(d_a)`` (each normalised over the query's candidates), the rest follow in feature order
-    above all of them: ``max + 1 + unit_range(d_f over the rest)``.
+    above all of them: ``max + 1 + unit_range(d_f over the rest)``. Every value is computed in
+    float32 by the same operations as the per-query path, so float32 holds them exactly (a float64
+    copy would only widen identical numbers: same ranking, same ties).
     """
-    num_query, num_gallery = feature_distances.shape
+    feature_block = feature_block.float()
+    num_gallery = feature_block.shape[1]
     k = candidates.shape[1]
-    out = np.empty((num_query, num_gallery), dtype=np.float64)
-    for i in range(num_query):
-        row = feature_distances[i]
-        cand = candidates[i]
-        combined = unit_range(row[cand], dim=None) + weight * unit_range(attention[i], dim=None)
-        values = np.empty(num_gallery, dtype=np.float64)
-        if k < num_gallery:
-            rest = torch.ones(num_gallery, dtype=torch.bool)
-            rest[cand] = False
-            values[rest.numpy()] = (combined.max() + 1 + unit_range(row[rest], dim=None)).numpy()
-        values[cand.numpy()] = combined.numpy()
-        out[i] = values
+    combined = unit_range(feature_block.gather(1, candidates), dim=1) + weight * unit_range(attention.float(), dim=1)
+    if k < num_gallery:
+        rest = torch.ones_like(feature_block, dtype=torch.bool).scatter_(1, candidates, False)
+        low = torch.where(rest, feature_block, torch.full_like(feature_block, float("inf"))).amin(dim=1, keepdim=True)
+        high = torch.where(rest, feature_block, torch.full_like(feature_block, float("-inf"))).amax(dim=1, keepdim=True)
+        out = (combined.amax(dim=1, keepdim=True) + 1) + safe_divide(feature_block - low, high - low)
+    else:
+        out = torch.empty_like(feature_block)
+    return out.scatter_(1, candidates, combined)
+
+
+def combine_distances(feature_distances: torch.Tensor, candidates: torch.Tensor, attention: torch.Tensor,
+                      weight: float = 1.0, chunk: int | None = None) -> np.ndarray:
+    """The (Q, G) float32 distance matrix of the CASN ranking (:func:`combine_block`, ``chunk`` rows at a time)."""
+    num_query, num_gallery = feature_distances.shape
+    chunk = chunk or query_chunk(num_gallery)
+    out = np.empty((num_query, num_gallery), dtype=np.float32)
+    for start in range(0, num_query, chunk):
+        stop = min(num_query, start + chunk)
+        out[start:stop] = combine_block(feature_distances[start:stop], candidates[start:stop],
+                                        attention[start:stop], weight).numpy()
     return out
+
+
+def iter_casn_distmat(
+    model,
+    query,
+    gallery,
+    topk: int | None = 100,
+    weight: float = 1.0,
+    threshold: float = DEFAULT_THRESHOLD,
+    progress: bool = True,
+    device: torch.device | str | None = None,
+    max_batch_bytes: int | None = None,
+    chunk: int | None = None,
+    candidates: torch.Tensor | None = None,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(first query row, (n, G) float32 block)`` of the CASN distance matrix, ``chunk`` query rows
+    at a time (default: :func:`query_chunk`, ~64 MB blocks), so a caller scoring it block by block
+    (``casn_core.metrics.evaluate_rank_per_query``) never holds the whole matrix.
+
+    ``candidates``: the (Q, k) lists of :func:`casn_candidates` when the caller already has them.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if candidates is None:
+        candidates = casn_candidates(query.features, gallery.features, topk, chunk)
+    gallery_maps = maps_on_device(gallery.maps, device)
+    query_maps = maps_on_device(query.maps, device)
+    attention = attention_distances(model, query_maps, gallery_maps, query.features, gallery.features, candidates,
+                                    threshold, device, max_batch_bytes, progress)
+    del gallery_maps, query_maps
+    for start, block in feature_distance_blocks(query.features, gallery.features, chunk):
+        stop = start + block.shape[0]
+        yield start, combine_block(block, candidates[start:stop], attention[start:stop], weight)
 
 
 def casn_distmat_batched(
@@ -194,17 +309,11 @@ def casn_distmat_batched(
     device: torch.device | str | None = None,
     max_batch_bytes: int | None = None,
 ) -> np.ndarray:
-    """CASN distance matrix (Q, G) of two :class:`FeatureCache`-like objects (``maps``, ``features``),
-    maps in RAM, on a device, or in a store on disk. See the module docstring."""
-    from casn_core.engine.inference import feature_distance
-
-    dist = feature_distance(query.features, gallery.features)
-    num_gallery = dist.shape[1]
-    k = num_gallery if topk is None else min(topk, num_gallery)
-    candidates = candidate_lists(dist, k)
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    gallery_maps = maps_on_device(gallery.maps, device)
-    query_maps = maps_on_device(query.maps, device)
-    attention = attention_distances(model, query_maps, gallery_maps, query.features, gallery.features, candidates,
-                                    threshold, device, max_batch_bytes, progress)
-    return combine_distances(dist, candidates, attention, weight)
+    """CASN distance matrix (Q, G), float32, of two :class:`FeatureCache`-like objects (``maps``,
+    ``features``), maps in RAM, on a device, or in a store on disk. See the module docstring; use
+    :func:`iter_casn_distmat` to score it without holding it whole."""
+    out = np.empty((len(query.features), len(gallery.features)), dtype=np.float32)
+    for start, block in iter_casn_distmat(model, query, gallery, topk, weight, threshold, progress, device,
+                                          max_batch_bytes):
+        out[start:start + block.shape[0]] = block.numpy()
+    return out
