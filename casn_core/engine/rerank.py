@@ -21,7 +21,8 @@ The indicators come from the same call and the per-pair products have the same s
 gallery candidate), so the distances equal the per-query path's at the same thread count (tests: to
 1e-6, identical rankings; a different thread count changes the BLAS's sums in the last bit, in this
 path and in the per-query one alike). Maps stored in a 16-bit dtype are multiplied in that dtype, as
-:func:`pair_attention_grid` does with 16-bit maps.
+:func:`pair_attention_grid` does with 16-bit maps (the gallery side as one product per map, so
+16-bit results are within the 16-bit tolerance of the per-query path, not bit-identical).
 
 Memory: ``max_batch_bytes`` of maps, O(queries x K x (H + D/8)) per-pair state, and query x gallery
 matrices only ``chunk`` query rows at a time (:func:`iter_casn_distmat`, :func:`feature_distance_blocks`):
@@ -137,12 +138,17 @@ def query_rows(query_map: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 def gallery_rows(gallery_map: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Rows ``M_m2`` (n, H) of one gallery map (C, H, W) under the channel weights (n, C) of the n pairs
-    that have it as candidate: per pair the ``(1, C) x (C, HW)`` product of :func:`pair_attention_grid`
-    (so the same sums, bit for bit), with the map broadcast over the pairs instead of copied."""
+    that have it as candidate. float32: per pair the ``(1, C) x (C, HW)`` product of
+    :func:`pair_attention_grid` (so the same sums, bit for bit), with the map broadcast over the pairs
+    instead of copied; 16-bit maps: one ``(n, C) x (C, HW)`` product in that dtype."""
     channels, height, width = gallery_map.shape
+    matrix = gallery_map.reshape(channels, height * width)
+    if matrix.element_size() < 4:
+        # 16-bit maps: one (n, C) x (C, HW) product (the CPU's bf16 matrix units; a batched 1 x C
+        # product per pair is ~60x slower there); 16-bit results are within the stated tolerance anyway
+        return _rows(torch.mm(weights, matrix), height, width)
     n = weights.shape[0]
-    maps = gallery_map.reshape(channels, height * width).expand(n, channels, height * width)
-    return _rows(torch.bmm(weights[:, None, :], maps), height, width)
+    return _rows(torch.bmm(weights[:, None, :], matrix.expand(n, channels, height * width)), height, width)
 
 
 @torch.no_grad()
