@@ -11,11 +11,17 @@ are views of it (symlinks to the first identities' images). Then ``eval`` runs a
   as before issue 13; ``ratio_peak_rss`` = store / in-memory.
 
 Peak RSS is the child's own ``ru_maxrss`` (``os.wait4``), so each run is measured alone. One JSON
-object per line. The app's numbers come from ``bench/app_latency.py`` run on the same checkpoint
-and data (its own JSON line); ``--skip-app`` leaves them out.
+object per line.
 
-    python bench/scale.py --query 300 --gallery 1500 --threads 1 --skip-app          # small, CPU
-    python bench/scale.py --sizes 6000,12000,23100 --threads 2 --skip-app            # the memory curve
+The app (``--app``, per size): ``python app.py --checkpoint ... --data ... --store-dir <eval's store
+dir> --port P`` as a child process, measured from outside: ``start_s`` until ``GET /config``
+answers (warm: the stores eval built are reused, so this is the app's warm start; with
+``--app-cold-max-images`` >= the size, first a cold start on an empty store folder), the first
+``/rank_query`` through ``gradio_client`` (``first_rank_s``), and the child's ``VmRSS`` after it
+plus its ``VmHWM`` (peak) from ``/proc/<pid>/status``.
+
+    python bench/scale.py --query 300 --gallery 1500 --threads 1                     # small, CPU
+    python bench/scale.py --sizes 6000,12000,23100 --threads 2 --app --work /tmp/scale   # the curve
     python bench/scale.py --backbone resnet50 --height 288 --width 144 --device cuda --map-dtype float32
 """
 from __future__ import annotations
@@ -24,12 +30,18 @@ import argparse
 import json
 import math
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 MARKET_QUERY, MARKET_GALLERY = 3368, 19732
 QUERY_SHARE = MARKET_QUERY / (MARKET_QUERY + MARKET_GALLERY)
 QUERIES_PER_ID = 1.45  # the generator draws 1 or 2 queries per test identity (about this many on average)
@@ -55,8 +67,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--render-workers", type=int, default=0, help="processes rendering the generated set")
     parser.add_argument("--baseline-max-images", type=int, default=6000,
                         help="also run the in-memory eval (the baseline) up to this many images")
-    parser.add_argument("--skip-app", action="store_true", help="do not run bench/app_latency.py")
-    parser.add_argument("--app-repeats", type=int, default=10)
+    parser.add_argument("--runs", default="cold,warm", help="eval runs per size: cold (empty store), warm (reused)")
+    parser.add_argument("--app", action="store_true", help="also measure the app at each size (warm start)")
+    parser.add_argument("--app-cold-max-images", type=int, default=0,
+                        help="also measure the app's cold start (own empty store) up to this many images")
+    parser.add_argument("--app-topk", type=int, default=10, help="the app's --topk (its default)")
     return parser.parse_args(argv)
 
 
@@ -105,11 +120,15 @@ def subset(root: Path, out: Path, query: int) -> Path:
     return out
 
 
+def _child_env(threads: int) -> dict[str, str]:
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+            "MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "68719476736",
+            "OMP_WAIT_POLICY": "PASSIVE"}
+
+
 def run_child(command: list[str], threads: int) -> tuple[int, float, float, str]:
     """``(returncode, wall seconds, peak RSS GB of that child alone, stderr tail)``."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           "MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "68719476736",
-           "OMP_WAIT_POLICY": "PASSIVE"}
+    env = {**os.environ, **_child_env(threads)}
     started = time.perf_counter()
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True)
@@ -119,6 +138,77 @@ def run_child(command: list[str], threads: int) -> tuple[int, float, float, str]
         err.seek(0)
         tail = err.read()[-2000:]
     return proc.returncode, wall, usage.ru_maxrss / 1024 ** 2, tail  # ru_maxrss is KiB on Linux
+
+
+def query_n(data: Path) -> int:
+    return sum(1 for _ in (Path(data) / "query").glob("*.jpg"))
+
+
+def _proc_status_gb(pid: int) -> dict[str, float]:
+    """``VmRSS`` and ``VmHWM`` (peak) of process ``pid`` in GB (Linux ``/proc/<pid>/status``, KiB)."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name = line.split(":")[0]
+        if name in ("VmRSS", "VmHWM"):
+            out[name] = int(line.split()[1]) / 1024 ** 2
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def measure_app(checkpoint: Path, data: Path, store: Path, log_file: Path, threads: int, topk: int,
+                timeout: float = 3600.0) -> dict:
+    """Start ``python app.py`` as a child on ``store`` and measure it from outside (see the module docstring)."""
+    from gradio_client import Client
+
+    port = _free_port()
+    command = [sys.executable, str(REPO_ROOT / "app.py"), "--checkpoint", str(checkpoint), "--data", str(data),
+               "--store-dir", str(store), "--cache-dir", str(store.parent / "app-cache"), "--port", str(port),
+               "--topk", str(topk), "--threads", str(threads)]
+    env = {**os.environ, **_child_env(threads), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    url = f"http://127.0.0.1:{port}/"
+    with open(log_file, "wb") as log:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+        try:
+            while True:
+                if process.poll() is not None:
+                    return {"error": f"app.py exited with {process.returncode} before serving (log {log_file})"}
+                try:
+                    with urllib.request.urlopen(f"{url}config", timeout=2) as response:
+                        if response.status == 200:
+                            break
+                except (urllib.error.URLError, OSError):
+                    pass
+                if time.perf_counter() - started > timeout:
+                    return {"error": f"app.py did not answer within {timeout} s"}
+                time.sleep(0.1)
+            start_s = time.perf_counter() - started
+            after_start = _proc_status_gb(process.pid)
+            client = Client(url, verbose=False, download_files=False)
+            first = time.perf_counter()
+            client.predict(0, api_name="/rank_query")
+            first_rank_s = time.perf_counter() - first
+            second = time.perf_counter()
+            client.predict(1, api_name="/rank_query")
+            second_rank_s = time.perf_counter() - second
+            after_rank = _proc_status_gb(process.pid)
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+    return {"start_s": round(start_s, 2), "first_rank_s": round(first_rank_s, 3),
+            "second_rank_s": round(second_rank_s, 3), "rss_gb_after_start": round(after_start["VmRSS"], 3),
+            "rss_gb_after_first_rank": round(after_rank["VmRSS"], 3),
+            "peak_rss_gb": round(after_rank["VmHWM"], 3)}
 
 
 def eval_command(args: argparse.Namespace, checkpoint: Path, data: Path, store: Path, out: Path,
@@ -161,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     for query, gallery in sorted(sizes):
         data = full if (query, gallery) == max(sizes) else subset(full, work / f"data-{query + gallery}", query)
         store = work / f"store-{query + gallery}"
-        runs = [("cold", False), ("warm", False)]
+        runs = [(name, False) for name in args.runs.split(",") if name]
         if query + gallery <= args.baseline_max_images:
             runs.append(("memory", True))
         for name, in_memory in runs:
@@ -179,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                 "map_dtype": result["storage"]["map_dtype"], "topk": args.topk, "threads": args.threads,
                 "peak_rss_gb": round(rss, 3), "total_s": round(wall, 2),
                 "extract_or_open_s": round(seconds["extract_or_open"], 2),
+                "feature_ranking_s": round(seconds["feature_ranking"], 2),
                 "casn_rerank_s": round(seconds["casn_rerank"], 2),
                 "casn_rerank_s_per_query": seconds["casn_rerank"] / max(1, result["num_query"]),
                 "feature_rank1": result["feature"]["rank1"], "casn_rank1": result["casn"]["rank1"],
@@ -188,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                 line["extract_images_per_s"] = round(images / seconds["extract_or_open"], 1)
             baseline_rss[(query + gallery, name)] = rss
             print(json.dumps(line), flush=True)
-        if (query + gallery, "memory") in baseline_rss:
+        if (query + gallery, "memory") in baseline_rss and (query + gallery, "cold") in baseline_rss:
             cold = json.loads((work / f"eval-{query + gallery}-cold.json").read_text())
             memory = json.loads((work / f"eval-{query + gallery}-memory.json").read_text())
             same = all(abs(cold[r][k] - memory[r][k]) <= 1e-9 for r in ("feature", "casn") for k in memory[r])
@@ -197,15 +288,20 @@ def main(argv: list[str] | None = None) -> int:
                               "ratio_peak_rss": baseline_rss[(query + gallery, "cold")]
                               / baseline_rss[(query + gallery, "memory")], "store_map_dtype": cold["storage"]["map_dtype"],
                               "casn_mAP_store_minus_memory": cold["casn"]["mAP"] - memory["casn"]["mAP"]}), flush=True)
-        if not args.skip_app:
-            app_json = work / f"app-{query + gallery}.json"
-            bench = Path(__file__).resolve().parent / "app_latency.py"
-            code, wall, rss, tail = run_child([sys.executable, str(bench), "--checkpoint", str(checkpoint), "--data",
-                                               str(data), "--repeats", str(args.app_repeats), "--json",
-                                               str(app_json)], args.threads)
-            app = json.loads(app_json.read_text()) if code == 0 else {"error": tail}
-            print(json.dumps({"kind": "app", "images": query + gallery, "bench_wall_s": round(wall, 1), **app}),
-                  flush=True)
+        if args.app:
+            starts = ["warm"]
+            if query + gallery <= args.app_cold_max_images:
+                starts.insert(0, "cold")
+            for start in starts:
+                app_store = work / f"app-cold-store-{query + gallery}" if start == "cold" else store
+                if start == "cold" and app_store.exists():
+                    shutil.rmtree(app_store)
+                line = measure_app(checkpoint, data, app_store, work / f"app-{query + gallery}-{start}.log",
+                                   args.threads, args.app_topk)
+                print(json.dumps({"kind": "app", "start": start, "images": query + gallery, "num_query": query_n(data),
+                                  "threads": args.threads, "topk": args.app_topk, **line}), flush=True)
+                if start == "cold":
+                    shutil.rmtree(app_store, ignore_errors=True)
     return 0
 
 
