@@ -6,18 +6,19 @@ module that defines them (and are listed in the app's report as candidates for e
 """
 from __future__ import annotations
 
-from casn_core import CASN, CheckpointError, load_model, pair_attention
+from casn_core import CASN, CheckpointError, explain_maps, load_model, pair_attention
 from casn_core.attention import DEFAULT_THRESHOLD
 from casn_core.attention.similarity import contrastive_map, correspondence, similarity_decomposition
 from casn_core.checkpoint import CheckpointInfo, checkpoint_info
 from casn_core.data import ImageDataset, build_test_transform, generate_dataset, load_market
 from casn_core.engine.evaluate import split_stores
 from casn_core.engine.inference import (
-    FeatureCache, casn_distmat, explanation_dict, extract_tensors, feature_distance,
+    FeatureCache, casn_distmat, extract_tensors, feature_distance,
     rank_query_casn,
 )
 from casn_core.images import MAX_PIXELS, ImageInputError, load_rgb
 from casn_core.metrics import QueryResults, evaluate_rank_per_query
+from casn_core.metrics import junk_mask as metrics_junk_mask
 from casn_core.numeric import unit_range
 from casn_core.data.market import parse_market_name
 from casn_core.search import (
@@ -29,7 +30,7 @@ from casn_core.visualize import overlay_heatmap, plot_aligned, plot_rows
 __all__ = [
     "CASN", "CheckpointError", "CheckpointInfo", "DEFAULT_THRESHOLD", "FeatureCache", "ImageDataset",
     "ImageInputError", "MAX_PIXELS", "QueryResults", "build_test_transform", "checkpoint_info", "contrastive_map",
-    "correspondence", "evaluate_rank_per_query", "explanation_dict", "generate_dataset", "casn_distmat",
+    "correspondence", "evaluate_rank_per_query", "metrics_junk_mask", "explain_maps", "generate_dataset", "casn_distmat",
     "extract_tensors", "feature_distance", "load_market", "load_model", "load_rgb", "overlay_heatmap",
     "pair_attention", "plot_aligned", "plot_rows", "rank_query_casn", "similarity_decomposition", "split_stores",
     "unit_range", "GalleryFeatures", "GalleryImage", "GalleryReport", "SearchError", "SearchIndex", "SearchResult",

@@ -16,8 +16,7 @@ import torch
 from PIL import Image
 
 from app import figures
-from app import similarity
-from app.core import build_test_transform, explanation_dict, extract_tensors, feature_distance, pair_attention
+from app.core import build_test_transform, explain_maps, extract_tensors
 from app.markdown import pair_markdown
 from app.ranking import QueryRanking, rank_query
 from app.state import AppState
@@ -74,11 +73,12 @@ def explain_cached(state: AppState, query_index: int, gallery_index: int, rankin
         raise IndexError(f"gallery index {gallery_index} is out of range 0..{len(state.gallery) - 1}")
     if ranking is None or ranking.query_index != query_index:
         ranking = rank_query(state, query_index)
-    maps_q = state.query.maps[query_index:query_index + 1].float()
-    maps_g = state.gallery.maps[gallery_index:gallery_index + 1].float()
-    attention = pair_attention(state.model, maps_q, maps_g, state.threshold).detach()[0]
-    feature_dist = float(state.feature_row(query_index)[gallery_index])
-    result = explanation_dict(attention, feature_dist, state.threshold)
+    explanation = explain_maps(state.model, state.query.maps[query_index], state.gallery.maps[gallery_index],
+                               state.threshold, state.query.features[query_index],
+                               state.gallery.features[gallery_index])
+    # the d_f of this query's ranking row (same features; the row's batched cdist may round differently)
+    explanation.feature_distance = float(state.feature_row(query_index)[gallery_index])
+    result = explanation.to_json()
     q_pid, g_pid = int(state.query.pids[query_index]), int(state.gallery.pids[gallery_index])
     result.update(
         kind="dataset pair",
@@ -88,7 +88,6 @@ def explain_cached(state: AppState, query_index: int, gallery_index: int, rankin
                  "camid": int(state.gallery.camids[gallery_index])},
         true_match=q_pid == g_pid,
         ranking_score=_score_part(state, ranking, gallery_index),
-        **similarity.cached_pair(state, query_index, gallery_index),
     )
     return result
 
@@ -98,10 +97,8 @@ def explain_images(state: AppState, image1: Image.Image, image2: Image.Image) ->
     """Explanation of two arbitrary images (one backbone pass for both)."""
     transform = build_test_transform(*state.input_size)
     maps, features = extract_tensors(state.model, torch.stack([transform(image1), transform(image2)]))
-    attention = pair_attention(state.model, maps[:1], maps[1:], state.threshold).detach()[0]
-    result = explanation_dict(attention, float(feature_distance(features[:1], features[1:])[0, 0]), state.threshold)
+    result = explain_maps(state.model, maps[0], maps[1], state.threshold, features[0], features[1]).to_json()
     result["kind"] = "uploaded pair"
-    result.update(similarity.decomposition_dict(state.model, maps[0], maps[1], features[0], features[1]))
     return result
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.core import QueryResults, casn_distmat, evaluate_rank_per_query, rank_query_casn
+from app.core import QueryResults, casn_distmat, evaluate_rank_per_query, metrics_junk_mask, rank_query_casn
 from app.state import AppState
 
 MAX_RANK = 50
@@ -69,8 +69,8 @@ def junk_mask(state: AppState, query_index: int) -> np.ndarray:
     to hide those entries from the list it shows (``tests/test_app_client.py`` checks that the first
     true match of the shown list is the metrics' ``first_true_rank``).
     """
-    pid, cam = state.query.pids[query_index], state.query.camids[query_index]
-    return (np.asarray(state.gallery.pids) == pid) & (np.asarray(state.gallery.camids) == cam)
+    return metrics_junk_mask(state.query.pids[query_index], state.query.camids[query_index], state.gallery.pids,
+                             state.gallery.camids)
 
 
 def query_scores(state: AppState, query_indices, distmat: np.ndarray) -> QueryResults:

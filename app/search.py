@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app import explain, figures, similarity
+from app import explain, figures
 from app.core import (
     CASN, GalleryFeatures, GalleryImage, GalleryReport, SearchIndex, SearchResult, build_search_index,
-    checkpoint_info, explanation_dict, feature_distance, load_model, pair_attention, parse_market_name, scan_gallery,
+    checkpoint_info, explain_maps, feature_distance, load_model, parse_market_name, scan_gallery,
 )
 from app.explain import PairView
 from app.markdown import pair_markdown
@@ -197,8 +197,5 @@ class SearchService:
 def pair_explanation(model: CASN, threshold: float, map1: torch.Tensor, map2: torch.Tensor, feature1: torch.Tensor,
                      feature2: torch.Tensor) -> dict:
     """Siamese attention and the similarity decomposition of one pair of maps (K, H, W) with their features."""
-    attention = pair_attention(model, map1[None].float(), map2[None].float(), threshold).detach()[0]
-    result = explanation_dict(attention, float(feature_distance(feature1[None], feature2[None])[0, 0]), threshold)
-    result.update(similarity.decomposition_dict(model, map1, map2, feature1, feature2))
-    return result
+    return explain_maps(model, map1, map2, threshold, feature1, feature2).to_json()
 

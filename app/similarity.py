@@ -17,38 +17,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from app.core import contrastive_map, correspondence, similarity_decomposition
+from app.core import contrastive_map, correspondence, explain_maps
 from app.state import AppState
 from app.validation import choice, pixel
 
 DIRECTIONS = ("query", "gallery")
 SHOWN_HEIGHT = 256
 """Correspondence images are shown about this tall (an integer multiple of the model input)."""
-
-
-def decomposition_dict(model, maps1: torch.Tensor, maps2: torch.Tensor, features1: torch.Tensor | None = None,
-                       features2: torch.Tensor | None = None) -> dict:
-    """``similarity``, ``similarity_map1/2`` (H x W lists) and ``similarity_rows1/2`` of one pair of maps (K, H, W).
-
-    The cached features are used with float32 maps (they are the pool of exactly those maps); with
-    16-bit maps the features are re-pooled from the maps, so the maps still sum to ``similarity``
-    exactly (which then differs from the float32 features' by the maps' rounding).
-    """
-    if maps1.dtype != torch.float32 or maps2.dtype != torch.float32:
-        features1 = features2 = None
-    with torch.no_grad():
-        f1 = model.pool(maps1[None].float()) if features1 is None else features1[None].float()
-        f2 = model.pool(maps2[None].float()) if features2 is None else features2[None].float()
-        result = similarity_decomposition(maps1[None], maps2[None], model.pool, f1, f2)[0, 0]
-    return {"similarity": float(result.similarity), "similarity_map1": result.map1.tolist(),
-            "similarity_map2": result.map2.tolist(), "similarity_rows1": result.rows1.tolist(),
-            "similarity_rows2": result.rows2.tolist()}
-
-
-def cached_pair(state: AppState, query_index: int, gallery_index: int) -> dict:
-    """:func:`decomposition_dict` of a dataset pair, from the cached maps and features."""
-    return decomposition_dict(state.model, state.query.maps[query_index], state.gallery.maps[gallery_index],
-                              state.query.features[query_index], state.gallery.features[gallery_index])
 
 
 def shown_scale(state: AppState) -> int:
@@ -98,7 +73,8 @@ def point_correspondence(state: AppState, query_index: int, gallery_index: int, 
     cell = (min(py * h // height, h - 1), min(px * w // width, w - 1))
     with torch.no_grad():
         values = correspondence(maps_q, maps_g, cell, state.model.pool, direction).numpy()
-    pair = cached_pair(state, query_index, gallery_index)
+    pair = explain_maps(state.model, maps_q, maps_g, state.threshold, state.query.features[query_index],
+                        state.gallery.features[gallery_index]).to_json()
     own_map = np.asarray(pair["similarity_map1" if direction == "query" else "similarity_map2"])
     return Correspondence(direction, px, py, cell, (int(h), int(w)), values, pair["similarity"],
                           float(own_map[cell]))

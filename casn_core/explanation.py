@@ -20,7 +20,7 @@ import torch
 
 from casn_core.attention.alignment import DEFAULT_THRESHOLD
 from casn_core.attention.siamese import PairAttention, pair_attention
-from casn_core.attention.similarity import SimilarityExplanation, explain_similarity
+from casn_core.attention.similarity import SimilarityExplanation, similarity_decomposition
 from casn_core.models.casn import CASN
 
 __all__ = ["PairExplanation", "explain_maps"]
@@ -89,13 +89,25 @@ class PairExplanation:
 
 
 @torch.no_grad()
-def explain_maps(model: CASN, map1: torch.Tensor, map2: torch.Tensor, threshold: float = DEFAULT_THRESHOLD
-                 ) -> PairExplanation:
-    """Explain one pair from its two cached feature maps ``A`` (K, H, W) (DESIGN.md sec. 4: no backbone pass)."""
+def explain_maps(model: CASN, map1: torch.Tensor, map2: torch.Tensor, threshold: float = DEFAULT_THRESHOLD,
+                 feature1: torch.Tensor | None = None, feature2: torch.Tensor | None = None) -> PairExplanation:
+    """Explain one pair from its two cached feature maps ``A`` (K, H, W) (DESIGN.md sec. 4: no backbone pass).
+
+    ``feature1``/``feature2`` are the retrieval features the ranking used (e.g. a store's float32
+    features); ``d_f`` is computed from them so the number shown is the one that ranked. The
+    similarity maps use them too when the maps are float32 (the features are the pool of exactly
+    those maps); with 16-bit maps the features are re-pooled from the maps, so the maps still sum
+    to ``similarity`` exactly (which then differs from the float32 features' by the maps' rounding).
+    """
     from casn_core.engine.inference import feature_distance
 
     maps1, maps2 = map1[None].float(), map2[None].float()
+    pooled1, pooled2 = model.features(maps1), model.features(maps2)
+    f1 = pooled1 if feature1 is None else feature1[None].float()
+    f2 = pooled2 if feature2 is None else feature2[None].float()
+    exact = map1.dtype == torch.float32 and map2.dtype == torch.float32
     attention = pair_attention(model, maps1, maps2, threshold).detach()[0]
-    similarity = explain_similarity(model.pool, maps1, maps2)[0]
-    distance = float(feature_distance(model.features(maps1), model.features(maps2))[0, 0])
+    similarity = similarity_decomposition(maps1, maps2, model.pool, f1 if exact else pooled1,
+                                          f2 if exact else pooled2)[0, 0]
+    distance = float(feature_distance(f1, f2)[0, 0])
     return PairExplanation.from_parts(attention, similarity, distance, threshold)

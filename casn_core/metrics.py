@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["QueryResults", "evaluate_rank", "evaluate_rank_per_query"]
+__all__ = ["QueryResults", "evaluate_rank", "evaluate_rank_per_query", "junk_mask"]
 
 # query rows per chunk are chosen so that a chunk holds about this many (query, gallery) pairs
 _CHUNK_ELEMENTS = 1 << 22
@@ -262,6 +262,15 @@ class QueryResults:
         cmc = np.cumsum(hits).astype(np.float64) / num_valid
         return {"cmc": cmc, "mAP": float(self.ap[self.valid].sum() / num_valid),
                 "mINP": float(self.inp[self.valid].sum() / num_valid), "num_valid_queries": num_valid}
+
+
+def junk_mask(q_pid: int, q_camid: int, g_pids: Any, g_camids: Any) -> np.ndarray:
+    """Gallery entries the Market-1501 protocol leaves out of one query's ranking: same id *and* same camera.
+
+    The rule :func:`evaluate_rank_per_query` applies (vectorised there); exposed for code that shows
+    a ranking, so the list shown and the numbers computed drop the same entries.
+    """
+    return (np.asarray(g_pids) == q_pid) & (np.asarray(g_camids) == q_camid)
 
 
 def _check_max_rank(max_rank: Any) -> int:

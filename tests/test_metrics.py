@@ -298,3 +298,19 @@ def test_per_query_results_match_plain_loop(path, seed, levels):
         assert result.first_true_rank[q] == first
     summary = result.summary(max_rank=20)
     assert_same(summary, reference_evaluate(*problem, max_rank=20))
+
+
+def test_junk_mask_is_the_rule_evaluate_rank_applies():
+    """Removing junk_mask's entries and ranking the rest with no same-camera entries gives the same numbers."""
+    rng = np.random.default_rng(7)
+    dist, q_pids, g_pids, q_camids, g_camids = random_problem(rng, num_query=15, num_gallery=60, num_ids=6, num_cams=3)
+    full = metrics.evaluate_rank_per_query(dist, q_pids, g_pids, q_camids, g_camids)
+    for q in range(15):
+        keep = ~metrics.junk_mask(q_pids[q], q_camids[q], g_pids, g_camids)
+        # after dropping the junk, no entry shares id and camera: relabel the cameras so none would be dropped
+        single = metrics.evaluate_rank_per_query(dist[q:q + 1, keep], q_pids[q:q + 1], g_pids[keep],
+                                                 np.full(1, -1), g_camids[keep])
+        assert single.valid[0] == full.valid[q]
+        if full.valid[q]:
+            assert single.first_true_rank[0] == full.first_true_rank[q]
+            assert single.ap[0] == pytest.approx(full.ap[q], abs=1e-12)
