@@ -40,6 +40,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from casn_core.attention import DEFAULT_THRESHOLD
+
 REPO = Path(__file__).resolve().parents[1]
 
 ROWS = ("ide", "ide,ia", "ide,sa", "ide,ia,sa")
@@ -135,6 +137,11 @@ def settings(args, dataset: str = "synth") -> dict:
     out = {k: getattr(args, k) for k in (
         "backbone", "pretrained", "height", "width", "batch_size", "epochs", "pairs_per_epoch", "lr", "amp",
         "topk", "threshold", "quality_pairs", "deletion_pairs", "deletion_steps", "deletion_max")}
+    # the options of ours (issue 11) enter the settings only when set, so the paper-default runs keep their cache
+    for key, paper in (("lambda2", 0.05), ("bce_weight", None), ("consistency_margin", None), ("hard_negatives", 0.0),
+                       ("head_steps", 0), ("attention_weight", 1.0)):
+        if getattr(args, key) != paper:
+            out[key] = getattr(args, key)
     if dataset == "mars":
         out["epochs"], out["pairs_per_epoch"] = args.mars_epochs, args.mars_pairs_per_epoch
     return out
@@ -158,7 +165,8 @@ def run_one(args, spec: dict, losses: str, seed: int) -> dict:
         data=spec["train"], out=str(out), backbone=args.backbone, losses=losses, epochs=budget["epochs"],
         batch_size=args.batch_size, height=args.height, width=args.width, pretrained=args.pretrained, seed=seed,
         lr=args.lr, threshold=args.threshold, pairs_per_epoch=budget["pairs_per_epoch"], device="cpu", amp=args.amp,
-        eval_every=0, eval_topk=topk,
+        eval_every=0, eval_topk=topk, lambda2=args.lambda2, bce_weight=args.bce_weight,
+        consistency_margin=args.consistency_margin, hard_negatives=args.hard_negatives, head_steps=args.head_steps,
     )
     started = time.perf_counter()
     result = train(config, resume=False, progress=False)
@@ -170,7 +178,8 @@ def run_one(args, spec: dict, losses: str, seed: int) -> dict:
     query = extract_split(model, list(data.query), args.height, args.width, amp=args.amp, progress=False, desc="query")
     gallery = extract_split(model, list(data.gallery), args.height, args.width, amp=args.amp, progress=False,
                             desc="gallery")
-    evaluation = evaluate_caches(model, query, gallery, topk, 1.0, args.threshold, casn=True, progress=False)
+    evaluation = evaluate_caches(model, query, gallery, topk, args.attention_weight, args.threshold, casn=True,
+                                 progress=False)
     eval_s = time.perf_counter() - started
 
     quality, quality_s = None, 0.0
@@ -389,7 +398,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--amp", choices=("none", "bf16"), default="bf16")
     parser.add_argument("--topk", default="100", help="CASN re-ranking depth K, or 'all'")
-    parser.add_argument("--threshold", type=float, default=0.3)
+    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+    # issue 11 options (ours; defaults = the paper's), see python -m casn_core train --help
+    parser.add_argument("--lambda2", type=float, default=0.05)
+    parser.add_argument("--bce-weight", type=float, default=None)
+    parser.add_argument("--consistency-margin", type=float, default=None)
+    parser.add_argument("--hard-negatives", type=float, default=0.0)
+    parser.add_argument("--head-steps", type=int, default=0)
+    parser.add_argument("--attention-weight", type=float, default=1.0, help="w of the CASN ranking (paper: 1)")
     parser.add_argument("--synth-ids", type=int, default=400)
     parser.add_argument("--synth-cameras", type=int, default=4)
     parser.add_argument("--synth-images-per-id", type=int, default=8)
