@@ -48,6 +48,26 @@ def _panel(image: np.ndarray, height: int) -> Image.Image:
     return pil.resize((width, height), Image.BILINEAR)
 
 
+def _captioned_row(tiles: list[tuple[Image.Image, str]], height: int, framed_from: int | None = None,
+                   frame: tuple | None = None) -> np.ndarray:
+    """Tiles side by side under their captions; ``frame`` outlines the tiles from index ``framed_from`` on."""
+    gap, caption, pad = 10, 22, 4
+    width = sum(t.width for t, _ in tiles) + gap * (len(tiles) - 1) + 2 * pad
+    canvas = Image.new("RGB", (width, height + caption + 2 * pad), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    font = _font(13)
+    x = pad
+    for i, (tile, text) in enumerate(tiles):
+        if frame is not None and framed_from is not None and i >= framed_from:
+            draw.rectangle([x - 3, pad + caption - 3, x + tile.width + 2, pad + caption + height + 2], outline=frame,
+                           width=3)
+        canvas.paste(tile, (x, pad + caption))
+        text_width = draw.textlength(text, font=font)
+        draw.text((x + max(0, (tile.width - text_width) / 2), pad + 2), text, fill=(30, 30, 30), font=font)
+        x += tile.width + gap
+    return np.asarray(canvas)
+
+
 def overlay_panel(image1: np.ndarray, image2: np.ndarray, map1: np.ndarray, map2: np.ndarray,
                   labels: tuple[str, str] = ("query", "gallery"), frame: tuple | None = None,
                   height: int = DISPLAY_HEIGHT) -> np.ndarray:
@@ -62,21 +82,7 @@ def overlay_panel(image1: np.ndarray, image2: np.ndarray, map1: np.ndarray, map2
         (_panel(overlay_heatmap(image2, np.asarray(map2)), height), f"{labels[1]} attention"),
         (_panel(image2, height), labels[1]),
     ]
-    gap, caption, pad = 10, 22, 4
-    width = sum(t.width for t, _ in tiles) + gap * (len(tiles) - 1) + 2 * pad
-    canvas = Image.new("RGB", (width, height + caption + 2 * pad), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    font = _font(13)
-    x = pad
-    for i, (tile, text) in enumerate(tiles):
-        if frame is not None and i >= 2:
-            draw.rectangle([x - 3, pad + caption - 3, x + tile.width + 2, pad + caption + height + 2], outline=frame,
-                           width=3)
-        canvas.paste(tile, (x, pad + caption))
-        text_width = draw.textlength(text, font=font)
-        draw.text((x + max(0, (tile.width - text_width) / 2), pad + 2), text, fill=(30, 30, 30), font=font)
-        x += tile.width + gap
-    return np.asarray(canvas)
+    return _captioned_row(tiles, height, framed_from=2, frame=frame)
 
 
 def similarity_panel(image1: np.ndarray, image2: np.ndarray, map1: np.ndarray, map2: np.ndarray,
@@ -86,17 +92,7 @@ def similarity_panel(image1: np.ndarray, image2: np.ndarray, map1: np.ndarray, m
         (_panel(overlay_heatmap(image1, np.asarray(map1)), height), f"{labels[0]}: similarity map"),
         (_panel(overlay_heatmap(image2, np.asarray(map2)), height), f"{labels[1]}: similarity map"),
     ]
-    gap, caption, pad = 10, 22, 4
-    width = sum(t.width for t, _ in tiles) + gap * (len(tiles) - 1) + 2 * pad
-    canvas = Image.new("RGB", (width, height + caption + 2 * pad), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    font = _font(13)
-    x = pad
-    for tile, text in tiles:
-        canvas.paste(tile, (x, pad + caption))
-        draw.text((x, pad + 2), text, fill=(30, 30, 30), font=font)
-        x += tile.width + gap
-    return np.asarray(canvas)
+    return _captioned_row(tiles, height)
 
 
 def similarity_rows_figure(explanation: dict, labels: tuple[str, str] = ("query", "gallery")) -> np.ndarray:
