@@ -255,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         if query + gallery <= args.baseline_max_images:
             runs.append(("memory", True))
         for name, in_memory in runs:
+            if name == "cold" and store.exists():
+                shutil.rmtree(store)  # cold = extraction into an empty store folder
             out = work / f"eval-{query + gallery}-{name}.json"
             code, wall, rss, tail = run_child(eval_command(args, checkpoint, data, store, out, in_memory), args.threads)
             if code != 0:

@@ -64,7 +64,7 @@ def evaluate_caches(model: CASN, query: FeatureCache, gallery: FeatureCache, top
     ``query`` / ``gallery`` hold their maps in RAM (:func:`extract_split`) or in a store on disk
     (``MapStore.as_cache()``); the CASN re-ranking reads only the candidates' maps. No query x
     gallery matrix is held whole: both rankings are computed and scored ``chunk`` query rows at a
-    time (:func:`casn_core.engine.rerank.query_chunk`, ~64 MB blocks) with
+    time (:func:`casn_core.engine.rerank.query_chunk`, ~32 MB blocks) with
     :func:`casn_core.metrics.evaluate_rank_per_query`, whose per-query results concatenate (every
     query's numbers depend on its own row only), so the metrics equal ``evaluate_rank`` of the
     whole matrix.

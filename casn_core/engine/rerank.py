@@ -46,11 +46,14 @@ from casn_core.attention.alignment import align_rows, consistency_distance, row_
 from casn_core.attention.siamese import DEFAULT_THRESHOLD, indicator_closed_form
 from casn_core.numeric import safe_divide, unit_range
 
-DEFAULT_BATCH_BYTES = 256 << 20
+DEFAULT_BATCH_BYTES = 128 << 20
 """Map bytes read per batch of the gallery pass (and of query rows in the query pass)."""
 
-DEFAULT_BLOCK_BYTES = 64 << 20
+DEFAULT_BLOCK_BYTES = 32 << 20
 """Bytes of one (query rows x gallery) float32 block: the query-row chunk of every Q x G matrix."""
+
+SORT_BLOCK_BYTES = 8 << 20
+"""Bytes of float32 distances sorted at once for the candidate lists (their argsort is 3x that)."""
 
 
 def _row_bytes(maps) -> int:
@@ -118,8 +121,11 @@ def casn_candidates(query_features: torch.Tensor, gallery_features: torch.Tensor
     num_query, num_gallery = query_features.shape[0], gallery_features.shape[0]
     k = num_gallery if topk is None else min(topk, num_gallery)
     out = torch.empty((num_query, k), dtype=torch.long)
+    sort_rows = query_chunk(num_gallery, SORT_BLOCK_BYTES)  # argsort's int64 indices: a few rows at a time
     for start, block in feature_distance_blocks(query_features, gallery_features, chunk):
-        out[start:start + block.shape[0]] = torch.argsort(block, dim=1, stable=True)[:, :k]
+        for row in range(0, block.shape[0], sort_rows):
+            part = block[row:row + sort_rows]
+            out[start + row:start + row + part.shape[0]] = torch.argsort(part, dim=1, stable=True)[:, :k]
         if on_block is not None:
             on_block(start, block)
     return out
@@ -286,7 +292,7 @@ def iter_casn_distmat(
     candidates: torch.Tensor | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """``(first query row, (n, G) float32 block)`` of the CASN distance matrix, ``chunk`` query rows
-    at a time (default: :func:`query_chunk`, ~64 MB blocks), so a caller scoring it block by block
+    at a time (default: :func:`query_chunk`, ~32 MB blocks), so a caller scoring it block by block
     (``casn_core.metrics.evaluate_rank_per_query``) never holds the whole matrix.
 
     ``candidates``: the (Q, k) lists of :func:`casn_candidates` when the caller already has them.
