@@ -68,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--baseline-max-images", type=int, default=6000,
                         help="also run the in-memory eval (the baseline) up to this many images")
     parser.add_argument("--runs", default="cold,warm", help="eval runs per size: cold (empty store), warm (reused)")
+    parser.add_argument("--cold-max-images", type=int, default=10 ** 9,
+                        help="cold runs only up to this many images (larger sizes reuse their stores)")
     parser.add_argument("--app", action="store_true", help="also measure the app at each size (warm start)")
     parser.add_argument("--app-cold-max-images", type=int, default=0,
                         help="also measure the app's cold start (own empty store) up to this many images")
@@ -251,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     for query, gallery in sorted(sizes):
         data = full if (query, gallery) == max(sizes) else subset(full, work / f"data-{query + gallery}", query)
         store = work / f"store-{query + gallery}"
-        runs = [(name, False) for name in args.runs.split(",") if name]
+        runs = [(name, False) for name in args.runs.split(",")
+                if name and (name != "cold" or query + gallery <= args.cold_max_images)]
         if query + gallery <= args.baseline_max_images:
             runs.append(("memory", True))
         for name, in_memory in runs:
