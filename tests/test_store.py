@@ -15,13 +15,28 @@ import torch
 from casn_core.checkpoint import model_payload, save_checkpoint
 from casn_core.data import ImageDataset, build_test_transform, load_market
 from casn_core.engine.evaluate import evaluate_caches, evaluate_model
-from casn_core.engine.inference import FeatureCache, extract, feature_distance, rank_query_casn
+from casn_core.engine.inference import (
+    FeatureCache,
+    extract,
+    feature_distance,
+    rank_query_casn,
+)
 from casn_core.engine.rerank import casn_distmat_batched, iter_casn_distmat
 from casn_core.metrics import evaluate_rank
 from casn_core.models import build_model
 from casn_core.store import (
-    AUTO_FLOAT32_MAX_BYTES, StoreError, StoreWriter, build_key, default_map_dtype, float32_map_bytes, load_store,
-    open_or_build_store, resolve_map_dtype, shard_range, store_path, try_open_store,
+    AUTO_FLOAT32_MAX_BYTES,
+    StoreError,
+    StoreWriter,
+    build_key,
+    default_map_dtype,
+    float32_map_bytes,
+    load_store,
+    open_or_build_store,
+    resolve_map_dtype,
+    shard_range,
+    store_path,
+    try_open_store,
 )
 
 SIZE = (64, 32)

@@ -35,14 +35,18 @@ is read on the host and moved.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from casn_core.attention.alignment import align_rows, consistency_distance, row_importance
+from casn_core.attention.alignment import (
+    align_rows,
+    consistency_distance,
+    row_importance,
+)
 from casn_core.attention.siamese import DEFAULT_THRESHOLD, indicator_closed_form
 from casn_core.numeric import safe_divide, unit_range
 
