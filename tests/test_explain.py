@@ -46,3 +46,22 @@ def test_explain_names_a_bad_image(tiny, tmp_path, capsys):
     assert cli_main(["explain", "--checkpoint", str(checkpoint), "--image1", str(query), "--image2", str(bad),
                      "--device", "cpu"]) == 1
     assert "not_an_image.jpg" in capsys.readouterr().err
+
+
+def test_extract_leaves_the_callers_model_in_its_memory_format(tiny):
+    """extract(channels_last=True) switches the model only while it runs (issue 10: no silent change)."""
+    import torch
+
+    from casn_core.checkpoint import load_model
+    from casn_core.data import ImageDataset, build_test_transform, load_market
+    from casn_core.engine.inference import extract
+
+    checkpoint, data = tiny
+    model, _ = load_model(checkpoint)
+    records = list(load_market(str(data), splits=("query",)).query)[:4]
+    dataset = ImageDataset(records, build_test_transform(128, 64))
+    fast = extract(model, dataset, records, channels_last=True, progress=False)
+    weight = next(p for p in model.parameters() if p.dim() == 4)
+    assert weight.is_contiguous() and not weight.is_contiguous(memory_format=torch.channels_last)
+    plain = extract(model, dataset, records, progress=False)
+    torch.testing.assert_close(fast.features, plain.features, rtol=1e-4, atol=1e-6)

@@ -1,4 +1,4 @@
-"""Evaluation and explanation: ``python -m casn_core eval`` and ``python -m casn_core explain``.
+"""Evaluation: ``casn eval`` (``python -m casn_core eval``; sharded under ``torchrun``).
 
 Evaluation follows the paper (sec. 4, "Evaluation Protocol"; DESIGN.md sec. 3 and 5): features are
 extracted once, the gallery is ranked by feature distance, then by the combined feature + Siamese
@@ -7,18 +7,17 @@ attention distance on the top K, and both rankings are scored with the Market-15
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from casn_core.checkpoint import CheckpointError, load_model
-from casn_core.engine.inference import (
-    FeatureCache, explain_pair_tensors, explanation_dict, extract, resolve_device,
-)
+from casn_core.atomic import write_json_atomic
 from casn_core.attention.siamese import DEFAULT_THRESHOLD
+from casn_core.checkpoint import CheckpointError, checkpoint_info, load_model
+from casn_core.engine.inference import FeatureCache, extract, resolve_device
 from casn_core.metrics import QueryResults, evaluate_rank_per_query
 from casn_core.models.casn import CASN
 from casn_core.store import (
@@ -69,8 +68,6 @@ def evaluate_caches(model: CASN, query: FeatureCache, gallery: FeatureCache, top
     query's numbers depend on its own row only), so the metrics equal ``evaluate_rank`` of the
     whole matrix.
     """
-    import time
-
     from casn_core.engine.rerank import casn_candidates, feature_distance_blocks, iter_casn_distmat
 
     q_pids, q_camids = np.asarray(query.pids), np.asarray(query.camids)
@@ -144,20 +141,20 @@ def evaluate_model(model: CASN, data: str, height: int, width: int, device: torc
                    threshold: float = DEFAULT_THRESHOLD, batch_size: int = 64, workers: int = 0, casn: bool = True,
                    progress: bool = True, store_dir: str | Path | None = None, map_dtype: str = "auto",
                    checkpoint: str | Path | None = None, log=print, rank: int = 0, world_size: int = 1,
-                   group=None) -> dict | None:
+                   group=None, signals: bool = False) -> dict | None:
     """Evaluate ``model`` on the query/gallery splits of the dataset at ``data``.
 
     Without ``store_dir`` the maps are extracted into RAM (float32, as before); with it they go to
     (or come from) map stores on disk (:func:`split_stores`) and memory does not grow with the
     gallery. Distributed (``world_size > 1``): every rank extracts its shard into the stores; rank 0
-    scores and returns the results, the other ranks return None.
+    scores and returns the results, the other ranks return None. ``signals``: add ``"pair_signals"``
+    (:func:`casn_core.engine.pair_signals.sampled_pair_signals`: AUCs of d_f, d_a and p(same), mean
+    p(same) of true and other pairs; all cross-camera pairs, or a seeded sample of a large set).
     """
     from casn_core.data import load_market
 
     was_training = model.training
     model.eval()
-    import time
-
     started = time.perf_counter()
     if store_dir is not None:
         query_store, gallery_store = split_stores(
@@ -180,6 +177,10 @@ def evaluate_model(model: CASN, data: str, height: int, width: int, device: torc
     results = evaluate_caches(model, query, gallery, topk, attention_weight, threshold, casn, progress, device)
     results["seconds"]["extract_or_open"] = extract_s
     results["storage"] = storage
+    if signals:
+        from casn_core.engine.pair_signals import sampled_pair_signals
+
+        results["pair_signals"] = sampled_pair_signals(model, query, gallery, threshold)
     model.train(was_training)
     return results
 
@@ -195,18 +196,18 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _input_size(payload: dict) -> tuple[int, int]:
-    height, width = payload.get("input_size", (256, 128))
-    return int(height), int(width)
-
-
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--data", required=True, help="dataset root with query/ and bounding_box_test/")
     parser.add_argument("--json", help="write the results here")
-    parser.add_argument("--topk", default="100", help="CASN re-ranking depth K, or 'all'")
-    parser.add_argument("--attention-weight", type=float, default=1.0, help="w in d = d_f + w d_a")
-    parser.add_argument("--threshold", type=float, default=None, help="alignment threshold (default: training's)")
+    parser.add_argument("--topk", default=None,
+                        help="CASN re-ranking depth K, or 'all' (default: the checkpoint's tuned K, else 100)")
+    parser.add_argument("--attention-weight", type=float, default=None,
+                        help="w in d = d_f + w d_a (default: the checkpoint's validated w from `casn tune` or "
+                             "`train --val-ids`, else the paper's 1)")
+    parser.add_argument("--threshold", type=float, default=None, help="alignment threshold (default: the checkpoint's)")
+    parser.add_argument("--no-pair-signals", action="store_true",
+                        help="skip the pair signals (AUCs of d_f, d_a and p(same); sampled on large sets)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--device", default="auto")
@@ -219,12 +220,6 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                              "<= 4 GiB, else bfloat16 (same rule on CPU and CUDA; logged when it picks bfloat16). "
                              "float32 reproduces the in-memory numbers exactly")
     parser.add_argument("--in-memory", action="store_true", help="keep all maps in RAM instead of a store")
-
-
-def _threshold(args: argparse.Namespace, payload: dict) -> float:
-    if args.threshold is not None:
-        return args.threshold
-    return float(payload.get("train_config", {}).get("threshold", DEFAULT_THRESHOLD))
 
 
 def _init_distributed(device: torch.device):
@@ -249,20 +244,31 @@ def _init_distributed(device: torch.device):
 
 def run_eval(args: argparse.Namespace) -> int:
     """Entry point of ``python -m casn_core eval`` (and ``torchrun -m casn_core eval``: sharded extraction)."""
-    topk = None if str(args.topk).lower() == "all" else int(args.topk)
     rank, world = 0, 1
     try:
         rank, world, group, device = _init_distributed(resolve_device(args.device))
         model, payload = load_model(args.checkpoint, device)
-        height, width = _input_size(payload)
+        info = checkpoint_info(payload)
+        height, width = info.input_size
+        if args.topk is not None:
+            topk = None if str(args.topk).lower() == "all" else int(args.topk)
+        else:
+            topk = 100 if info.topk is None else info.topk
+        weight = info.attention_weight if args.attention_weight is None else args.attention_weight
+        threshold = info.threshold if args.threshold is None else args.threshold
         store_dir = None if args.in_memory else args.store_dir
         if store_dir is None and world > 1:
             raise ValueError("--in-memory cannot be sharded across processes; drop it to use the map store")
         log = (lambda message: print(message, file=sys.stderr)) if rank == 0 else (lambda message: None)
+        if rank == 0:
+            source = "--attention-weight" if args.attention_weight is not None else info.attention_weight_source
+            log(f"ranking: d = norm(d_f) + w norm(d_a) on the top K; w = {weight:g} ({source}), "
+                f"K = {'all' if topk is None else topk}")
         results = evaluate_model(model, args.data, height, width, next(model.parameters()).device, args.amp, topk,
-                                 args.attention_weight, _threshold(args, payload), args.batch_size, args.workers,
+                                 weight, threshold, args.batch_size, args.workers,
                                  store_dir=store_dir, map_dtype=args.map_dtype, checkpoint=args.checkpoint, log=log,
-                                 rank=rank, world_size=world, group=group, progress=rank == 0)
+                                 rank=rank, world_size=world, group=group, progress=rank == 0,
+                                 signals=not args.no_pair_signals)
     except (CheckpointError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -276,60 +282,5 @@ def run_eval(args: argparse.Namespace) -> int:
         return 0
     print(format_table(results))
     if args.json:
-        _write_json_atomic(Path(args.json), results)
-    return 0
-
-
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(path)
-
-
-def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--image1", required=True)
-    parser.add_argument("--image2", required=True)
-    parser.add_argument("--json", help="write the explanation here")
-    parser.add_argument("--figure", help="write a PNG figure here")
-    parser.add_argument("--threshold", type=float, default=None, help="alignment threshold (default: training's)")
-    parser.add_argument("--device", default="auto")
-
-
-def explain_files(model: CASN, payload: dict, path1: str, path2: str, threshold: float) -> tuple[dict, np.ndarray, np.ndarray]:
-    """Explain one pair of image files: ``(explanation dict, RGB image 1, RGB image 2)`` at model input size."""
-    from casn_core.data import build_test_transform
-    from casn_core.images import load_rgb
-
-    height, width = _input_size(payload)
-    transform = build_test_transform(height, width)
-    pil1, pil2 = load_rgb(path1), load_rgb(path2)
-    attention, fdist = explain_pair_tensors(model, transform(pil1).to(next(model.parameters()).device),
-                                            transform(pil2).to(next(model.parameters()).device), threshold)
-    shown = [np.asarray(p.resize((width, height))) for p in (pil1, pil2)]
-    return explanation_dict(attention.detach(), fdist, threshold), shown[0], shown[1]
-
-
-def run_explain(args: argparse.Namespace) -> int:
-    """Entry point of ``python -m casn_core explain``."""
-    from casn_core.images import ImageInputError
-    from casn_core.visualize import explanation_figure, figure_png
-
-    try:
-        model, payload = load_model(args.checkpoint, resolve_device(args.device))
-        threshold = _threshold(args, payload)
-        explanation, image1, image2 = explain_files(model, payload, args.image1, args.image2, threshold)
-    except (CheckpointError, ImageInputError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"same-person probability {explanation['same_probability']:.4f}  feature distance "
-          f"{explanation['feature_distance']:.4f}  attention distance {explanation['attention_distance']:.4f}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(explanation))
-    if args.figure:
-        Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
-        title = f"{Path(args.image1).name} vs {Path(args.image2).name}"
-        Path(args.figure).write_bytes(figure_png(explanation_figure(image1, image2, explanation, title)))
+        write_json_atomic(args.json, results, indent=2)
     return 0

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from casn_core.attention.siamese import DEFAULT_THRESHOLD, PairAttention, pair_attention, pair_attention_grid
+from casn_core.attention.siamese import DEFAULT_THRESHOLD, pair_attention_grid
 from casn_core.models.casn import CASN
 
 if TYPE_CHECKING:
@@ -87,23 +87,31 @@ def extract_batches(
     """Yield ``(first row, maps, features)`` per batch: maps (n, K, H, W) channels-last on the CPU in
     ``map_dtype``, features (n, D) float32. One backbone pass per image; nothing is kept here, so a
     consumer can stream the maps to disk (:mod:`casn_core.store`) or into a preallocated tensor.
+
+    ``channels_last`` runs the backbone in the channels-last memory format (faster convolutions on
+    CPUs with bf16 and on GPUs); the caller's model is switched for the extraction and switched back
+    afterwards, so the call leaves no trace on it.
     """
     model.eval()
     device = next(model.parameters()).device
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)  # in place; undone in ``finally``
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda")
     start = 0
-    for images, *_ in tqdm(loader, desc=desc, disable=not progress, unit="batch"):
-        images = images.to(device, non_blocking=True)
+    try:
+        for images, *_ in tqdm(loader, desc=desc, disable=not progress, unit="batch"):
+            images = images.to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            batch_maps, batch_feats = extract_tensors(model, images, amp, map_dtype)
+            # channels-last storage: the per-pair map products of the ranking read each gallery map as a
+            # contiguous (HW, K) matrix, measured 2.2x faster than the default layout (bench/pair_attention.py)
+            yield start, batch_maps.contiguous(memory_format=torch.channels_last).cpu(), batch_feats.float().cpu()
+            start += images.shape[0]
+    finally:
         if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        batch_maps, batch_feats = extract_tensors(model, images, amp, map_dtype)
-        # channels-last storage: the per-pair map products of the ranking read each gallery map as a
-        # contiguous (HW, K) matrix, measured 2.2x faster than the default layout (bench/pair_attention.py)
-        yield start, batch_maps.contiguous(memory_format=torch.channels_last).cpu(), batch_feats.float().cpu()
-        start += images.shape[0]
+            model.to(memory_format=torch.contiguous_format)
 
 
 @torch.no_grad()
@@ -245,31 +253,3 @@ def casn_distmat(
 
     return casn_distmat_batched(model, query, gallery, topk, weight, threshold, progress=progress, device=device,
                                 max_batch_bytes=max_batch_bytes)
-
-
-def explain_pair_tensors(
-    model: CASN, image1: torch.Tensor, image2: torch.Tensor, threshold: float = DEFAULT_THRESHOLD, amp: str = "none"
-) -> tuple[PairAttention, float]:
-    """Siamese attention of one pair of preprocessed images (3, H, W): ``(attention, feature distance)``."""
-    model.eval()
-    maps, feats = extract_tensors(model, torch.stack([image1, image2]), amp)
-    attention = pair_attention(model, maps[:1], maps[1:], threshold).detach()[0]
-    return attention, float(feature_distance(feats[:1], feats[1:])[0, 0])
-
-
-def explanation_dict(attention: PairAttention, feature_distance_value: float, threshold: float) -> dict:
-    """The JSON form of a pair explanation (keys of ``python -m casn_core explain --json``)."""
-    return {
-        "same_probability": float(attention.same_probability),
-        "feature_distance": float(feature_distance_value),
-        "attention_distance": float(attention.distance),
-        "threshold": float(threshold),
-        "map1": attention.maps1.tolist(),
-        "map2": attention.maps2.tolist(),
-        "rows1": attention.rows1.tolist(),
-        "rows2": attention.rows2.tolist(),
-        "span1": [int(v) for v in attention.span1.tolist()],
-        "span2": [int(v) for v in attention.span2.tolist()],
-        "aligned1": attention.aligned1.tolist(),
-        "aligned2": attention.aligned2.tolist(),
-    }

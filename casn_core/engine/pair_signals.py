@@ -46,11 +46,12 @@ class PairScores:
 
 @torch.no_grad()
 def pair_scores(model: CASN, query: FeatureCache, gallery: FeatureCache, threshold: float = DEFAULT_THRESHOLD,
-                chunk: int = 16) -> PairScores:
+                chunk: int = 16, gallery_chunk: int = 1024) -> PairScores:
     """``d_f``, ``d_a`` and ``p(same)`` of every cross-camera pair with a known identity (pid >= 0).
 
     Queries are processed ``chunk`` at a time through :func:`pair_attention_grid` (the head's
-    inference behaviour, as ranking uses it), so memory stays at ``chunk x gallery`` pairs.
+    inference behaviour, as ranking uses it) against ``gallery_chunk`` gallery maps at a time, so
+    memory stays at ``chunk x gallery_chunk`` pairs and a map store is read block by block.
     """
     model.eval()
     if len(query) == 0 or len(gallery) == 0:
@@ -58,14 +59,18 @@ def pair_scores(model: CASN, query: FeatureCache, gallery: FeatureCache, thresho
     dist_f = feature_distance(query.features, gallery.features).numpy()
     dist_a = np.empty_like(dist_f)
     prob = np.empty_like(dist_f)
-    for start in range(0, len(query), chunk):
-        stop = min(start + chunk, len(query))
-        attention = pair_attention_grid(
-            model, query.maps[start:stop], gallery.maps, threshold=threshold,
-            query_features=query.features[start:stop], gallery_features=gallery.features, keep_maps=False,
-        )
-        dist_a[start:stop] = attention.distance.float().numpy()
-        prob[start:stop] = attention.same_probability.float().numpy()
+    for g_start in range(0, len(gallery), gallery_chunk):  # a store's maps are read a block at a time
+        g_stop = min(g_start + gallery_chunk, len(gallery))
+        gallery_maps = gallery.maps[g_start:g_stop]
+        for start in range(0, len(query), chunk):
+            stop = min(start + chunk, len(query))
+            attention = pair_attention_grid(
+                model, query.maps[start:stop], gallery_maps, threshold=threshold,
+                query_features=query.features[start:stop], gallery_features=gallery.features[g_start:g_stop],
+                keep_maps=False,
+            )
+            dist_a[start:stop, g_start:g_stop] = attention.distance.float().numpy()
+            prob[start:stop, g_start:g_stop] = attention.same_probability.float().numpy()
     qp, gp = np.asarray(query.pids)[:, None], np.asarray(gallery.pids)[None, :]
     qc, gc = np.asarray(query.camids)[:, None], np.asarray(gallery.camids)[None, :]
     keep = (qc != gc) & (qp >= 0) & (gp >= 0)
@@ -111,6 +116,42 @@ def pair_signals(model: CASN, query: FeatureCache, gallery: FeatureCache, thresh
             "casn_rank1": ranked["casn"]["rank1"], "casn_mAP": ranked["casn"]["mAP"],
             "attention_weight": float(attention_weight), "topk": "all" if topk is None else int(topk),
         })
+    return result
+
+
+def sampled_pair_signals(model: CASN, query: FeatureCache, gallery: FeatureCache,
+                         threshold: float = DEFAULT_THRESHOLD, max_queries: int = 256, max_gallery: int = 2048,
+                         seed: int = 0) -> dict:
+    """:func:`signal_summary` over all cross-camera pairs of a set, or of a seeded sample of a large one.
+
+    Every pair needs its Siamese attention, so a Market-sized set (66 M pairs) is sampled: up to
+    ``max_queries`` queries, and a gallery of all their true matches plus seeded other images up to
+    ``max_gallery``. AUCs do not depend on the share of positives, so the sample estimates them
+    without bias; ``"sampled"`` and the counts say what was scored.
+    """
+    rng = np.random.default_rng(seed)
+    q_idx = np.arange(len(query))
+    g_idx = np.arange(len(gallery))
+    sampled = len(query) > max_queries or len(gallery) > max_gallery
+    if sampled:
+        if len(query) > max_queries:
+            q_idx = np.sort(rng.choice(len(query), max_queries, replace=False))
+        pids = np.asarray(gallery.pids)
+        matches = np.flatnonzero(np.isin(pids, np.asarray(query.pids)[q_idx]))
+        others = np.setdiff1d(np.arange(len(gallery)), matches)
+        room = max(0, max_gallery - len(matches))
+        extra = rng.choice(others, min(room, len(others)), replace=False) if len(others) else others
+        g_idx = np.sort(np.concatenate([matches, extra]))
+
+    def subset(cache: FeatureCache, index: np.ndarray) -> FeatureCache:
+        rows = torch.as_tensor(index, dtype=torch.long)
+        return FeatureCache(maps=cache.maps[rows], features=cache.features[rows],
+                            pids=np.asarray(cache.pids)[index], camids=np.asarray(cache.camids)[index],
+                            paths=[cache.paths[i] for i in index])
+
+    q, g = (subset(query, q_idx), subset(gallery, g_idx)) if sampled else (query, gallery)
+    result = signal_summary(pair_scores(model, q, g, threshold))
+    result.update(sampled=sampled, num_queries=len(q), num_gallery=len(g))
     return result
 
 
