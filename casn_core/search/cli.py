@@ -40,7 +40,7 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR),
                         help="feature cache folder, outside the gallery (default .cache/search)")
     parser.add_argument("--map-dtype", default="auto", choices=MAP_DTYPE_CHOICES,
-                        help="dtype of the cached maps (auto: bfloat16 on the CPU, float32 on CUDA)")
+                        help="dtype of the cached maps (auto: float32 while they take <= 4 GiB, else bfloat16)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

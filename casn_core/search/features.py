@@ -27,7 +27,7 @@ from casn_core.atomic import write_json_atomic
 from casn_core.models.casn import CASN
 from casn_core.search.scan import GalleryImage, SearchError, SkippedFile, check_images
 from casn_core.store import (
-    build_key, open_or_build_store, resolve_map_dtype, store_path, try_open_store,
+    build_key, float32_map_bytes, open_or_build_store, resolve_map_dtype, store_path, try_open_store,
 )
 
 CHECKED_FORMAT = "casn-search-checked"
@@ -116,8 +116,8 @@ def load_or_extract_gallery(model: CASN, images: Sequence[GalleryImage], input_s
                             progress: bool = True, log: Callable[[str], None] = print) -> GalleryFeatures:
     """Features and maps of the readable ``images`` of folder ``gallery``, extracted once per checkpoint and file list.
 
-    ``map_dtype``: ``auto`` (the store's default: bfloat16 on the CPU, float32 on CUDA), ``float32``,
-    ``float16`` or ``bfloat16``. Unreadable candidates are returned in ``unreadable`` with reasons.
+    ``map_dtype``: ``auto`` (the store's rule: float32 while the folder's float32 maps take <= 4 GiB,
+    else bfloat16), ``float32``, ``float16`` or ``bfloat16``. Unreadable candidates are returned in ``unreadable`` with reasons.
     """
     from casn_core.data import ImageRecord
 
@@ -127,7 +127,8 @@ def load_or_extract_gallery(model: CASN, images: Sequence[GalleryImage], input_s
         return GalleryFeatures(images=[], maps=torch.zeros(0, 0, 0, 0), features=torch.zeros(0, 0), unreadable=bad)
     records = [ImageRecord(i.path, -1 if i.pid is None else i.pid, -1 if i.camid is None else i.camid, 0) for i in good]
     root = Path(gallery).resolve()
-    dtype = resolve_map_dtype(map_dtype, next(model.parameters()).device)
+    dtype = resolve_map_dtype(map_dtype, next(model.parameters()).device,
+                              float32_bytes=float32_map_bytes(model, input_size, len(records)), log=log)
     path = store_path(cache_dir, root, "gallery", dtype)
     key = build_key(model, records, checkpoint=checkpoint, root=root, input_size=input_size, map_dtype=dtype, amp=amp)
     store = try_open_store(path, key, log)
