@@ -5,7 +5,9 @@
 #      flags), plus bench/train_step.py itself (fp32, CASN/IDE step ratio);
 #   2. extraction throughput: bench/extract.py --device cuda (fp32 vs bf16 + channels_last);
 #   3. the pair-attention fast path on CUDA (inline below: bench/pair_attention.py has no --device flag
-#      and times the oracle on the CPU), with its max abs difference to the CPU float32 result.
+#      and times the oracle on the CPU), with its max abs difference to the CPU float32 result;
+#   4. the exact similarity decomposition on CUDA (bench/similarity_speed.py --device cuda);
+#   5. eval on the map store at Market size in the paper's setting (bench/scale.py, ResNet50 288x144).
 # Every measurement is one JSON line on stdout and in $OUT/gpu_bench.jsonl when $OUT is set.
 #
 #     bash bench/gpu.sh            # from the repository root, on a machine with CUDA
@@ -28,8 +30,7 @@ EOF
 
 # 1. training throughput (synthetic batches, same as bench/train_step.py; SGD momentum 0.9)
 timeout 240 python - <<'EOF' | emit
-import json, statistics, sys, time
-sys.path.insert(0, ".")
+import json, statistics, time
 import torch
 from casn_core.losses import LossConfig, casn_loss
 from casn_core.models import build_model
@@ -80,16 +81,24 @@ done
 
 # 3. pair-attention fast path on CUDA (cached maps, resnet50 CASN in eval mode, maps 2048 x 16 x 8)
 timeout 120 python - <<'EOF' | emit
-import json, statistics, sys, time
-sys.path.insert(0, "."); sys.path.insert(0, "bench")
+import json, statistics, time
 import torch
 from casn_core.attention import pair_attention_grid
 from casn_core.models import build_model
-from pair_attention import _maps, _randomise_bce_head
+from casn_core.models.casn import randomise_bce_head
+
+
+def _maps(n: int, k: int, h: int, w: int, seed: int) -> torch.Tensor:
+    """Non-negative (post-ReLU) maps with a random vertical profile per image (as bench/pair_attention.py)."""
+    gen = torch.Generator().manual_seed(seed)
+    profile = torch.rand(n, 1, h, 1, generator=gen) * 2
+    return torch.relu(torch.randn(n, k, h, w, generator=gen)) * profile
+
+
 dev = torch.device("cuda")
 torch.manual_seed(0)
 model = build_model("resnet50", num_classes=751, pretrained="none").eval()
-_randomise_bce_head(model)
+randomise_bce_head(model)
 queries_cpu, gallery_cpu = _maps(32, 2048, 16, 8, 1), _maps(4096, 2048, 16, 8, 2)
 # CPU float32 reference of a small grid for the correctness check
 ref = pair_attention_grid(model, queries_cpu[:2].contiguous(memory_format=torch.channels_last),
@@ -115,5 +124,16 @@ for (n, m) in ((32, 256), (1, 1024), (1, 4096), (32, 4096)):
         print(json.dumps(record), flush=True)
         del q, g; torch.cuda.empty_cache()
 EOF
+
+# 4. the exact similarity decomposition vs pair_attention_grid on CUDA (issue 12), one query x 1,024 maps
+timeout 120 python bench/similarity_speed.py --device cuda --repeats 10 | emit
+
+# 5. the paper's setting at Market size (issue 13): ResNet50 288x144, eval on the map store and the app,
+#    on a generated Market-sized set (about 8 minutes; skipped when SKIP_SCALE=1)
+if [ "${SKIP_SCALE:-0}" != 1 ]; then
+  timeout 900 python bench/scale.py --backbone resnet50 --height 288 --width 144 --device cuda \
+    --map-dtype float32 --batch-size 128 --threads 16 --render-workers 16 --skip-app \
+    --work "${SCALE_WORK:-/tmp/casn-scale-gpu}" | emit
+fi
 
 echo "{\"bench\": \"gpu_sh\", \"wall_s\": $(( $(date +%s) - started ))}" | emit
