@@ -132,7 +132,7 @@ timeout 120 python bench/similarity_speed.py --device cuda --repeats 10 | emit
 #    on a generated Market-sized set (about 8 minutes; skipped when SKIP_SCALE=1)
 if [ "${SKIP_SCALE:-0}" != 1 ]; then
   timeout 900 python bench/scale.py --backbone resnet50 --height 288 --width 144 --device cuda \
-    --map-dtype float32 --batch-size 128 --threads 16 --render-workers 16 --skip-app \
+    --map-dtype float32 --batch-size 128 --threads 16 --render-workers 16 \
     --work "${SCALE_WORK:-/tmp/casn-scale-gpu}" | emit
 fi
 
