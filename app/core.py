@@ -7,11 +7,13 @@ module that defines them (and are listed in the app's report as candidates for e
 from __future__ import annotations
 
 from casn_core import CASN, CheckpointError, explain_maps, load_model, pair_attention
+from casn_core.atomic import write_json_atomic
 from casn_core.attention import DEFAULT_THRESHOLD
 from casn_core.attention.similarity import contrastive_map, correspondence, similarity_decomposition
 from casn_core.checkpoint import CheckpointInfo, checkpoint_info
 from casn_core.data import ImageDataset, build_test_transform, generate_dataset, load_market
 from casn_core.engine.evaluate import split_stores
+from casn_core.engine.rerank import casn_candidates, iter_casn_distmat
 from casn_core.engine.inference import (
     FeatureCache, casn_distmat, extract_tensors, feature_distance,
     rank_query_casn,
@@ -34,5 +36,6 @@ __all__ = [
     "extract_tensors", "feature_distance", "load_market", "load_model", "load_rgb", "overlay_heatmap",
     "pair_attention", "plot_aligned", "plot_rows", "rank_query_casn", "similarity_decomposition", "split_stores",
     "unit_range", "GalleryFeatures", "GalleryImage", "GalleryReport", "SearchError", "SearchIndex", "SearchResult",
-    "build_search_index", "parse_market_name", "scan_gallery",
+    "build_search_index", "parse_market_name", "scan_gallery", "casn_candidates", "iter_casn_distmat",
+    "write_json_atomic",
 ]

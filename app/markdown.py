@@ -25,8 +25,13 @@ def _pct(value: float) -> str:
     return "–" if value is None or not np.isfinite(value) else f"{100 * value:.1f}%"
 
 
-def query_caption(index: int, stats: QueryStats) -> str:
-    """The picker's caption of a query: its first true rank and AP."""
+PENDING = "*(computing the dataset summary in the background; it appears here when ready)*"
+
+
+def query_caption(index: int, stats: QueryStats | None) -> str:
+    """The picker's caption of a query: its first true rank and AP (only the index while the summary is computed)."""
+    if stats is None:
+        return f"q{index}"
     if stats.first_true_rank is None:
         return f"q{index} · no match"
     mark = "✓" if stats.first_true_rank == 1 else f"✗{stats.first_true_rank}"
@@ -64,7 +69,9 @@ def ranking_table(state: AppState, ranking: QueryRanking, length: int) -> str:
     return "\n".join(rows)
 
 
-def summary_markdown(summary: DatasetSummary, topk: int) -> str:
+def summary_markdown(summary: DatasetSummary | None, topk: int) -> str:
+    if summary is None:
+        return PENDING
     rows = ["| ranking | rank-1 | rank-5 | rank-10 | mAP | mINP |", "|---|---:|---:|---:|---:|---:|"]
     for key, label in (("casn", f"**CASN**: feature + Siamese attention (top {topk})"),
                        ("feature", "feature distance only")):
@@ -76,11 +83,13 @@ def summary_markdown(summary: DatasetSummary, topk: int) -> str:
             + "\n".join(rows))
 
 
-def model_line(state: AppState, summary: DatasetSummary) -> str:
-    return (f"model: `{state.checkpoint_path.name}` ({state.backbone}, input {state.input_size[0]}x"
-            f"{state.input_size[1]}, threshold t = {state.threshold:g}) · data: `{state.data_root.name}` · "
-            f"CASN rank-1 **{_pct(summary.casn['rank1'])}**, mAP **{_pct(summary.casn['mAP'])}** (details in the "
-            f"*Dataset* tab)")
+def model_line(state: AppState, summary: DatasetSummary | None) -> str:
+    head = (f"model: `{state.checkpoint_path.name}` ({state.backbone}, input {state.input_size[0]}x"
+            f"{state.input_size[1]}, threshold t = {state.threshold:g}) · data: `{state.data_root.name}` · ")
+    if summary is None:
+        return head + "CASN rank-1 and mAP: being computed in the background (the *Dataset* tab shows them when ready)"
+    return head + (f"CASN rank-1 **{_pct(summary.casn['rank1'])}**, mAP **{_pct(summary.casn['mAP'])}** (details in "
+                   f"the *Dataset* tab)")
 
 
 def model_info(state: AppState) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.core import QueryResults, casn_distmat, evaluate_rank_per_query, metrics_junk_mask, rank_query_casn
+from app.core import QueryResults, evaluate_rank_per_query, metrics_junk_mask, rank_query_casn
 from app.state import AppState
 
 MAX_RANK = 50
@@ -153,22 +153,14 @@ def scores_dict(results: QueryResults, max_rank: int) -> dict:
 
 
 def summarise_dataset(state: AppState, progress: bool = False) -> DatasetSummary:
-    """Score the CASN ranking of every query (``eval``'s own matrix, :func:`casn_distmat`) and the feature ranking.
+    """Score the CASN ranking of every query (``eval``'s own rows: :func:`casn_distmat`'s blocks) and the
+    feature ranking, in query blocks (no query x gallery matrix held; :func:`app.summary.score_dataset`).
 
     ``tests/test_app_client.py`` checks that :func:`rank_query` of each query gives the same row.
     """
-    all_queries = np.arange(len(state.query))
-    rows = casn_distmat(state.model, state.query, state.gallery, state.topk, state.attention_weight, state.threshold,
-                        progress=progress)
-    casn = query_scores(state, all_queries, rows)
-    del rows
-    feature = query_scores(state, all_queries, state.feature_matrix().numpy())
-    max_rank = min(MAX_RANK, len(state.gallery))
-    return DatasetSummary(
-        num_query=len(state.query), num_gallery=len(state.gallery), num_valid=int(casn.valid.sum()),
-        casn=scores_dict(casn, max_rank), feature=scores_dict(feature, max_rank),
-        per_query=[QueryStats(*_optional(casn, i)) for i in all_queries],
-    )
+    from app.summary import build_summary, score_dataset
+
+    return build_summary(state, *score_dataset(state, progress))
 
 
 def ranking_dict(state: AppState, ranking: QueryRanking, limit: int | None = None) -> dict:

@@ -58,16 +58,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_service(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_dir: str | os.PathLike,
                   topk: int = 10, threshold: float | None = None, attention_weight: float | None = None,
                   max_upload_bytes: int = MAX_UPLOAD_BYTES, ranking_cache: int = 512, progress: bool = True,
-                  log=print, store_dir: str | os.PathLike | None = None, map_dtype: str = "auto"):
-    """Load the checkpoint and data and score the dataset: the Gradio-free :class:`app.service.AppService`."""
-    from app.ranking import summarise_dataset
+                  log=print, store_dir: str | os.PathLike | None = None, map_dtype: str = "auto",
+                  background_summary: bool = True):
+    """Load the checkpoint and data: the Gradio-free :class:`app.service.AppService`.
+
+    The dataset summary (every query's CASN ranking scored) comes from its cache beside the map
+    stores, else is computed in a background thread (``background_summary=False``: here, before
+    returning); requests that need it wait for it (:class:`app.summary.SummaryJob`).
+    """
     from app.service import AppService
     from app.state import load_state
+    from app.summary import SummaryJob
 
     state = load_state(checkpoint, data, cache_dir, topk=topk, threshold=threshold,
                        attention_weight=attention_weight, progress=progress, log=log, store_dir=store_dir,
                        map_dtype=map_dtype)
-    return AppService(state, summarise_dataset(state, progress=progress), max_upload_bytes, ranking_cache)
+    summary = SummaryJob(state, background=background_summary, progress=progress and not background_summary, log=log)
+    return AppService(state, summary, max_upload_bytes, ranking_cache)
 
 
 def build_gallery(checkpoint: str | os.PathLike, gallery: str | os.PathLike, cache_dir: str | os.PathLike,

@@ -18,6 +18,7 @@ from app.exports import export_view
 from app.lru import LRUCache
 from app.ranking import DatasetSummary, QueryRanking, rank_query, ranking_dict
 from app.state import AppState
+from app.summary import SummaryJob
 from app.uploads import MAX_UPLOAD_BYTES, read_upload, upload_name
 from app.validation import RequestError, choice, index_in
 
@@ -75,13 +76,26 @@ class PairRef:
 class AppService:
     """Request handlers over one loaded :class:`AppState` (rankings memoised in an LRU)."""
 
-    def __init__(self, state: AppState, summary: DatasetSummary, max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    def __init__(self, state: AppState, summary: DatasetSummary | SummaryJob, max_upload_bytes: int = MAX_UPLOAD_BYTES,
                  ranking_cache: int = 512) -> None:
         self.state = state
-        self.summary = summary
+        self._summary = summary
         self.max_upload_bytes = int(max_upload_bytes)
         self.strip_length = int(min(max(state.topk, 10), 20, len(state.gallery)))
         self.rankings: LRUCache[QueryRanking] = LRUCache(ranking_cache)
+
+    @property
+    def summary(self) -> DatasetSummary:
+        """The dataset summary; waits while :class:`app.summary.SummaryJob` computes it in the background."""
+        return self._summary.result() if isinstance(self._summary, SummaryJob) else self._summary
+
+    @property
+    def summary_ready(self) -> bool:
+        return not isinstance(self._summary, SummaryJob) or self._summary.ready
+
+    def summary_if_ready(self) -> DatasetSummary | None:
+        """The summary when it is there (never waits): what the page is built with."""
+        return self.summary if self.summary_ready else None
 
     @property
     def served_folders(self) -> list[Path]:
@@ -102,6 +116,8 @@ class AppService:
 
     def picker_indices(self, failures_only: bool, sort: str) -> list[int]:
         sort = choice(sort, SORTS, "sort")
+        if not failures_only and sort == SORTS[0]:
+            return list(range(len(self.state.query)))  # file order: no need to wait for the summary
         stats = self.summary.per_query
         indices = list(range(len(stats)))
         if failures_only:
@@ -112,8 +128,17 @@ class AppService:
             indices = valid + [i for i in indices if stats[i].ap is None]
         return indices
 
-    def picker(self, failures_only: bool, sort: str) -> tuple[list[tuple[str, str]], str]:
-        """Picker thumbnails ``(path, caption)`` and a note saying how many queries are listed."""
+    def picker(self, failures_only: bool, sort: str, wait: bool = True) -> tuple[list[tuple[str, str]], str]:
+        """Picker thumbnails ``(path, caption)`` and a note saying how many queries are listed.
+
+        ``wait=False`` while the summary is computed: the first queries in file order, captioned by
+        index only (what the page is built with; it is refreshed when the summary is there).
+        """
+        if not wait and not self.summary_ready:
+            shown = list(range(min(MAX_PICKER, len(self.state.query))))
+            items = [(self.state.query.paths[i], markdown.query_caption(i, None)) for i in shown]
+            return items, (f"{len(self.state.query)} queries; showing the first {len(shown)} in file order "
+                           f"(first true ranks and APs are being computed)")
         indices = self.picker_indices(failures_only, sort)
         shown = indices[:MAX_PICKER]
         items = [(self.state.query.paths[i], markdown.query_caption(i, self.summary.per_query[i])) for i in shown]
@@ -131,7 +156,11 @@ class AppService:
             raise RequestError("that thumbnail is no longer in the list; pick again")
         return indices[position]
 
-    def first_failure(self) -> int:
+    def first_failure(self, wait: bool = True) -> int:
+        """The first query whose rank-1 image is wrong (0 when none, or when ``wait=False`` and the summary is
+        still being computed)."""
+        if not wait and not self.summary_ready:
+            return 0
         return next((i for i, s in enumerate(self.summary.per_query)
                      if s.first_true_rank is not None and s.first_true_rank > 1), 0)
 

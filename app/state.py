@@ -50,6 +50,9 @@ class AppState:
     store_paths: tuple[Path, Path] | None = None
     map_dtype: str = "float32"
     cache_hit: bool = False
+    store_dir: Path | None = None
+    store_keys: tuple[dict, dict] | None = None
+    """The query and gallery stores' header keys (what the dataset summary cache is keyed by)."""
 
     @property
     def backbone(self) -> str:
@@ -70,6 +73,10 @@ class AppState:
 
     def relative(self, path: str) -> str:
         """A dataset path as shown to users and API clients: relative to the dataset root."""
+        text = str(path)
+        prefix = str(self.data_root) + os.sep
+        if text.startswith(prefix) and f"{os.sep}.." not in text and f"{os.sep}.{os.sep}" not in text:
+            return text[len(prefix):]  # the store's paths are under the resolved root: no file system look-up
         try:
             return str(Path(path).resolve().relative_to(self.data_root))
         except ValueError:
@@ -132,4 +139,5 @@ def load_state(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_dir
                     cache_dir=cache_dir, query=query_store.as_cache(), gallery=gallery_store.as_cache(),
                     input_size=info.input_size, threshold=float(threshold), topk=int(topk),
                     attention_weight=float(attention_weight), store_paths=(query_store.path, gallery_store.path),
-                    map_dtype=query_store.map_dtype, cache_hit=not built)
+                    map_dtype=query_store.map_dtype, cache_hit=not built, store_dir=store_dir,
+                    store_keys=(dict(query_store.header["key"]), dict(gallery_store.header["key"])))

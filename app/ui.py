@@ -176,12 +176,12 @@ def _rankings_tab(service: AppService) -> RankingsTab:
             with gr.Row():
                 failures = gr.Checkbox(label="failures only (rank-1 wrong)", value=False, elem_id="failures-only")
                 sort = gr.Dropdown(list(SORTS), value=SORTS[0], label="sort", elem_id="sort-by")
-            items, note = service.picker(False, SORTS[0])
+            items, note = service.picker(False, SORTS[0], wait=False)
             picker = gr.Gallery(value=items, label="queries: click one", columns=4, height=520, allow_preview=False,
                                 object_fit="contain", elem_id="query-gallery", format="png")
             picker_note = gr.Markdown(note, elem_id="picker-note")
             with gr.Row():
-                query_index = gr.Number(value=service.first_failure(), precision=0, minimum=0,
+                query_index = gr.Number(value=service.first_failure(wait=False), precision=0, minimum=0,
                                         maximum=len(state.query) - 1, label="query index", elem_id="query-index",
                                         scale=2)
                 rank_button = gr.Button("Rank", variant="primary", elem_id="rank-button", scale=1)
@@ -262,13 +262,33 @@ def _upload_tab(service: AppService) -> UploadTab:
     return UploadTab(file1, file2, button, status, pair, export, gr.State(None))
 
 
-def _dataset_tab(service: AppService) -> None:
+def _dataset_tab(service: AppService) -> tuple[gr.Markdown, gr.Image]:
+    summary = service.summary_if_ready()
     with gr.Row():
         with gr.Column():
-            gr.Markdown(markdown.summary_markdown(service.summary, service.state.topk), elem_id="dataset-summary")
+            text = gr.Markdown(markdown.summary_markdown(summary, service.state.topk), elem_id="dataset-summary")
             gr.Markdown(markdown.model_info(service.state), elem_id="model-info")
-        gr.Image(value=figures.cmc_figure(service.summary), label="CMC curve", type="numpy", format="png",
-                 interactive=False, elem_id="cmc-plot")
+        plot = gr.Image(value=None if summary is None else figures.cmc_figure(summary), label="CMC curve",
+                        type="numpy", format="png", interactive=False, elem_id="cmc-plot")
+    return text, plot
+
+
+def _wire_summary(service: AppService, demo: gr.Blocks, model_line: gr.Markdown, rankings: "RankingsTab",
+                  dataset: tuple[gr.Markdown, gr.Image]) -> None:
+    """The page was built before the background summary was there: each page load fills in the parts
+    that need it (header numbers, picker captions, Dataset tab) once it is (app.summary.SummaryJob)."""
+    cmc: list = []
+
+    def fill(failures_only, sort):
+        summary = service.summary  # waits in a queue worker, not in the page
+        if not cmc:
+            cmc.append(figures.cmc_figure(summary))
+        items, note = user_errors(service.picker, failures_only, sort)
+        return (markdown.model_line(service.state, summary), items, note,
+                markdown.summary_markdown(summary, service.state.topk), cmc[0])
+
+    demo.load(fill, [rankings.failures, rankings.sort],
+              [model_line, rankings.picker, rankings.picker_note, *dataset], **PRIVATE)
 
 
 def _wire_rankings(service: AppService, tab: RankingsTab, why: WhyTab, demo: gr.Blocks) -> None:
@@ -315,13 +335,17 @@ def _wire_rankings(service: AppService, tab: RankingsTab, why: WhyTab, demo: gr.
     def same(value):
         return value
 
+    def initial(value):
+        """The query a page opens on: the first failure once the summary is there."""
+        return service.first_failure(wait=False) if service.summary_ready else value
+
     for control in (tab.failures, tab.sort):
         control.change(lambda f, s: user_errors(service.picker, f, s), [tab.failures, tab.sort],
                        [tab.picker, tab.picker_note], **PRIVATE)
     refresh(tab.picker.select(pick, [tab.failures, tab.sort], tab.query_index, **PRIVATE))
     refresh(tab.rank_button.click(same, tab.query_index, tab.query_index, **PRIVATE))
     refresh(tab.query_index.submit(same, tab.query_index, tab.query_index, **PRIVATE))
-    refresh(demo.load(same, tab.query_index, tab.query_index, **PRIVATE))
+    refresh(demo.load(initial, tab.query_index, tab.query_index, **PRIVATE))
     tab.strip.select(show_strip_pick, tab.query_index, pair_outputs, **PRIVATE)
     tab.export.wire(service, tab.pair_ref)
     corr.query.select(clicked("query"), tab.pair_ref, corr.outputs, **PRIVATE)
@@ -377,7 +401,8 @@ def build_ui(service: AppService, search=None) -> gr.Blocks:
     :class:`app.search.SearchService` over the dataset's gallery) adds the *Search with your image* tab."""
     with gr.Blocks(title="CASN explainability", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(markdown.INTRO, elem_id="header")
-        gr.Markdown(markdown.model_line(service.state, service.summary), elem_id="model-line")
+        built_ready = service.summary_ready
+        model_line = gr.Markdown(markdown.model_line(service.state, service.summary_if_ready()), elem_id="model-line")
         with gr.Tabs():
             with gr.Tab("Rankings", elem_id="tab-rankings"):
                 rankings = _rankings_tab(service)
@@ -392,8 +417,10 @@ def build_ui(service: AppService, search=None) -> gr.Blocks:
                     gr.Markdown("Search this dataset's gallery with an image of your own (or one of its images).")
                     search_tab(search)
             with gr.Tab("Dataset", elem_id="tab-dataset"):
-                _dataset_tab(service)
+                dataset = _dataset_tab(service)
         _wire_rankings(service, rankings, why, demo)
+        if not built_ready:
+            _wire_summary(service, demo, model_line, rankings, dataset)
         _wire_upload(service, upload)
         _api_endpoints(service)
     return demo

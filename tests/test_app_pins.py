@@ -32,7 +32,7 @@ def pinned_service(tmp_path_factory):
         checkpoint, data = make_pinned_checkpoint_and_data(root)
         # float32 maps, as the old code kept them for a set this small
         service = build_service(checkpoint, data, root / "cache", topk=10, progress=False, log=lambda *_: None,
-                                map_dtype="float32")
+                                map_dtype="float32", background_summary=False)
     finally:
         torch.set_num_threads(threads)
     return service, json.loads(PINS.read_text())
