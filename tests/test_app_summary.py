@@ -1,0 +1,86 @@
+"""The dataset summary off the app's start path (issue 13): block-wise scoring equals scoring eval's whole
+CASN matrix; the disk cache beside the map stores is used only when its key matches; the background job
+gives the same summary."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import app.offline  # noqa: F401  (before gradio)
+from app_helpers import make_checkpoint, make_dataset
+
+
+@pytest.fixture(scope="module")
+def state(tmp_path_factory):
+    from app.state import load_state
+
+    root = tmp_path_factory.mktemp("app-summary")
+    checkpoint = make_checkpoint(root / "tiny.pt", seed=2)
+    data = make_dataset(root / "data", seed=5)
+    return load_state(checkpoint, data, root / "cache", topk=10, progress=False, log=lambda *_: None)
+
+
+def _per_query(summary) -> list:
+    return [(s.first_true_rank, s.ap) for s in summary.per_query]
+
+
+def test_blocks_equal_the_whole_matrix(state):
+    from app.core import casn_distmat
+    from app.ranking import query_scores, summarise_dataset
+
+    summary = summarise_dataset(state)
+    whole = query_scores(state, np.arange(len(state.query)),
+                         casn_distmat(state.model, state.query, state.gallery, state.topk, state.attention_weight,
+                                      state.threshold, progress=False))
+    for i, (first, ap) in enumerate(_per_query(summary)):
+        if whole.valid[i]:
+            assert first == int(whole.first_true_rank[i]) and ap == pytest.approx(float(whole.ap[i]), abs=1e-12)
+        else:
+            assert first is None and ap is None
+    assert summary.casn["mAP"] == pytest.approx(float(whole.summary(min(50, len(state.gallery)))["mAP"]), abs=1e-12)
+
+
+def test_cache_is_used_only_when_its_key_matches(state):
+    from app.summary import SummaryJob, cache_path, summary_key
+
+    path = cache_path(state, summary_key(state))
+    path.unlink(missing_ok=True)
+    first = SummaryJob(state, background=False, log=lambda *_: None)
+    assert not first.cached and path.is_file()
+    again = SummaryJob(state, background=False, log=lambda *_: None)
+    assert again.cached and _per_query(again.result()) == _per_query(first.result())
+    assert again.result().casn == first.result().casn and again.result().feature == first.result().feature
+
+    # a file made for other stores (same name, other key) is recomputed, never trusted
+    data = json.loads(path.read_text())
+    data["key"]["gallery_store"]["checkpoint_sha256"] = "0" * 64
+    data["casn"]["ap"] = [0.5] * len(data["casn"]["ap"])
+    path.write_text(json.dumps(data))
+    messages = []
+    stale = SummaryJob(state, background=False, log=messages.append)
+    assert not stale.cached and any("recomputing" in m for m in messages)
+    assert _per_query(stale.result()) == _per_query(first.result())
+
+    path.write_text("{truncated")
+    messages.clear()
+    broken = SummaryJob(state, background=False, log=messages.append)
+    assert not broken.cached and any("recomputing" in m for m in messages)
+    assert json.loads(path.read_text())["key"] == summary_key(state)  # rewritten whole
+
+    # other ranking settings: another key, another file
+    from dataclasses import replace
+
+    other = replace(state, topk=3)
+    assert cache_path(other, summary_key(other)) != path
+
+
+def test_background_job_gives_the_same_summary(state):
+    from app.summary import SummaryJob, cache_path, summary_key
+
+    cache_path(state, summary_key(state)).unlink(missing_ok=True)
+    reference = SummaryJob(state, background=False, log=lambda *_: None).result()
+    cache_path(state, summary_key(state)).unlink()
+    job = SummaryJob(state, background=True, log=lambda *_: None)
+    assert _per_query(job.result(timeout=120)) == _per_query(reference) and job.ready
