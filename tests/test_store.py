@@ -21,7 +21,7 @@ from casn_core.engine.inference import (
     feature_distance,
     rank_query_casn,
 )
-from casn_core.engine.rerank import casn_distmat_batched, iter_casn_distmat
+from casn_core.engine.rerank import casn_distmat, iter_casn_distmat
 from casn_core.metrics import evaluate_rank
 from casn_core.models import build_model
 from casn_core.store import (
@@ -209,7 +209,7 @@ def test_batched_reranking_from_the_store_equals_the_per_query_path(data, model,
     q_store = _build(model, query_records, tmp_path / "q", messages)
     g_store = _build(model, gallery_records, tmp_path / "g", messages)
     # tiny byte budget: many batches in both passes
-    batched = casn_distmat_batched(model, q_store.as_cache(), g_store.as_cache(), 10, 1.0, progress=False,
+    batched = casn_distmat(model, q_store.as_cache(), g_store.as_cache(), 10, 1.0, progress=False,
                                    device="cpu", max_batch_bytes=3 * g_store.maps.row_bytes)
     # same indicator call and same product shapes as the per-query path: the same float32 numbers
     assert batched.dtype == np.float32
@@ -221,7 +221,7 @@ def test_batched_reranking_from_the_store_equals_the_per_query_path(data, model,
     np.testing.assert_allclose(a["cmc"], b["cmc"], rtol=0, atol=1e-9)
     assert abs(a["mAP"] - b["mAP"]) <= 1e-9 and abs(a["mINP"] - b["mINP"]) <= 1e-9
     # K = all gallery images: every candidate re-scored
-    full = casn_distmat_batched(model, q_store.as_cache(), g_store.as_cache(), None, 1.0, progress=False)
+    full = casn_distmat(model, q_store.as_cache(), g_store.as_cache(), None, 1.0, progress=False)
     assert np.isfinite(full).all()
 
 
@@ -264,10 +264,10 @@ def test_bad_dtype_and_empty_records_are_clear_errors(model, tmp_path):
 
 def test_chunked_scoring_equals_the_whole_matrix(data, model):
     """eval scores both rankings a few query rows at a time: the same metrics (1e-9) as evaluate_rank of
-    the whole matrices, whatever the chunk; the CASN blocks are the rows of casn_distmat_batched."""
+    the whole matrices, whatever the chunk; the CASN blocks are the rows of casn_distmat."""
     query, gallery = _in_memory(model, _records(data, "query")), _in_memory(model, _records(data, "gallery"))
     labels = (query.pids, gallery.pids, query.camids, gallery.camids)
-    whole = casn_distmat_batched(model, query, gallery, 10, 1.0, progress=False)
+    whole = casn_distmat(model, query, gallery, 10, 1.0, progress=False)
     max_rank = min(50, len(gallery))
     expected = {"feature": evaluate_rank(feature_distance(query.features, gallery.features), *labels, max_rank=max_rank),
                 "casn": evaluate_rank(whole, *labels, max_rank=max_rank)}

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from casn_core.attention.siamese import DEFAULT_THRESHOLD, pair_attention_grid
+from casn_core.engine.rerank import casn_distmat  # noqa: F401  (public here: the CASN distance matrix)
 from casn_core.models.casn import CASN
 
 if TYPE_CHECKING:
@@ -226,30 +227,3 @@ def rank_query_casn(
         attention_part=torch.cat([att_part[reorder], nan_tail]).numpy(),
         attention_distance=torch.cat([att[reorder], nan_tail]).numpy(),
     )
-
-
-def casn_distmat(
-    model: CASN,
-    query: FeatureCache,
-    gallery: FeatureCache,
-    topk: int | None = 100,
-    weight: float = 1.0,
-    threshold: float = DEFAULT_THRESHOLD,
-    progress: bool = True,
-    device: torch.device | str | None = None,
-    max_batch_bytes: int | None = None,
-) -> np.ndarray:
-    """A (num_query, num_gallery) float32 matrix whose row order is the CASN ranking of each query.
-
-    Values are the combined distances for the re-scored candidates and larger values, in feature
-    order, for the rest, so :func:`casn_core.metrics.evaluate_rank` can score it directly. Every
-    query is re-ranked in one call (:func:`casn_core.engine.rerank.casn_distmat_batched`), the same
-    numbers as :func:`rank_query_casn` query by query (which computes them in float32 too, so the
-    float32 matrix holds them exactly: same ranking, same ties); maps may be in RAM or in a store on
-    disk. To score it without holding it whole, iterate
-    :func:`casn_core.engine.rerank.iter_casn_distmat` (blocks of query rows).
-    """
-    from casn_core.engine.rerank import casn_distmat_batched
-
-    return casn_distmat_batched(model, query, gallery, topk, weight, threshold, progress=progress, device=device,
-                                max_batch_bytes=max_batch_bytes)

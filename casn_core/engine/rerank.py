@@ -27,7 +27,7 @@ path and in the per-query one alike). Maps stored in a 16-bit dtype are multipli
 Memory: ``max_batch_bytes`` of maps, O(queries x K x (H + D/8)) per-pair state, and query x gallery
 matrices only ``chunk`` query rows at a time (:func:`iter_casn_distmat`, :func:`feature_distance_blocks`):
 nothing grows with queries x gallery unless the caller asks for the whole matrix
-(:func:`casn_distmat_batched`).
+(:func:`casn_distmat`).
 
 CUDA: with ``device="cuda"`` the products run on the GPU; maps given as device tensors stay there
 (:func:`maps_on_device` puts a store's maps on the device when they fit), otherwise each batch of rows
@@ -314,7 +314,7 @@ def iter_casn_distmat(
         yield start, combine_block(block, candidates[start:stop], attention[start:stop], weight)
 
 
-def casn_distmat_batched(
+def casn_distmat(
     model,
     query,
     gallery,
