@@ -89,18 +89,21 @@ class RssSampler:
 
 @contextlib.contextmanager
 def served_app(checkpoint: Path, data: Path, cache_dir: Path, extra: list[str] | None = None, timeout: float = 600.0,
-               log_file: Path | None = None):
-    """Run ``python app.py`` on a free port until the block ends; yields ``(url, process, seconds to ready)``."""
+               log_file: Path | None = None, store_dir: Path | None = None, env: dict[str, str] | None = None):
+    """Run ``python app.py`` on a free port until the block ends; yields ``(url, process, seconds to ready)``.
+
+    ``store_dir``: the app's map stores (default ``<cache_dir>/store``); ``env``: extra environment
+    variables for the child (e.g. thread counts)."""
     import httpx
 
     port = free_port()
     command = [sys.executable, str(REPO_ROOT / "app.py"), "--checkpoint", str(checkpoint), "--data", str(data),
-               "--cache-dir", str(cache_dir), "--store-dir", str(Path(cache_dir) / "store"), "--port", str(port),
+               "--cache-dir", str(cache_dir), "--store-dir", str(store_dir or Path(cache_dir) / "store"), "--port", str(port),
                *(extra or [])]
     log = open(log_file or os.devnull, "wb")
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    child_env = {**os.environ, **(env or {}), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=child_env, cwd=REPO_ROOT)
     url = f"http://127.0.0.1:{port}/"
     try:
         while True:
@@ -119,7 +122,7 @@ def served_app(checkpoint: Path, data: Path, cache_dir: Path, extra: list[str] |
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
             try:
-                process.wait(timeout=20)
+                process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()

@@ -31,14 +31,10 @@ import json
 import math
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -156,40 +152,19 @@ def _proc_status_gb(pid: int) -> dict[str, float]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def measure_app(checkpoint: Path, data: Path, store: Path, log_file: Path, threads: int, topk: int,
                 timeout: float = 3600.0) -> dict:
-    """Start ``python app.py`` as a child on ``store`` and measure it from outside (see the module docstring)."""
+    """Start ``python app.py`` as a child on ``store`` and measure it from outside (see the module docstring).
+
+    The child is run by ``bench/app_server.py``'s :func:`served_app` (imported here, at use: a bench
+    script's folder is on ``sys.path`` when it runs as ``python bench/scale.py``)."""
+    from app_server import served_app
     from gradio_client import Client
 
-    port = _free_port()
-    command = [sys.executable, str(REPO_ROOT / "app.py"), "--checkpoint", str(checkpoint), "--data", str(data),
-               "--store-dir", str(store), "--cache-dir", str(store.parent / "app-cache"), "--port", str(port),
-               "--topk", str(topk), "--threads", str(threads)]
-    env = {**os.environ, **_child_env(threads), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
-    url = f"http://127.0.0.1:{port}/"
-    with open(log_file, "wb") as log:
-        started = time.perf_counter()
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
-        try:
-            while True:
-                if process.poll() is not None:
-                    return {"error": f"app.py exited with {process.returncode} before serving (log {log_file})"}
-                try:
-                    with urllib.request.urlopen(f"{url}config", timeout=2) as response:
-                        if response.status == 200:
-                            break
-                except (urllib.error.URLError, OSError):
-                    pass
-                if time.perf_counter() - started > timeout:
-                    return {"error": f"app.py did not answer within {timeout} s"}
-                time.sleep(0.1)
-            start_s = time.perf_counter() - started
+    extra = ["--topk", str(topk), "--threads", str(threads)]
+    try:
+        with served_app(checkpoint, data, store.parent / "app-cache", extra, timeout, log_file, store_dir=store,
+                        env=_child_env(threads)) as (url, process, start_s):
             after_start = _proc_status_gb(process.pid)
             client = Client(url, verbose=False, download_files=False)
             first = time.perf_counter()
@@ -199,14 +174,8 @@ def measure_app(checkpoint: Path, data: Path, store: Path, log_file: Path, threa
             client.predict(1, api_name="/rank_query")
             second_rank_s = time.perf_counter() - second
             after_rank = _proc_status_gb(process.pid)
-        finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+    except (RuntimeError, TimeoutError) as exc:
+        return {"error": str(exc)}
     return {"start_s": round(start_s, 2), "first_rank_s": round(first_rank_s, 3),
             "second_rank_s": round(second_rank_s, 3), "rss_gb_after_start": round(after_start["VmRSS"], 3),
             "rss_gb_after_first_rank": round(after_rank["VmRSS"], 3),

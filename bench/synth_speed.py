@@ -16,7 +16,6 @@ import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 from casn_core.data.synth import generate_dataset
 

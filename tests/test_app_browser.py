@@ -46,12 +46,16 @@ def chromium():
             browser.close()
 
 
+def _tiny_inputs(root):
+    """The browser tests' checkpoint and labelled dataset (random-init, seeded)."""
+    return make_checkpoint(root / "tiny.pt", seed=1), make_dataset(root / "data", seed=3)
+
+
 @pytest.fixture(scope="module")
 def page_url(tmp_path_factory, chromium):
     browser, expect = chromium
     root = tmp_path_factory.mktemp("app-browser")
-    checkpoint = make_checkpoint(root / "tiny.pt", seed=1)
-    data = make_dataset(root / "data", seed=3)
+    checkpoint, data = _tiny_inputs(root)
     with running_app(checkpoint, data, root / "cache", topk=10) as (url, service):
         yield url, service, browser, expect, root
 
@@ -159,8 +163,7 @@ def test_upload_a_pair_and_a_bad_file(page_url, tmp_path):
 def gallery_page(tmp_path_factory, chromium):
     browser, expect = chromium
     root = tmp_path_factory.mktemp("app-gallery")
-    checkpoint = make_checkpoint(root / "tiny.pt", seed=1)
-    data = make_dataset(root / "data", seed=3)
+    checkpoint, data = _tiny_inputs(root)
     gallery = make_unlabelled_gallery(data, root / "crops")
     with running_gallery_app(checkpoint, gallery["folder"], root / "cache", topk=10) as (url, service):
         yield url, service, browser, expect, gallery

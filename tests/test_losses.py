@@ -26,12 +26,17 @@ def test_loss_names_parse():
             LossConfig.from_names(bad)
 
 
-def test_siamese_loss_reaches_backbone_through_maps_not_indicator():
+def _model_maps_and_labels():
+    """A resnet18 in training mode and the maps, features and same-person labels of one pair batch."""
     torch.manual_seed(0)
     model = build_model("resnet18", num_classes=4).train()
-    images1, images2, *_ , same = _pair_batch()
+    images1, images2, *_, same = _pair_batch()
     out = model(torch.cat([images1, images2]))
-    maps, feats = out.feature_map, out.features
+    return model, out.feature_map, out.features, same
+
+
+def test_siamese_loss_reaches_backbone_through_maps_not_indicator():
+    model, maps, feats, same = _model_maps_and_labels()
     _, _, consistency, attention, hinge = siamese_attention_loss(model, maps[:4], maps[4:], feats[:4], feats[4:], same)
     assert hinge is None  # the paper's loss: positives only
     assert consistency > 0
@@ -112,11 +117,7 @@ def test_default_is_the_papers_eq6_and_bce_weight_takes_bce_out_of_lambda2():
 
 
 def test_consistency_margin_adds_a_hinge_on_negative_pairs_that_reaches_the_backbone():
-    torch.manual_seed(0)
-    model = build_model("resnet18", num_classes=4).train()
-    images1, images2, *_, same = _pair_batch()
-    out = model(torch.cat([images1, images2]))
-    maps, feats = out.feature_map, out.features
+    model, maps, feats, same = _model_maps_and_labels()
     margin = 10.0  # above any distance of vectors in [0, 1]^H with H <= 100: every negative is inside
     sa, bce, consistency, attention, hinge = siamese_attention_loss(
         model, maps[:4], maps[4:], feats[:4], feats[4:], same, alpha=0.2, margin=margin)
@@ -126,6 +127,6 @@ def test_consistency_margin_adds_a_hinge_on_negative_pairs_that_reaches_the_back
     assert torch.allclose(sa, bce + 0.2 * (consistency + hinge))
     grads = torch.autograd.grad(hinge, list(model.backbone.parameters()), allow_unused=True)
     assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0
-    terms = casn_loss(model, images1, images2, *_pair_batch()[2:4], same,
+    terms = casn_loss(model, *_pair_batch()[:4], same,
                       LossConfig.from_names("ide,sa", consistency_margin=margin))
     assert "negative_consistency" in terms.as_floats()
