@@ -25,11 +25,11 @@ import torch
 from app import explain, figures
 from app.core import (
     CASN, GalleryFeatures, GalleryImage, GalleryReport, SearchIndex, SearchResult, build_search_index,
-    checkpoint_info, explain_maps, feature_distance, load_model, parse_market_name, scan_gallery,
+    explain_maps, feature_distance, load_model, parse_market_name,
 )
 from app.explain import PairView
 from app.markdown import pair_markdown
-from app.state import AppState, app_map_dtype
+from app.state import AppState
 from app.uploads import MAX_UPLOAD_BYTES, read_upload, upload_name
 from app.validation import RequestError, whole_number
 
@@ -58,9 +58,6 @@ def open_gallery(checkpoint: str | os.PathLike, gallery: str | os.PathLike, cach
                  map_dtype: str = "auto", progress: bool = True, log=print) -> SearchIndex:
     """Load the checkpoint and index any folder of images (unlabelled mode)."""
     model, payload = load_model(checkpoint, "cpu")
-    if map_dtype == "auto":  # the app's rule: float32 maps while they are small (app.state.app_map_dtype)
-        candidates, _ = scan_gallery(gallery)
-        map_dtype = app_map_dtype(model, checkpoint_info(payload).input_size, len(candidates))
     return build_search_index(model, payload, checkpoint, gallery, Path(cache_dir) / "search", threshold=threshold,
                               attention_weight=attention_weight, rerank_k=topk, map_dtype=map_dtype,
                               progress=progress, log=log)

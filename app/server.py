@@ -41,8 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="map stores (casn_core.store), shared with `python -m casn_core eval --store-dir` "
                              "(default: the repository's .cache/store, eval's default when run from the repository)")
     parser.add_argument("--map-dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"),
-                        help="dtype of the stored maps (auto: float32 up to 2 GiB of maps, else eval's auto: "
-                             "bfloat16 on the CPU, float32 on CUDA); eval shares the store when its --map-dtype agrees")
+                        help="dtype of the stored maps (auto: float32 while the gallery's float32 maps take <= 4 GiB, "
+                             "else bfloat16: the same rule as eval's, so the two share one store)")
     parser.add_argument("--share", action="store_true", help="opt in to a public gradio.live link (off by default)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--ranking-cache", type=int, default=512,

@@ -21,12 +21,6 @@ from app.core import CASN, CheckpointInfo, FeatureCache, checkpoint_info, featur
     split_stores
 
 
-MAP_BYTES_BF16 = 2 * 2**30
-"""``map_dtype="auto"``: float32 maps while all of them take at most this many bytes (the app's rule
-before the store: small sets keep full precision, so explanations match the ranking to 1e-4);
-above it, the store's default (bfloat16 on the CPU, float32 on CUDA) halves the disk traffic."""
-
-
 class DatasetError(ValueError):
     """The dataset folder cannot be served; the message says why."""
 
@@ -97,13 +91,6 @@ def load_dataset(root: Path) -> tuple[list, list]:
     return query, gallery
 
 
-def app_map_dtype(model: CASN, input_size: tuple[int, int], num_images: int) -> str:
-    """``float32`` when the float32 maps of ``num_images`` fit in :data:`MAP_BYTES_BF16`, else ``auto``."""
-    with torch.no_grad():
-        per_image = model.feature_map(torch.zeros(1, 3, *input_size))[0].numel() * 4
-    return "float32" if per_image * num_images <= MAP_BYTES_BF16 else "auto"
-
-
 def load_state(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_dir: str | os.PathLike, topk: int = 10,
                threshold: float | None = None, attention_weight: float | None = None, batch_size: int = 32,
                progress: bool = True, log=print, store_dir: str | os.PathLike | None = None,
@@ -112,7 +99,8 @@ def load_state(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_dir
 
     ``store_dir``: where the stores live (default ``<cache_dir>/store``; ``python app.py`` passes the
     folder ``eval`` uses by default, so the two share them when their dtypes agree). ``map_dtype``:
-    ``auto`` (:func:`app_map_dtype`), ``float32``, ``float16`` or ``bfloat16``.
+    ``auto`` (the store's rule, as ``eval``'s: float32 while the gallery's float32 maps take <= 4 GiB,
+    else bfloat16, so the two share a store by default), ``float32``, ``float16`` or ``bfloat16``.
     """
     checkpoint, root, cache_dir = Path(checkpoint).resolve(), Path(data).resolve(), Path(cache_dir).resolve()
     model, payload = load_model(checkpoint, "cpu")
@@ -120,8 +108,6 @@ def load_state(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_dir
     threshold = info.threshold if threshold is None else threshold
     attention_weight = info.attention_weight if attention_weight is None else attention_weight
     query_records, gallery_records = load_dataset(root)  # a clear DatasetError before any extraction
-    if map_dtype == "auto":
-        map_dtype = app_map_dtype(model, info.input_size, len(query_records) + len(gallery_records))
     store_dir = Path(store_dir).resolve() if store_dir is not None else cache_dir / "store"
     built: list[str] = []
 
