@@ -83,13 +83,26 @@ def summary_markdown(summary: DatasetSummary | None, topk: int) -> str:
             + "\n".join(rows))
 
 
+def ranking_choice(state: AppState) -> str:
+    """Which ranking the app shows and why: the weight w of ``d = norm(d_f) + w norm(d_a)`` and where it comes from."""
+    w = state.attention_weight
+    if w != state.info.attention_weight:
+        source = "set with --attention-weight"
+    else:
+        source = state.info.attention_weight_source
+    note = " (w = 0: the feature ranking; the Siamese views still explain it)" if w == 0 else ""
+    return f"ranking shown: feature distance + w x attention distance on the top {state.topk}, w = {w:g} ({source}){note}"
+
+
 def model_line(state: AppState, summary: DatasetSummary | None) -> str:
     head = (f"model: `{state.checkpoint_path.name}` ({state.backbone}, input {state.input_size[0]}x"
-            f"{state.input_size[1]}, threshold t = {state.threshold:g}) · data: `{state.data_root.name}` · ")
+            f"{state.input_size[1]}, threshold t = {state.threshold:g}) · data: `{state.data_root.name}` · "
+            f"{ranking_choice(state)} · ")
     if summary is None:
-        return head + "CASN rank-1 and mAP: being computed in the background (the *Dataset* tab shows them when ready)"
-    return head + (f"CASN rank-1 **{_pct(summary.casn['rank1'])}**, mAP **{_pct(summary.casn['mAP'])}** (details in "
-                   f"the *Dataset* tab)")
+        return head + "rank-1 and mAP: being computed in the background (the *Dataset* tab shows them when ready)"
+    return head + (f"CASN rank-1 **{_pct(summary.casn['rank1'])}** / mAP **{_pct(summary.casn['mAP'])}**, "
+                   f"feature ranking rank-1 {_pct(summary.feature['rank1'])} / mAP {_pct(summary.feature['mAP'])} "
+                   f"(details in the *Dataset* tab)")
 
 
 def model_info(state: AppState) -> str:

@@ -167,7 +167,7 @@ class CheckpointInfo:
             attention_weight=1.0 if weight is None else float(weight),
             topk=None if tuned.get("topk") is None else int(tuned["topk"]),
             num_classes=int(model_config.get("num_classes", 0)),
-            attention_weight_source="paper default (w = 1)" if weight is None else str(
+            attention_weight_source="the paper's default" if weight is None else str(
                 tuned.get("source", "stored in the checkpoint")),
         )
 
