@@ -56,7 +56,7 @@ def test_two_epochs_beat_the_untrained_model_and_cli_outputs(synth_data, tmp_pat
 
     out_json = tmp_path / "eval.json"
     assert cli_main(["eval", "--checkpoint", str(ckpt), "--data", str(synth_data), "--json", str(out_json),
-                     "--device", "cpu", "--topk", "20"]) == 0
+                     "--device", "cpu", "--topk", "20", "--store-dir", str(tmp_path / "store")]) == 0
     after = json.loads(out_json.read_text())
     assert set(after) >= {"num_query", "num_gallery", "feature", "casn"}
     for ranking in ("feature", "casn"):
@@ -72,7 +72,8 @@ def test_two_epochs_beat_the_untrained_model_and_cli_outputs(synth_data, tmp_pat
                      "--json", str(explain_json), "--figure", str(figure), "--device", "cpu"]) == 0
     explanation = json.loads(explain_json.read_text())
     assert set(explanation) == {"same_probability", "feature_distance", "attention_distance", "threshold", "map1",
-                                "map2", "rows1", "rows2", "span1", "span2", "aligned1", "aligned2"}
+                                "map2", "rows1", "rows2", "span1", "span2", "aligned1", "aligned2", "similarity",
+                                "similarity_map1", "similarity_map2", "similarity_rows1", "similarity_rows2"}
     assert np.asarray(explanation["map1"]).shape == (8, 4)  # 128x64 at stride 16
     assert len(explanation["rows1"]) == 8 and len(explanation["span1"]) == 2
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

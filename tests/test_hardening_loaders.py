@@ -65,7 +65,8 @@ def _images(data: Path) -> tuple[str, str]:
 
 def _cli(kind: str, checkpoint: Path, data: Path) -> list[str]:
     if kind == "eval":
-        return ["eval", "--checkpoint", str(checkpoint), "--data", str(data), "--device", "cpu", "--topk", "5"]
+        return ["eval", "--checkpoint", str(checkpoint), "--data", str(data), "--device", "cpu", "--topk", "5",
+                "--store-dir", str(data.parent / "eval-store")]
     image1, image2 = _images(data)
     return ["explain", "--checkpoint", str(checkpoint), "--image1", image1, "--image2", image2, "--device", "cpu"]
 
