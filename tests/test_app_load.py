@@ -38,6 +38,7 @@ def served(tmp_path_factory):
         yield {"url": url, "service": service, "root": root, "data": data}
 
 
+@pytest.mark.slow
 def test_concurrent_clients_get_correct_answers_and_memory_is_stable(served):
     bench = _bench_module()
     state = served["service"].state

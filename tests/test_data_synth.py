@@ -40,6 +40,7 @@ def test_same_seed_same_bytes_other_seed_differs(small, tmp_path):
     assert len(set(other.values()) & set(first.values())) == 0  # every image, mask and the manifest differ
 
 
+@pytest.mark.slow
 def test_worker_processes_give_the_same_bytes(small, tmp_path):
     root, _ = small
     generate_dataset(tmp_path / "parallel", seed=11, workers=2, **SMALL)

@@ -72,6 +72,7 @@ def test_two_gloo_processes_extract_the_same_store_as_one(setup, tmp_path):
     assert not any(p.name.startswith(".tmp-") for p in sharded_dir.rglob("*"))
 
 
+@pytest.mark.slow
 def test_sharded_store_api_with_two_processes_in_one_test(setup, tmp_path):
     """open_or_build_store with world_size=2 (torch.multiprocessing, gloo): equals the one-process store
     (batch size 1: see the test above)."""

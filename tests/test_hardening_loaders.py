@@ -187,6 +187,7 @@ def test_damaged_files_always_give_a_checkpoint_error(good_checkpoint, tmp_path)
             assert str(path) in str(exc), (i, str(exc))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol 4:UserWarning")  # torch says so of any protocol-4 file
 def test_protocol_4_exploit_is_refused_without_side_effect(tmp_path, tiny_data, capsys):
     """``pickle.dump`` at its default protocol (not ``torch.save``): refused too, nothing runs."""
     import pickle

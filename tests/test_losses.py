@@ -55,7 +55,7 @@ def test_identification_attention_loss_reaches_parameters_through_the_map():
     images1, _, labels1, *_ = _pair_batch()
     out = model(images1)
     loss, cam = identification_attention_loss(model, images1, out.feature_map, out.logits, labels1)
-    assert 0 <= float(loss) <= 1
+    assert 0 <= float(loss.detach()) <= 1
     assert cam.shape == out.feature_map.shape[:1] + out.feature_map.shape[2:]
     assert cam.requires_grad  # built with create_graph=True
     grads = torch.autograd.grad(loss, list(model.backbone.parameters()), allow_unused=True, retain_graph=True)
@@ -96,7 +96,7 @@ def test_tiny_model_overfits_tiny_batch():
         optimizer.zero_grad()
         terms.total.backward()
         optimizer.step()
-        losses.append(float(terms.total))
+        losses.append(float(terms.total.detach()))
     assert min(losses[-5:]) < 0.5 * losses[0], losses
 
 

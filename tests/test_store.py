@@ -147,6 +147,7 @@ def test_store_of_another_checkpoint_files_or_dtype_is_rebuilt(data, model, tmp_
     assert any("other file list" in m for m in messages), messages
 
 
+@pytest.mark.slow
 def test_sigkill_during_extraction_leaves_no_trusted_store(data, model, tmp_path):
     records = _records(data)
     ckpt = save_checkpoint(tmp_path / "m.pt", model_payload(model, input_size=list(SIZE)))
