@@ -61,10 +61,6 @@ class AppState:
         """Feature distances (num_gallery,) of one query: Euclidean distance of L2-normalised ``f``."""
         return feature_distance(self.query.features[query_index:query_index + 1], self.gallery.features)[0]
 
-    def feature_matrix(self) -> torch.Tensor:
-        """All feature distances (num_query, num_gallery); computed when asked (dataset summary), not kept."""
-        return feature_distance(self.query.features, self.gallery.features)
-
     def relative(self, path: str) -> str:
         """A dataset path as shown to users and API clients: relative to the dataset root."""
         text = str(path)

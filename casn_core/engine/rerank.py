@@ -106,16 +106,6 @@ def feature_distance_blocks(query_features: torch.Tensor, gallery_features: torc
         yield start, torch.cdist(q[start:start + chunk], g).clamp_min(0)
 
 
-def candidate_lists(feature_distances: torch.Tensor, k: int, chunk: int = 256) -> torch.Tensor:
-    """(Q, k) gallery indices of each query's ``k`` nearest by feature distance (stable order, as
-    :func:`rank_query_casn`'s ``argsort(stable=True)[:k]``)."""
-    out = torch.empty((feature_distances.shape[0], k), dtype=torch.long)
-    for start in range(0, feature_distances.shape[0], chunk):
-        block = feature_distances[start:start + chunk]
-        out[start:start + chunk] = torch.argsort(block, dim=1, stable=True)[:, :k]
-    return out
-
-
 def casn_candidates(query_features: torch.Tensor, gallery_features: torch.Tensor, topk: int | None,
                     chunk: int | None = None,
                     on_block: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
@@ -267,19 +257,6 @@ def combine_block(feature_block: torch.Tensor, candidates: torch.Tensor, attenti
     else:
         out = torch.empty_like(feature_block)
     return out.scatter_(1, candidates, combined)
-
-
-def combine_distances(feature_distances: torch.Tensor, candidates: torch.Tensor, attention: torch.Tensor,
-                      weight: float = 1.0, chunk: int | None = None) -> np.ndarray:
-    """The (Q, G) float32 distance matrix of the CASN ranking (:func:`combine_block`, ``chunk`` rows at a time)."""
-    num_query, num_gallery = feature_distances.shape
-    chunk = chunk or query_chunk(num_gallery)
-    out = np.empty((num_query, num_gallery), dtype=np.float32)
-    for start in range(0, num_query, chunk):
-        stop = min(num_query, start + chunk)
-        out[start:stop] = combine_block(feature_distances[start:stop], candidates[start:stop],
-                                        attention[start:stop], weight).numpy()
-    return out
 
 
 def iter_casn_distmat(
