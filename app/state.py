@@ -114,7 +114,7 @@ def load_state(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_dir
 
     query_store, gallery_store = split_stores(model, str(root), *info.input_size, store_dir, checkpoint=checkpoint,
                                               map_dtype=map_dtype, batch_size=batch_size, progress=progress,
-                                              log=store_log)
+                                              log=store_log, records=(query_records, gallery_records))
     log(f"features: {len(query_store)} query and {len(gallery_store)} gallery images "
         f"({'extracted now' if built else 'opened'}; map store {query_store.map_dtype} in {store_dir})")
     return AppState(model=model, payload=payload, info=info, checkpoint_path=checkpoint, data_root=root,

@@ -108,7 +108,8 @@ def evaluate_caches(model: CASN, query: FeatureCache, gallery: FeatureCache, top
 def split_stores(model: CASN, data: str, height: int, width: int, store_dir: str | Path, *,
                  checkpoint: str | Path | None = None, map_dtype: str = "auto", amp: str = "none",
                  batch_size: int = 64, workers: int = 0, progress: bool = True, log=print,
-                 rank: int = 0, world_size: int = 1, group=None) -> tuple[MapStore, MapStore]:
+                 rank: int = 0, world_size: int = 1, group=None,
+                 records: tuple[list, list] | None = None) -> tuple[MapStore, MapStore]:
     """The query and gallery :class:`casn_core.store.MapStore` of the dataset at ``data`` (built once, then reused).
 
     ``map_dtype="auto"``: float32 while the larger split's float32 maps take <= 4 GiB, else bfloat16
@@ -116,21 +117,25 @@ def split_stores(model: CASN, data: str, height: int, width: int, store_dir: str
     Stores live in ``store_path(store_dir, data, split, dtype)`` and are keyed by the checkpoint's
     bytes (or the model's weights when ``checkpoint`` is None), the file list, the input size, the
     map dtype and AMP; the app and ``eval`` share them. Under torchrun every rank calls this and
-    extracts its shard.
+    extracts its shard. ``records``: the ``(query, gallery)`` records when the caller has already
+    listed the dataset (the app does, for its error messages), so the folders are not listed twice.
     """
-    from casn_core.data import load_market
+    if records is None:
+        from casn_core.data import load_market
 
-    dataset = load_market(data, splits=("query", "gallery"))
-    largest = max(len(dataset.query), len(dataset.gallery))
+        dataset = load_market(data, splits=("query", "gallery"))
+        records = (list(dataset.query), list(dataset.gallery))
+    query_records, gallery_records = records
+    largest = max(len(query_records), len(gallery_records))
     # auto: one dtype for both splits, the rule applied to the larger split (the gallery), so query and
     # gallery maps are multiplied in the same dtype
     float32_bytes = float32_map_bytes(model, (height, width), largest) if map_dtype == "auto" and largest else None
     dtype_name = resolve_map_dtype(map_dtype, next(model.parameters()).device, float32_bytes,
                                    log if rank == 0 else None)
     stores = []
-    for split, records in (("query", dataset.query), ("gallery", dataset.gallery)):
+    for split, split_records in (("query", query_records), ("gallery", gallery_records)):
         stores.append(open_or_build_store(
-            model, list(records), store_path(store_dir, data, split, dtype_name), checkpoint=checkpoint, root=data,
+            model, list(split_records), store_path(store_dir, data, split, dtype_name), checkpoint=checkpoint, root=data,
             input_size=(height, width), map_dtype=dtype_name, amp=amp, batch_size=batch_size, workers=workers,
             progress=progress and rank == 0, desc=split, log=log, rank=rank, world_size=world_size, group=group))
     return stores[0], stores[1]
