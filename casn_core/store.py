@@ -153,10 +153,16 @@ def model_sha256(model: torch.nn.Module) -> str:
 def files_sha256(records: Sequence, root: str | os.PathLike | None = None) -> str:
     """Hash of the file list: for each record its path (relative to ``root``), pid, camid, size and mtime."""
     digest = hashlib.sha256()
+    prefix = None if root is None else os.path.join(os.path.abspath(root), "")
     for record in records:
-        path = Path(record.path)
-        stat = path.stat()
-        rel = os.path.relpath(path, root) if root is not None else str(path)
+        path = os.fspath(record.path)
+        stat = os.stat(path)
+        if root is None:
+            rel = path
+        elif path.startswith(prefix) and os.path.normpath(path) == path:
+            rel = path[len(prefix):]  # what os.path.relpath gives here, without its two abspath calls per file
+        else:
+            rel = os.path.relpath(path, root)
         digest.update(f"{rel}\t{record.pid}\t{record.camid}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 

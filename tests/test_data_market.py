@@ -152,6 +152,24 @@ def test_load_split_without_relabel_keeps_pids(tmp_path):
     assert (report.num_images, report.num_ids, report.num_cams, report.num_distractors) == (3, 3, 2, 1)
 
 
+@pytest.mark.parametrize("spelling", ["absolute", "relative", "dot", "trailing-slash", "dot-dot"])
+def test_load_split_paths_are_spelled_as_pathlib_joins_them(tmp_path, monkeypatch, spelling):
+    """The listing uses os.scandir; the record paths (which key the map store) are what
+    ``str(Path(folder) / name)`` gives, whatever the spelling of ``folder``; sub-folders, hidden
+    files and links to nothing are skipped as before."""
+    folder = tmp_path / "q"
+    _touch(folder, ["0002_c1s1_000001_00.jpg", "0001_c2s1_000002_00.jpg", ".0003_c1s1_000003_00.jpg"])
+    (folder / "0004_c1s1_000004_00.jpg").mkdir()
+    (folder / "0005_c1s1_000005_00.jpg").symlink_to(tmp_path / "missing.jpg")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path if spelling != "dot" else folder)
+    given = {"absolute": str(folder), "relative": "q", "dot": ".", "trailing-slash": "q/",
+             "dot-dot": "sub/../q"}[spelling]
+    records, _ = load_split(given, relabel=False)
+    names = ["0001_c2s1_000002_00.jpg", "0002_c1s1_000001_00.jpg"]
+    assert [r.path for r in records] == [str(Path(given) / name) for name in names]
+
+
 def test_empty_query_folder_is_a_clear_error(tmp_path):
     root = _layout(tmp_path / "ds", ["0001_c1s1_000001_00.jpg"], [], ["0002_c1s1_000002_00.jpg"])
     with pytest.raises(DatasetError, match=r"query.*no usable images"):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from casn_core.checkpoint import model_payload, save_checkpoint
-from casn_core.data import ImageDataset, build_test_transform, load_market
+from casn_core.data import ImageDataset, ImageRecord, build_test_transform, load_market
 from casn_core.engine.evaluate import evaluate_caches, evaluate_model
 from casn_core.engine.inference import (
     FeatureCache,
@@ -30,6 +30,7 @@ from casn_core.store import (
     StoreWriter,
     build_key,
     default_map_dtype,
+    files_sha256,
     float32_map_bytes,
     load_store,
     open_or_build_store,
@@ -313,3 +314,31 @@ def test_auto_map_dtype_is_float32_up_to_4_gib(data, model, tmp_path, monkeypatc
                           store_dir=tmp_path / "store", log=messages.append)
     assert half["storage"]["map_dtype"] == "bfloat16"
     assert any("map dtype auto: bfloat16" in m for m in messages), messages
+
+
+def test_file_list_hash_is_the_relpath_formula(tmp_path, monkeypatch):
+    """``files_sha256`` slices paths under the root instead of calling ``os.path.relpath`` per file;
+    the hash (which names every existing store) must equal the formula's for every spelling."""
+    import hashlib
+
+    def reference(records, root):
+        digest = hashlib.sha256()
+        for record in records:
+            stat = Path(record.path).stat()
+            rel = os.path.relpath(Path(record.path), root) if root is not None else str(Path(record.path))
+            digest.update(f"{rel}\t{record.pid}\t{record.camid}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+        return digest.hexdigest()
+
+    root = tmp_path / "data"
+    (root / "query").mkdir(parents=True)
+    (root / "sub").mkdir()
+    (tmp_path / "other.jpg").write_bytes(b"xy")
+    for name in ("a.jpg", "b.jpg"):
+        (root / "query" / name).write_bytes(b"x" * len(name))
+    monkeypatch.chdir(tmp_path)
+    spellings = [str(root / "query" / "a.jpg"), str(root / "sub" / ".." / "query" / "b.jpg"), "data/query/a.jpg",
+                 str(tmp_path / "other.jpg"), Path(root / "query" / "b.jpg")]
+    records = [ImageRecord(path, 1, 2, 1) for path in spellings]
+    for given_root in (root, str(root) + "/", "data", "data/sub/..", "/", None):
+        assert files_sha256(records, given_root) == reference(records, given_root), given_root
+

@@ -123,9 +123,15 @@ def load_split(folder: str | os.PathLike, relabel: bool) -> tuple[list[ImageReco
         raise DatasetNotFoundError(f"{folder}: no such folder")
     report = SplitReport(folder=str(folder))
     parsed: list[tuple[str, int, int]] = []
-    for name in sorted(os.listdir(folder)):
-        path = folder / name
-        if name.startswith(".") or not path.is_file():
+    # os.scandir: the file type comes with the listing (no stat per file on most file systems);
+    # DirEntry.is_file follows symlinks, as Path.is_file does
+    # paths are spelled as str(folder / name) was: pathlib drops a leading "./"
+    base = "" if str(folder) == "." else str(folder)
+    with os.scandir(folder) as listing:
+        entries = sorted((entry.name, entry) for entry in listing)
+    for name, entry in entries:
+        path = os.path.join(base, name)
+        if name.startswith(".") or not entry.is_file():
             continue
         report.num_files += 1
         if not name.lower().endswith(IMAGE_EXTENSIONS):
@@ -146,7 +152,7 @@ def load_split(folder: str | os.PathLike, relabel: bool) -> tuple[list[ImageReco
                 report.num_distractors_dropped += 1
                 continue
             report.num_distractors += 1
-        parsed.append((str(path), pid, camid))
+        parsed.append((path, pid, camid))
     if report.num_unparsed:
         message = (f"{folder}: {report.num_unparsed} image name(s) do not follow the Market-1501 pattern "
                    f"PPPP_cC... and were skipped, e.g. {', '.join(report.unparsed_examples)}")

@@ -12,6 +12,7 @@ Nothing here depends on Gradio: errors are plain exceptions naming the file or f
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import os
 from dataclasses import dataclass, field
@@ -125,7 +126,12 @@ class SearchIndex:
         if self.rank_model is None:  # rank_query_casn works on CPU tensors; keep a CPU copy for it
             device = next(self.model.parameters()).device
             self.rank_model = self.model if device.type == "cpu" else copy.deepcopy(self.model).cpu().eval()
-        self._by_path = {os.path.normcase(str(Path(i.path).resolve())): n for n, i in enumerate(self.gallery.images)}
+
+    @functools.cached_property
+    def _by_path(self) -> dict[str, int]:
+        """Gallery position of each image's resolved path: built at the first path look-up, not at start
+        (resolving every path of a Market-sized gallery takes about half a second)."""
+        return {os.path.normcase(str(Path(i.path).resolve())): n for n, i in enumerate(self.gallery.images)}
 
     @property
     def images(self) -> list[GalleryImage]:
