@@ -256,10 +256,12 @@ def attention_quality(model, data_root: str | Path, height: int, width: int, que
     ia_inside = mass_inside(cams, masks)
 
     # 1 and 2. Siamese attention of the positive (and negative) pairs from the cached maps
-    with torch.no_grad():
-        pos = pair_attention(model, query.maps[qi].float(), gallery.maps[gi].float(), threshold).detach()
-        neg = pair_attention(model, query.maps[[n[0] for n in negatives]].float(),
-                             gallery.maps[[n[1] for n in negatives]].float(), threshold).detach()
+    device = next(model.parameters()).device
+    with torch.no_grad():  # on the model's device; the numbers below are computed on the CPU, as the CAMs are
+        pos = pair_attention(model, query.maps[qi].float().to(device), gallery.maps[gi].float().to(device),
+                             threshold).detach().to("cpu")
+        neg = pair_attention(model, query.maps[[n[0] for n in negatives]].float().to(device),
+                             gallery.maps[[n[1] for n in negatives]].float().to(device), threshold).detach().to("cpu")
     sa_inside = torch.cat([mass_inside(pos.maps1, masks_q), mass_inside(pos.maps2, masks_g)])
 
     # 3. deletion curves on the first ``deletion_pairs`` positive pairs, attention vs random maps

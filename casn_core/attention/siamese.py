@@ -48,6 +48,9 @@ class PairAttention:
     def detach(self) -> "PairAttention":
         return PairAttention(**{f.name: getattr(self, f.name).detach() for f in fields(self)})
 
+    def to(self, device: torch.device | str) -> "PairAttention":
+        return PairAttention(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
     def __getitem__(self, index) -> "PairAttention":
         return PairAttention(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 

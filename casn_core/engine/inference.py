@@ -198,20 +198,22 @@ def rank_query_casn(
     ``d_a`` the consistency distance of the pair's Siamese attention. Candidates beyond ``topk``
     follow in their feature order.
     """
+    device = next(model.parameters()).device  # the pair attention runs there; the ranking on the CPU
+    feature_distances = feature_distances.cpu()
     num_gallery = feature_distances.shape[0]
     k = num_gallery if topk is None else min(topk, num_gallery)
     by_feature = torch.argsort(feature_distances, stable=True)
     candidates = by_feature[:k]
     attention = pair_attention_grid(
         model,
-        query_map[None],
-        gallery_maps[candidates],
+        query_map[None].to(device),
+        gallery_maps[candidates].to(device),
         threshold=threshold,
-        query_features=None if query_feature is None else query_feature[None],
-        gallery_features=None if gallery_features is None else gallery_features[candidates],
+        query_features=None if query_feature is None else query_feature[None].to(device),
+        gallery_features=None if gallery_features is None else gallery_features[candidates].to(device),
         keep_maps=False,
     )
-    att = attention.distance[0]
+    att = attention.distance[0].cpu()
     feat_part = _unit_range(feature_distances[candidates])
     att_part = weight * _unit_range(att)
     combined = feat_part + att_part

@@ -56,21 +56,23 @@ def pair_scores(model: CASN, query: FeatureCache, gallery: FeatureCache, thresho
     model.eval()
     if len(query) == 0 or len(gallery) == 0:
         raise ValueError(f"pair signals need query and gallery images; got {len(query)} and {len(gallery)}")
-    dist_f = feature_distance(query.features, gallery.features).numpy()
+    device = next(model.parameters()).device  # maps and features (CPU or a store) move there block by block
+    dist_f = feature_distance(query.features, gallery.features).cpu().numpy()
     dist_a = np.empty_like(dist_f)
     prob = np.empty_like(dist_f)
     for g_start in range(0, len(gallery), gallery_chunk):  # a store's maps are read a block at a time
         g_stop = min(g_start + gallery_chunk, len(gallery))
-        gallery_maps = gallery.maps[g_start:g_stop]
+        gallery_maps = gallery.maps[g_start:g_stop].to(device)
+        gallery_features = gallery.features[g_start:g_stop].to(device)
         for start in range(0, len(query), chunk):
             stop = min(start + chunk, len(query))
             attention = pair_attention_grid(
-                model, query.maps[start:stop], gallery_maps, threshold=threshold,
-                query_features=query.features[start:stop], gallery_features=gallery.features[g_start:g_stop],
+                model, query.maps[start:stop].to(device), gallery_maps, threshold=threshold,
+                query_features=query.features[start:stop].to(device), gallery_features=gallery_features,
                 keep_maps=False,
             )
-            dist_a[start:stop, g_start:g_stop] = attention.distance.float().numpy()
-            prob[start:stop, g_start:g_stop] = attention.same_probability.float().numpy()
+            dist_a[start:stop, g_start:g_stop] = attention.distance.float().cpu().numpy()
+            prob[start:stop, g_start:g_stop] = attention.same_probability.float().cpu().numpy()
     qp, gp = np.asarray(query.pids)[:, None], np.asarray(gallery.pids)[None, :]
     qc, gc = np.asarray(query.camids)[:, None], np.asarray(gallery.camids)[None, :]
     keep = (qc != gc) & (qp >= 0) & (gp >= 0)

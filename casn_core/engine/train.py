@@ -294,6 +294,9 @@ class TrainState:
     start_epoch: int = 0
     best_map: float = -1.0
     head_done: bool = False  # --head-steps already applied to the weights in last.pt
+    scaler: torch.amp.GradScaler | None = None
+    """Loss scaling for ``--amp fp16`` (fp16 gradients underflow without it); disabled otherwise, where
+    its ``scale``/``step`` are the plain ``backward``/``optimizer.step``."""
 
 
 def setup_run(config: TrainConfig) -> RunContext:
@@ -359,9 +362,12 @@ def build_model(config: TrainConfig, num_classes: int, ctx: RunContext, resume: 
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[lr_milestone(config)], gamma=0.1)
-    train_state = TrainState(model, model_config, optimizer, scheduler)
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=config.amp == "fp16")
+    train_state = TrainState(model, model_config, optimizer, scheduler, scaler=scaler)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         scheduler.load_state_dict(state["scheduler"])
         train_state.start_epoch = int(state["epoch"]) + 1
         train_state.best_map = float(state.get("best_map", -1.0))
@@ -456,8 +462,9 @@ def run_epoch(config: TrainConfig, ctx: RunContext, state: TrainState, step_modu
                 f"(terms {terms.as_floats()}); stopped, {ctx.last_path} keeps the last good epoch"
             )
         state.optimizer.zero_grad(set_to_none=True)
-        terms.total.backward()
-        state.optimizer.step()
+        state.scaler.scale(terms.total).backward()
+        state.scaler.step(state.optimizer)  # fp16: skipped when the scaled gradients overflowed
+        state.scaler.update()
         values = terms.as_floats()
         for key, value in values.items():
             sums[key] = sums.get(key, 0.0) + value
@@ -478,7 +485,7 @@ def epoch_payload(config: TrainConfig, state: TrainState, epoch: int) -> dict:
         "model": state.model.state_dict(), "model_config": state.model_config.to_dict(),
         "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
         "epoch": epoch, "train_config": asdict(config), "input_size": [config.height, config.width],
-        "best_map": state.best_map,
+        "best_map": state.best_map, "scaler": state.scaler.state_dict() if state.scaler is not None else {},
     }
 
 

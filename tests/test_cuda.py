@@ -1,0 +1,150 @@
+"""The CUDA paths against the CPU (issue 13, item 3). Skipped without a GPU; ``bash bench/gpu.sh`` runs
+this file first on a lent one.
+
+Stated tolerances:
+
+- CASN re-ranking of the same float32 maps (from one CPU extraction), on CUDA with the maps resident
+  on the device and with rows moved per batch: distances to 1e-4 of the CPU's (float32 products in
+  another summation order; TF32 is off for matmuls by PyTorch's default); every query whose CPU
+  rank-1 leads its rank-2 by more than 1e-3 has the same rank-1. bfloat16 maps: distances to 0.05
+  (the 16-bit tolerance of the CPU path, ``tests/test_store.py``).
+- ``eval`` extracting on CUDA (TF32 convolutions switched off in the test; cuDNN allows them by
+  default, which changes the features by ~1e-3): features to 1e-4, metrics within 0.02.
+- Pair explanations of the same maps: every number and array to 1e-4.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from casn_core import explain_maps
+from casn_core.data import ImageDataset, build_test_transform, load_market
+from casn_core.engine import rerank
+from casn_core.engine.evaluate import evaluate_model
+from casn_core.engine.inference import extract, feature_distance, rank_query_casn
+from casn_core.engine.rerank import casn_distmat
+from casn_core.models import build_model
+from casn_core.store import open_or_build_store
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+SIZE = (64, 32)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    from casn_core.data.synth import generate_dataset
+
+    root = tmp_path_factory.mktemp("synth")
+    generate_dataset(root, num_ids=12, num_cameras=3, images_per_id=5, seed=5, height=SIZE[0], width=SIZE[1])
+    return root
+
+
+@pytest.fixture()
+def model():
+    torch.manual_seed(0)
+    return build_model("mobilenet_v2", num_classes=6, pretrained="none").eval()
+
+
+def _stores(model, data: Path, folder: Path, map_dtype: str = "float32"):
+    dataset = load_market(data, splits=("query", "gallery"))
+    return [open_or_build_store(model, list(records), folder / split, input_size=SIZE, map_dtype=map_dtype,
+                                batch_size=8, progress=False, log=lambda message: None).as_cache()
+            for split, records in (("query", dataset.query), ("gallery", dataset.gallery))]
+
+
+def _same_clear_rank1(cpu: np.ndarray, gpu: np.ndarray, margin: float = 1e-3) -> None:
+    order = np.argsort(cpu, axis=1, kind="stable")
+    rows = np.arange(cpu.shape[0])
+    clear = cpu[rows, order[:, 1]] - cpu[rows, order[:, 0]] > margin
+    assert clear.any()
+    np.testing.assert_array_equal(np.argmin(gpu, axis=1)[clear], order[clear, 0])
+
+
+@pytest.mark.parametrize("resident", [True, False], ids=["maps-on-device", "rows-moved-per-batch"])
+def test_reranking_on_cuda_equals_the_cpu(data, model, tmp_path, monkeypatch, resident):
+    query, gallery = _stores(model, data, tmp_path)
+    cpu = casn_distmat(model, query, gallery, 10, 1.0, progress=False, device="cpu")
+    if not resident:  # as when the maps do not fit in device memory
+        monkeypatch.setattr(rerank, "maps_on_device", lambda maps, device, max_fraction=0.5: maps)
+    else:
+        on_device = rerank.maps_on_device(gallery.maps, "cuda")
+        assert isinstance(on_device, torch.Tensor) and on_device.device.type == "cuda"
+        torch.testing.assert_close(on_device.cpu(), gallery.maps[:], rtol=0, atol=0)
+    gpu = casn_distmat(model.cuda(), query, gallery, 10, 1.0, progress=False, device="cuda",
+                       max_batch_bytes=3 * gallery.maps.row_bytes)
+    np.testing.assert_allclose(gpu, cpu, rtol=0, atol=1e-4)
+    _same_clear_rank1(cpu, gpu)
+
+
+def test_bfloat16_reranking_on_cuda_is_within_the_16_bit_tolerance(data, model, tmp_path):
+    query, gallery = _stores(model, data, tmp_path, "bfloat16")
+    cpu = casn_distmat(model, query, gallery, 10, 1.0, progress=False, device="cpu")
+    gpu = casn_distmat(model.cuda(), query, gallery, 10, 1.0, progress=False, device="cuda")
+    np.testing.assert_allclose(gpu, cpu, rtol=0, atol=0.05)
+
+
+def test_eval_on_cuda_matches_the_cpu(data, model, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    kwargs = {"topk": 10, "batch_size": 8, "progress": False, "map_dtype": "float32", "log": lambda message: None,
+              "signals": True}
+    cpu = evaluate_model(model, str(data), *SIZE, device="cpu", store_dir=tmp_path / "cpu", **kwargs)
+    gpu = evaluate_model(model.cuda(), str(data), *SIZE, device="cuda", store_dir=tmp_path / "gpu", **kwargs)
+    for ranking in ("feature", "casn"):
+        for name, value in cpu[ranking].items():
+            assert abs(gpu[ranking][name] - value) <= 0.02, (ranking, name, gpu[ranking], cpu[ranking])
+    for name, value in cpu["pair_signals"].items():  # casn eval --json's pair signals (on by default)
+        if isinstance(value, float):
+            assert abs(gpu["pair_signals"][name] - value) <= 0.02, (name, gpu["pair_signals"], cpu["pair_signals"])
+    records = list(load_market(data, splits=("gallery",)).gallery)
+    dataset = ImageDataset(records, build_test_transform(*SIZE))
+    on_cpu = extract(model.cpu(), dataset, records, batch_size=8, progress=False)
+    on_gpu = extract(model.cuda(), dataset, records, batch_size=8, progress=False)
+    torch.testing.assert_close(on_gpu.features.cpu(), on_cpu.features.cpu(), rtol=0, atol=1e-4)
+
+
+def test_pair_explanation_on_cuda_equals_the_cpu(data, model, tmp_path):
+    query, gallery = _stores(model, data, tmp_path)
+    args = (query.maps[0], gallery.maps[3])
+    features = {"feature1": query.features[0], "feature2": gallery.features[3]}
+    cpu = explain_maps(model, *args, **features)
+    gpu = explain_maps(model.cuda(), *(a.cuda() for a in args), **{k: v.cuda() for k, v in features.items()})
+    for name, value in vars(cpu).items():
+        if isinstance(value, np.ndarray):
+            np.testing.assert_allclose(getattr(gpu, name), value, rtol=0, atol=1e-4, err_msg=name)
+        elif isinstance(value, float):
+            assert abs(getattr(gpu, name) - value) <= 1e-4, name
+        else:
+            assert getattr(gpu, name) == value, name
+
+
+def test_per_query_ranking_with_a_cuda_model_equals_the_cpu(data, model, tmp_path):
+    """rank_query_casn (the app's and casn search's path) with the model on CUDA and maps on the host."""
+    query, gallery = _stores(model, data, tmp_path)
+    dist = feature_distance(query.features, gallery.features)
+    args = (query.maps[2], gallery.maps, dist[2], 10, 1.0)
+    kwargs = {"query_feature": query.features[2], "gallery_features": gallery.features}
+    cpu = rank_query_casn(model, *args, **kwargs)
+    gpu = rank_query_casn(model.cuda(), *args, **kwargs)
+    np.testing.assert_allclose(gpu.attention_distance, cpu.attention_distance, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(gpu.distance[:10], cpu.distance[:10], rtol=0, atol=1e-4)
+
+
+
+@pytest.mark.parametrize("amp", ["none", "bf16", "fp16"])
+def test_training_steps_on_cuda(data, tmp_path, amp):
+    """Eq. 6 on CUDA in every precision; fp16 runs under a GradScaler whose state the checkpoint keeps."""
+    from casn_core.checkpoint import load_model
+    from casn_core.engine.train import TrainConfig, train
+
+    config = TrainConfig(data=str(data), out=str(tmp_path / "run"), backbone="mobilenet_v2", losses="ide,ia,sa",
+                         epochs=1, max_steps_per_epoch=3, batch_size=4, pretrained="none", seed=0, device="cuda",
+                         amp=amp, height=SIZE[0], width=SIZE[1])
+    record = train(config, progress=False).record
+    assert record["steps"] == 3 and np.isfinite(record["loss_total"])
+    _, payload = load_model(tmp_path / "run" / "last.pt")
+    assert ("scale" in payload["scaler"]) == (amp == "fp16")
