@@ -60,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--topk", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the eval child")
+    parser.add_argument("--eval-workers", type=int, default=0,
+                        help="the eval child's --workers (image-decoding processes; 0 decodes in the main process)")
     parser.add_argument("--render-workers", type=int, default=0, help="processes rendering the generated set")
     parser.add_argument("--baseline-max-images", type=int, default=6000,
                         help="also run the in-memory eval (the baseline) up to this many images")
@@ -186,7 +188,8 @@ def eval_command(args: argparse.Namespace, checkpoint: Path, data: Path, store: 
                  in_memory: bool = False) -> list[str]:
     command = [sys.executable, "-m", "casn_core", "eval", "--checkpoint", str(checkpoint), "--data", str(data),
                "--device", args.device, "--topk", str(args.topk), "--batch-size", str(args.batch_size),
-               "--json", str(out), "--store-dir", str(store), "--map-dtype", args.map_dtype]
+               "--json", str(out), "--store-dir", str(store), "--map-dtype", args.map_dtype,
+               "--workers", str(args.eval_workers)]
     return command + (["--in-memory"] if in_memory else [])
 
 

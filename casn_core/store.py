@@ -84,9 +84,10 @@ def default_map_dtype(device: torch.device | str = "cpu", float32_bytes: int | N
     """The map dtype used when the user asks for ``auto``: ``float32`` while the split's float32 maps
     take <= :data:`AUTO_FLOAT32_MAX_BYTES` (4 GiB), ``bfloat16`` above; the same rule on CPU and CUDA.
 
-    float32 is exact: ``eval``'s numbers equal the in-memory float32 path's (the demo set and
-    anything up to Market-1501 with MobileNetV2 at 256 x 128, 3.2 GB of gallery maps). Above 4 GiB
-    (e.g. Market's gallery with ResNet50 at 288 x 144, 7.3 GB) bfloat16 halves the disk space and the
+    float32 is exact: ``eval``'s numbers equal the in-memory float32 path's (the demo set and sets
+    up to about 6,000 gallery images with MobileNetV2 at 256 x 128, 655 KB of float32 maps each).
+    Above 4 GiB (Market's gallery: 12 GiB with MobileNetV2 at 256 x 128, 24 GiB with ResNet50 at
+    288 x 144, both at output stride 16) bfloat16 halves the disk space and the
     page-cache traffic of the re-ranking, which is what bounds it then; float32's exponent range, so
     no overflow; CASN distances move by ~1e-2 relative (BENCHMARKS.md, issue 13). ``float32_bytes``
     unknown (``None``): the earlier per-device choice, float32 on CUDA and bfloat16 on the CPU.
