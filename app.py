@@ -9,9 +9,12 @@ See ``app/`` for the modules (``app/server.py`` for every option).
 from __future__ import annotations
 
 import sys
+import time
 
-import app.offline  # noqa: F401  (network switches before anything imports gradio)
-from app.server import main
+STARTED = time.perf_counter()  # the start-up line counts the imports below
+
+import app.offline  # noqa: E402,F401  (network switches before anything imports gradio)
+from app.server import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(started=STARTED))
