@@ -105,20 +105,26 @@ def served_app(checkpoint: Path, data: Path, cache_dir: Path, extra: list[str] |
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=child_env, cwd=REPO_ROOT)
     url = f"http://127.0.0.1:{port}/"
+    # one client for the whole wait: httpx.get builds a client (and its TLS context) per call, which
+    # took a third of a core from the app it was timing on a 2-core machine and added seconds of noise
+    poller = httpx.Client(timeout=2)
     try:
         while True:
             if process.poll() is not None:
                 raise RuntimeError(f"app.py exited with {process.returncode} before serving (log: {log_file})")
             try:
-                if httpx.get(f"{url}config", timeout=2).status_code == 200:
+                if poller.get(f"{url}config").status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.perf_counter() - start > timeout:
                 raise TimeoutError(f"app.py did not answer within {timeout} s")
-            time.sleep(0.1)
-        yield url, process, time.perf_counter() - start
+            time.sleep(0.05)
+        ready = time.perf_counter() - start
+        poller.close()
+        yield url, process, ready
     finally:
+        poller.close()
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
             try:

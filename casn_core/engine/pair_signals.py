@@ -22,6 +22,7 @@ import torch
 
 from casn_core.attention.siamese import DEFAULT_THRESHOLD, pair_attention_grid
 from casn_core.engine.inference import FeatureCache, feature_distance
+from casn_core.engine.rerank import DEFAULT_BATCH_BYTES, map_row_bytes
 from casn_core.models.casn import CASN
 from casn_core.numeric import roc_auc
 
@@ -44,14 +45,30 @@ class PairScores:
         return int(self.same.size - self.same.sum())
 
 
+class SampledMaps:
+    """Rows ``index`` of a map tensor or :class:`casn_core.store.StoredMaps`, read only when sliced,
+    so a sample of a store never holds all its maps in RAM (``pair_scores`` reads it block by block)."""
+
+    def __init__(self, maps, index: np.ndarray) -> None:
+        self.maps, self.index = maps, np.asarray(index, dtype=np.int64)
+        self.shape = torch.Size((len(self.index), *maps.shape[1:]))
+        self.dtype = maps.dtype
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, key) -> torch.Tensor:
+        return self.maps[torch.as_tensor(self.index[key])]
+
+
 @torch.no_grad()
 def pair_scores(model: CASN, query: FeatureCache, gallery: FeatureCache, threshold: float = DEFAULT_THRESHOLD,
-                chunk: int = 16, gallery_chunk: int = 1024) -> PairScores:
+                chunk: int = 16, max_batch_bytes: int = DEFAULT_BATCH_BYTES) -> PairScores:
     """``d_f``, ``d_a`` and ``p(same)`` of every cross-camera pair with a known identity (pid >= 0).
 
     Queries are processed ``chunk`` at a time through :func:`pair_attention_grid` (the head's
-    inference behaviour, as ranking uses it) against ``gallery_chunk`` gallery maps at a time, so
-    memory stays at ``chunk x gallery_chunk`` pairs and a map store is read block by block.
+    inference behaviour, as ranking uses it) against ``max_batch_bytes`` of gallery maps at a time,
+    so memory stays bounded whatever the gallery size and a map store is read block by block.
     """
     model.eval()
     if len(query) == 0 or len(gallery) == 0:
@@ -60,6 +77,7 @@ def pair_scores(model: CASN, query: FeatureCache, gallery: FeatureCache, thresho
     dist_f = feature_distance(query.features, gallery.features).cpu().numpy()
     dist_a = np.empty_like(dist_f)
     prob = np.empty_like(dist_f)
+    gallery_chunk = max(1, max_batch_bytes // map_row_bytes(gallery.maps))
     for g_start in range(0, len(gallery), gallery_chunk):  # a store's maps are read a block at a time
         g_stop = min(g_start + gallery_chunk, len(gallery))
         gallery_maps = gallery.maps[g_start:g_stop].to(device)
@@ -147,7 +165,7 @@ def sampled_pair_signals(model: CASN, query: FeatureCache, gallery: FeatureCache
 
     def subset(cache: FeatureCache, index: np.ndarray) -> FeatureCache:
         rows = torch.as_tensor(index, dtype=torch.long)
-        return FeatureCache(maps=cache.maps[rows], features=cache.features[rows],
+        return FeatureCache(maps=SampledMaps(cache.maps, index), features=cache.features[rows],
                             pids=np.asarray(cache.pids)[index], camids=np.asarray(cache.camids)[index],
                             paths=[cache.paths[i] for i in index])
 

@@ -60,7 +60,8 @@ SORT_BLOCK_BYTES = 8 << 20
 """Bytes of float32 distances sorted at once for the candidate lists (their argsort is 3x that)."""
 
 
-def _row_bytes(maps) -> int:
+def map_row_bytes(maps) -> int:
+    """Bytes of one image's map in ``maps`` (a tensor or a :class:`casn_core.store.StoredMaps`)."""
     k, h, w = maps.shape[1:]
     return int(k * h * w * torch.empty(0, dtype=maps.dtype).element_size())
 
@@ -87,7 +88,7 @@ def maps_on_device(maps, device: torch.device | str, max_fraction: float = 0.5):
     if device.type != "cuda" or isinstance(maps, torch.Tensor) and maps.device == device:
         return maps
     free, _ = torch.cuda.mem_get_info(device)
-    if len(maps) * _row_bytes(maps) > max_fraction * free:
+    if len(maps) * map_row_bytes(maps) > max_fraction * free:
         return maps
     return maps.to(device)
 
@@ -178,7 +179,7 @@ def attention_distances(
     fq = query_features.float().to(device)
     fg = gallery_features.float().to(device)
     cand = candidates.to(device)
-    row_bytes = _row_bytes(query_maps)
+    row_bytes = map_row_bytes(query_maps)
     per_read = max(1, budget // max(1, row_bytes))
     rows_q = torch.empty((num_query, k, height), dtype=torch.float32, device=device)
     rows_g = torch.empty((num_query * k, height), dtype=torch.float32, device=device)
