@@ -127,6 +127,12 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
     start-up line includes the imports (torch, torchvision and gradio: most of a warm start)."""
     started = time.perf_counter() if started is None else started
     args = parse_args(argv)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT
+    if not checkpoint.is_file():  # before the imports: a mistyped path is answered at once
+        hint = ("the bundled demo checkpoint is missing from this checkout; pass --checkpoint CKPT"
+                if args.checkpoint is None else "no such file")
+        print(f"error: checkpoint {checkpoint}: {hint}", file=sys.stderr)
+        return 2
     import gradio  # noqa: F401  (imported here so that the start-up line can say what the imports took)
 
     import app.ui  # noqa: F401
@@ -139,12 +145,6 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
         torch.set_num_threads(args.threads)
     imported = time.perf_counter()
     cache_dir = Path(args.cache_dir)
-    checkpoint = Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT
-    if not checkpoint.is_file():
-        hint = ("the bundled demo checkpoint is missing from this checkout; pass --checkpoint CKPT"
-                if args.checkpoint is None else "no such file")
-        print(f"error: checkpoint {checkpoint}: {hint}", file=sys.stderr)
-        return 2
     try:
         if args.gallery:
             demo, service = build_gallery(checkpoint, args.gallery, cache_dir, args.topk, args.threshold,

@@ -159,7 +159,7 @@ def files_sha256(records: Sequence, root: str | os.PathLike | None = None) -> st
         path = os.fspath(record.path)
         stat = os.stat(path)
         if root is None:
-            rel = path
+            rel = str(Path(path))
         elif path.startswith(prefix) and os.path.normpath(path) == path:
             rel = path[len(prefix):]  # what os.path.relpath gives here, without its two abspath calls per file
         else:

@@ -337,7 +337,8 @@ def test_file_list_hash_is_the_relpath_formula(tmp_path, monkeypatch):
         (root / "query" / name).write_bytes(b"x" * len(name))
     monkeypatch.chdir(tmp_path)
     spellings = [str(root / "query" / "a.jpg"), str(root / "sub" / ".." / "query" / "b.jpg"), "data/query/a.jpg",
-                 str(tmp_path / "other.jpg"), Path(root / "query" / "b.jpg")]
+                 str(tmp_path / "other.jpg"), Path(root / "query" / "b.jpg"), "./data//query/b.jpg",
+                 str(root) + "//query/a.jpg"]
     records = [ImageRecord(path, 1, 2, 1) for path in spellings]
     for given_root in (root, str(root) + "/", "data", "data/sub/..", "/", None):
         assert files_sha256(records, given_root) == reference(records, given_root), given_root
