@@ -170,7 +170,12 @@ def files_sha256(records: Sequence, root: str | os.PathLike | None = None) -> st
 
 @dataclass(frozen=True)
 class StoreKey:
-    """What a store's content depends on; a header that differs in any field is stale."""
+    """What a store's content depends on; a header that differs in any field is stale.
+
+    The device that extracted is deliberately not part of it: a store built by ``eval`` on a GPU is
+    opened by the app on the CPU (one extraction for both), although GPU maps differ from CPU ones
+    in their low bits (cuDNN's default TF32 convolutions keep a 10-bit mantissa; ``tests/test_cuda.py``
+    compares the two with TF32 off)."""
 
     checkpoint_sha256: str
     files_sha256: str
