@@ -7,9 +7,9 @@ Stated tolerances:
   on the device and with rows moved per batch: distances to 1e-4 of the CPU's (float32 products in
   another summation order; TF32 is off for matmuls by PyTorch's default); every query whose CPU
   rank-1 leads its rank-2 by more than 1e-3 has the same rank-1. bfloat16 maps: distances to 0.05
-  (the 16-bit tolerance of the CPU path, ``tests/test_store.py``).
+  (the same bf16 products, rounded and summed in another order on each device).
 - ``eval`` extracting on CUDA (TF32 convolutions switched off in the test; cuDNN allows them by
-  default, which changes the features by ~1e-3): features to 1e-4, metrics within 0.02.
+  default, which changes the features in their low bits): features to 1e-4, metrics within 0.02.
 - Pair explanations of the same maps: every number and array to 1e-4.
 """
 from __future__ import annotations
