@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from casn_core.atomic import write_json_atomic, write_text_atomic
 from casn_core.attention.siamese import DEFAULT_THRESHOLD
 from casn_core.checkpoint import (
     CheckpointError, load_checkpoint, model_from_checkpoint, remove_stale_temporaries, save_checkpoint,
@@ -241,9 +242,7 @@ def _trim_metrics(path: Path, completed_epochs: int) -> None:
                 kept.append(line)
         except json.JSONDecodeError:  # a line cut short by the crash
             continue
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 def relabel(records: list) -> tuple[list, int]:
@@ -590,7 +589,7 @@ def tune_after_training(config: TrainConfig, ctx: RunContext, state: TrainState,
     entry = result.ranking_entry(f"train --val-ids {config.val_ids} (held-out training identities)")
     log.info("ranking chosen on %d validation identities: w = %g, K = %s (mAP %.2f%%, feature %.2f%%)",
              config.val_ids, result.attention_weight, result.topk, 100 * result.mAP, 100 * result.feature_mAP)
-    (ctx.run_dir / "tune.json").write_text(json.dumps(entry, indent=1), encoding="utf-8")
+    write_json_atomic(ctx.run_dir / "tune.json", entry, indent=1)
     for path in (ctx.last_path, ctx.run_dir / "best.pt"):
         if path.is_file():
             payload = {k: v for k, v in load_checkpoint(path).items() if k not in ("format", "version")}

@@ -21,14 +21,13 @@ Never tune on the test split: the chosen w would then be fitted to the numbers i
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from casn_core.atomic import write_json_atomic
 from casn_core.engine.inference import FeatureCache
 from casn_core.models.casn import CASN
 
@@ -226,8 +225,7 @@ def run_tune(args: argparse.Namespace) -> int:
           f"(feature {100 * result.feature_rank1:.2f}%)")
     entry = result.ranking_entry(f"casn tune on {args.data}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"checkpoint": args.checkpoint, **asdict(result)}, indent=1))
+        write_json_atomic(args.json, {"checkpoint": args.checkpoint, **asdict(result)}, indent=1)
     if not args.dry_run:
         payload = {k: v for k, v in payload.items() if k not in ("format", "version")}
         payload["ranking"] = entry
