@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from casn_core.atomic import write_text_atomic
 from casn_core.attention import DEFAULT_THRESHOLD
 
 REPO = Path(__file__).resolve().parents[1]
@@ -199,7 +200,7 @@ def run_one(args, spec: dict, losses: str, seed: int) -> dict:
         "elapsed_s": round(train_s + eval_s + quality_s, 1),
         "quality": quality, "settings": budget, "checkpoint": str(out / "last.pt"),
     }
-    (out / "result.json").write_text(json.dumps(record, indent=1) + "\n")
+    write_text_atomic(out / "result.json", json.dumps(record, indent=1) + "\n")  # the resume marker: whole or absent
     del model, result, query, gallery
     gc.collect()
     return record
@@ -375,9 +376,8 @@ def machine() -> dict:
 
 
 def write_outputs(payload: dict, out_dir: Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "ablation.json").write_text(json.dumps(payload, indent=1) + "\n")
-    (out_dir / "ablation.md").write_text(markdown(payload))
+    write_text_atomic(out_dir / "ablation.json", json.dumps(payload, indent=1) + "\n")
+    write_text_atomic(out_dir / "ablation.md", markdown(payload))
 
 
 # ----------------------------------------------------------------------------------------- main
@@ -431,7 +431,7 @@ def main(argv=None) -> dict:
     out_dir = Path(args.out)
     if args.table_only:
         payload = json.loads((out_dir / "ablation.json").read_text())
-        (out_dir / "ablation.md").write_text(markdown(payload))
+        write_text_atomic(out_dir / "ablation.md", markdown(payload))
         return payload
     if args.threads:
         torch.set_num_threads(args.threads)
