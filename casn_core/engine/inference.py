@@ -19,6 +19,7 @@ from tqdm import tqdm
 from casn_core.attention.siamese import DEFAULT_THRESHOLD, pair_attention_grid
 from casn_core.engine.rerank import casn_distmat  # noqa: F401  (public here: the CASN distance matrix)
 from casn_core.models.casn import CASN
+from casn_core.numeric import unit_range
 
 if TYPE_CHECKING:
     from casn_core.store import StoredMaps
@@ -163,11 +164,6 @@ def feature_distance(query_features: torch.Tensor, gallery_features: torch.Tenso
     return torch.cdist(q, g).clamp_min(0)
 
 
-def _unit_range(values: torch.Tensor) -> torch.Tensor:
-    low, high = values.min(), values.max()
-    return (values - low) / (high - low) if float(high - low) > 0 else torch.zeros_like(values)
-
-
 @dataclass
 class RankedQuery:
     """One query's ranking: gallery ``order``, and the parts of the combined distance per position."""
@@ -214,13 +210,13 @@ def rank_query_casn(
         keep_maps=False,
     )
     att = attention.distance[0].cpu()
-    feat_part = _unit_range(feature_distances[candidates])
-    att_part = weight * _unit_range(att)
+    feat_part = unit_range(feature_distances[candidates], dim=None)
+    att_part = weight * unit_range(att, dim=None)
     combined = feat_part + att_part
     reorder = torch.argsort(combined, stable=True)
     rest = by_feature[k:]
     order = torch.cat([candidates[reorder], rest])
-    tail = combined.max() + 1 + _unit_range(feature_distances[rest]) if len(rest) else combined.new_zeros(0)
+    tail = combined.max() + 1 + unit_range(feature_distances[rest], dim=None) if len(rest) else combined.new_zeros(0)
     nan_tail = torch.full((len(rest),), float("nan"))
     return RankedQuery(
         order=order.numpy(),
