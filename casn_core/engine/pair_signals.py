@@ -178,12 +178,9 @@ def sampled_pair_signals(model: CASN, query: FeatureCache, gallery: FeatureCache
 def extract_records(model: CASN, records: list, input_size: tuple[int, int], batch_size: int = 64,
                     desc: str = "extract", progress: bool = False) -> FeatureCache:
     """Cached maps and features of image records at the model's input size (one backbone pass each)."""
-    from casn_core.data import ImageDataset, build_test_transform
-    from casn_core.engine.inference import extract
+    from casn_core.engine.evaluate import extract_split
 
-    height, width = input_size
-    dataset = ImageDataset(records, build_test_transform(height, width))
-    return extract(model, dataset, records, batch_size=batch_size, progress=progress, desc=desc)
+    return extract_split(model, records, *input_size, batch_size=batch_size, progress=progress, desc=desc)
 
 
 def dataset_caches(model: CASN, data: str, input_size: tuple[int, int], batch_size: int = 64,
