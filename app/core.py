@@ -7,7 +7,7 @@ module that defines them (and are listed in the app's report as candidates for e
 from __future__ import annotations
 
 from casn_core import CASN, CheckpointError, explain_maps, load_model, pair_attention
-from casn_core.atomic import write_json_atomic
+from casn_core.atomic import write_bytes_atomic, write_json_atomic
 from casn_core.attention import DEFAULT_THRESHOLD
 from casn_core.attention.similarity import contrastive_map, correspondence, similarity_decomposition
 from casn_core.checkpoint import CheckpointInfo, checkpoint_info
@@ -37,5 +37,5 @@ __all__ = [
     "pair_attention", "plot_aligned", "plot_rows", "rank_query_casn", "similarity_decomposition", "split_stores",
     "unit_range", "GalleryFeatures", "GalleryImage", "GalleryReport", "SearchError", "SearchIndex", "SearchResult",
     "build_search_index", "parse_market_name", "scan_gallery", "casn_candidates", "iter_casn_distmat",
-    "write_json_atomic",
+    "write_bytes_atomic", "write_json_atomic",
 ]

@@ -5,16 +5,14 @@ temporary name and renamed when complete; only the newest :data:`KEEP_EXPORTS` f
 """
 from __future__ import annotations
 
-import json
-import os
 import re
 import shutil
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
 from app import figures
+from app.core import write_bytes_atomic, write_json_atomic
 from app.explain import PairView
 from app.state import AppState
 
@@ -37,17 +35,6 @@ def _export_dir(state: AppState) -> Path:
     return out
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def header(view: PairView) -> str:
     """The text printed above the exported picture."""
     e = view.explanation
@@ -66,8 +53,8 @@ def export_view(state: AppState, view: PairView) -> tuple[Path, Path]:
     out = _export_dir(state)
     stem = f"casn_explanation_{_slug(view.name)}"
     png_path, json_path = out / f"{stem}.png", out / f"{stem}.json"
-    _atomic_write(png_path, figures.export_png([view.overlays, *view.extra_images, view.vectors], header(view)))
+    write_bytes_atomic(png_path, figures.export_png([view.overlays, *view.extra_images, view.vectors], header(view)))
     payload = {"checkpoint": state.checkpoint_path.name, "backbone": state.backbone,
                "input_size": list(state.input_size), **view.explanation}
-    _atomic_write(json_path, json.dumps(payload, indent=1).encode())
+    write_json_atomic(json_path, payload, indent=1)
     return png_path, json_path

@@ -72,10 +72,6 @@ def check_cache_location(cache_dir: str | os.PathLike, gallery: str | os.PathLik
     return cache
 
 
-def _write_json_atomic(obj: dict, path: Path) -> None:
-    write_json_atomic(path, obj)
-
-
 def _read_checked(path: Path, key: str, images: Sequence[GalleryImage]) -> tuple[list[GalleryImage], list[SkippedFile]]:
     """The remembered decode check of ``images``; a ``ValueError`` when it does not fit them."""
     data = json.loads(path.read_text())
@@ -104,9 +100,8 @@ def checked_images(images: Sequence[GalleryImage], cache_dir: Path, progress: bo
         except (OSError, ValueError) as exc:  # json errors are ValueErrors
             log(f"decode-check record {record} unusable ({type(exc).__name__}: {exc}); checking again")
     good, bad = check_images(images, progress=progress)
-    _write_json_atomic({"format": CHECKED_FORMAT, "version": CHECKED_VERSION, "key": key,
-                        "readable": [i.relpath for i in good], "unreadable": [[s.path, s.reason] for s in bad]},
-                       record)
+    write_json_atomic(record, {"format": CHECKED_FORMAT, "version": CHECKED_VERSION, "key": key,
+                               "readable": [i.relpath for i in good], "unreadable": [[s.path, s.reason] for s in bad]})
     return good, bad
 
 
