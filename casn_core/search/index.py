@@ -17,7 +17,7 @@ import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence, Union
+from typing import Callable, Union
 
 import numpy as np
 import torch
@@ -199,17 +199,6 @@ class SearchIndex:
                             rerank_k=k, attention_weight=self.attention_weight, threshold=self.threshold,
                             query_pid=None if labels is None else labels[0],
                             query_camid=None if labels is None else labels[1], excluded=excluded)
-
-    def search_many(self, queries: Sequence[QueryInput], topk: int | None = DEFAULT_TOPK,
-                    exclude_self: bool = True) -> list[SearchResult]:
-        """:meth:`search` for each query, in order."""
-        return [self.search(query, topk, exclude_self) for query in queries]
-
-    def feature_distances(self, query: QueryInput) -> np.ndarray:
-        """Feature distance of ``query`` to every gallery image (gallery order), e.g. for a threshold histogram."""
-        own = self.gallery_index(query)
-        qfeat = self.gallery.features[own] if own is not None else self.query_tensors(query)[1]
-        return feature_distance(qfeat[None], self.gallery.features)[0].numpy()
 
     def to_json(self) -> dict:
         """What was indexed: folder, counts, the first few skipped files, checkpoint settings, cache."""
