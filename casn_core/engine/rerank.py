@@ -260,6 +260,18 @@ def combine_block(feature_block: torch.Tensor, candidates: torch.Tensor, attenti
     return out.scatter_(1, candidates, combined)
 
 
+def casn_attention(model, query, gallery, candidates: torch.Tensor, threshold: float = DEFAULT_THRESHOLD,
+                   device: torch.device | str | None = None, max_batch_bytes: int | None = None,
+                   progress: bool = False) -> torch.Tensor:
+    """``d_a`` (Q, k) of every (query, candidate) pair of two caches (:func:`attention_distances`),
+    their maps held on a CUDA ``device`` while they fit (:func:`maps_on_device`)."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    gallery_maps = maps_on_device(gallery.maps, device)
+    query_maps = maps_on_device(query.maps, device)
+    return attention_distances(model, query_maps, gallery_maps, query.features, gallery.features, candidates,
+                               threshold, device, max_batch_bytes, progress)
+
+
 def iter_casn_distmat(
     model,
     query,
@@ -272,21 +284,19 @@ def iter_casn_distmat(
     max_batch_bytes: int | None = None,
     chunk: int | None = None,
     candidates: torch.Tensor | None = None,
+    attention: torch.Tensor | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """``(first query row, (n, G) float32 block)`` of the CASN distance matrix, ``chunk`` query rows
     at a time (default: :func:`query_chunk`, ~32 MB blocks), so a caller scoring it block by block
     (``casn_core.metrics.evaluate_rank_per_query``) never holds the whole matrix.
 
-    ``candidates``: the (Q, k) lists of :func:`casn_candidates` when the caller already has them.
+    ``candidates``: the (Q, k) lists of :func:`casn_candidates` when the caller already has them;
+    ``attention``: their ``d_a`` (:func:`casn_attention`), which does not depend on ``weight``.
     """
-    device = torch.device(device) if device is not None else next(model.parameters()).device
     if candidates is None:
         candidates = casn_candidates(query.features, gallery.features, topk, chunk)
-    gallery_maps = maps_on_device(gallery.maps, device)
-    query_maps = maps_on_device(query.maps, device)
-    attention = attention_distances(model, query_maps, gallery_maps, query.features, gallery.features, candidates,
-                                    threshold, device, max_batch_bytes, progress)
-    del gallery_maps, query_maps
+    if attention is None:
+        attention = casn_attention(model, query, gallery, candidates, threshold, device, max_batch_bytes, progress)
     for start, block in feature_distance_blocks(query.features, gallery.features, chunk):
         stop = start + block.shape[0]
         yield start, combine_block(block, candidates[start:stop], attention[start:stop], weight)

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from casn_core.atomic import write_json_atomic
 from casn_core.engine.inference import FeatureCache
@@ -96,7 +97,8 @@ def tune_ranking(model: CASN, query: FeatureCache, gallery: FeatureCache, thresh
     feature ranking on the validation split. Each curve row holds ``mAP``, ``rank1`` and ``gain`` /
     ``gain_se``: the mean paired per-query AP difference to w = 0 and its standard error.
     """
-    from casn_core.engine.inference import casn_distmat, feature_distance
+    from casn_core.engine.inference import feature_distance
+    from casn_core.engine.rerank import casn_attention, casn_candidates, iter_casn_distmat
     from casn_core.metrics import evaluate_rank_per_query
 
     if rule not in RULES:
@@ -113,12 +115,17 @@ def tune_ranking(model: CASN, query: FeatureCache, gallery: FeatureCache, thresh
     feature_summary = feature.summary(max_rank=1)
     curve, aps = [], []
     for topk in topks:
+        candidates = attention = None  # d_a depends on K, not on w: one attention pass per K
         for weight in weights:
             if weight == 0.0:
                 result = feature  # w = 0 re-ranks nothing: the feature ranking
             else:
-                result = evaluate_rank_per_query(
-                    casn_distmat(model, query, gallery, topk, weight, threshold, progress=False), *ids)
+                if attention is None:
+                    candidates = casn_candidates(query.features, gallery.features, topk)
+                    attention = casn_attention(model, query, gallery, candidates, threshold)
+                blocks = iter_casn_distmat(model, query, gallery, topk, weight, threshold, progress=False,
+                                           candidates=candidates, attention=attention)
+                result = evaluate_rank_per_query(torch.cat([block for _, block in blocks]).numpy(), *ids)
             ap = result.ap[valid]
             diff = ap - base_ap
             row = {"attention_weight": weight, "topk": topk, "mAP": float(ap.mean()),
