@@ -120,17 +120,23 @@ class SearchService:
         return qmap, qfeat
 
     def search(self, kind: str, value: str, topk) -> SearchResult:
+        return self._ranked(kind, value, topk)[0]
+
+    def _ranked(self, kind: str, value: str, topk) -> tuple[SearchResult, torch.Tensor]:
+        """The search result and the query's feature: an upload is decoded and passed through the backbone once."""
         topk = whole_number(topk, "topk")
         if not 1 <= topk <= MAX_TOPK:
             raise RequestError(f"topk must be between 1 and {MAX_TOPK}, got {topk}")
         query, name = self._query(kind, value)
-        result = self.index.search(query, topk)
+        tensors = self.index.query_tensors(query) if kind == "upload" else None
+        result = self.index.search(query, topk, tensors=tensors)
         result.query = name  # the user's file name or the gallery name, never a server path
         result.gallery = Path(result.gallery).name
         if kind == "upload":
             labels = parse_market_name(name)
             result.query_pid, result.query_camid = (None, None) if labels is None else labels
-        return result
+            return result, tensors[1]
+        return result, self.index.gallery.features[self.gallery_position(value)]
 
     def api_search_upload(self, file, topk) -> dict:
         """The JSON of ``casn search`` for an uploaded query."""
@@ -138,9 +144,8 @@ class SearchService:
 
     # ---- page -----------------------------------------------------------------------------------------
     def search_view(self, kind: str, value: str, topk, no_match: float) -> SearchView:
-        result = self.search(kind, value, topk)
-        query, name = self._query(kind, value)
-        _, qfeat = self._tensors(kind, value, query)
+        result, qfeat = self._ranked(kind, value, topk)
+        name = result.query
         distances = feature_distance(qfeat[None], self.index.gallery.features)[0].numpy()
         if kind == "gallery":
             distances = np.delete(distances, self.gallery_position(value))

@@ -160,11 +160,13 @@ class SearchIndex:
         return maps[0].cpu().to(self.gallery.maps.dtype), features[0].float().cpu(), name
 
     @torch.no_grad()
-    def search(self, query: QueryInput, topk: int | None = DEFAULT_TOPK, exclude_self: bool = True) -> SearchResult:
+    def search(self, query: QueryInput, topk: int | None = DEFAULT_TOPK, exclude_self: bool = True,
+               tensors: tuple[torch.Tensor, torch.Tensor, str] | None = None) -> SearchResult:
         """Rank the gallery for ``query`` (path, bytes, PIL image or uint8 array); the best ``topk`` (``None``: all).
 
         When ``query`` is the path of a gallery image, its cached maps are used, and with
         ``exclude_self`` it is left out of its own ranking ("pick a gallery image as the query").
+        ``tensors``: :meth:`query_tensors` of ``query`` when the caller already ran it (one backbone pass).
         """
         if topk is not None and topk < 1:
             raise ValueError(f"topk must be >= 1 (or None for all), got {topk}")
@@ -172,7 +174,7 @@ class SearchIndex:
         if own is not None:
             qmap, qfeat, name = self.gallery.maps[own], self.gallery.features[own], self.images[own].relpath
         else:
-            qmap, qfeat, name = self.query_tensors(query)
+            qmap, qfeat, name = self.query_tensors(query) if tensors is None else tensors
         labels = parse_market_name(name)
         dist = feature_distance(qfeat[None], self.gallery.features)[0]
         by_feature = torch.argsort(dist, stable=True)
