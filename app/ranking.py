@@ -86,29 +86,23 @@ def _optional(results: QueryResults, row: int) -> tuple[int | None, float | None
     return int(results.first_true_rank[row]), float(results.ap[row])
 
 
-def rank_query(state: AppState, query_index: int, topk: int | None = None, casn: bool = True) -> QueryRanking:
-    """Rank the gallery for one query: with Siamese attention on the top K, or (``casn=False``) by feature."""
+def rank_query(state: AppState, query_index: int) -> QueryRanking:
+    """Rank the gallery for one query: feature distance, with Siamese attention on the top ``state.topk``."""
     if not 0 <= query_index < len(state.query):
         raise IndexError(f"query index {query_index} is out of range 0..{len(state.query) - 1}")
-    k = state.topk if topk is None else topk
+    k = state.topk
     dist_row = state.feature_row(query_index)
     dist = dist_row.numpy()
     num_gallery = len(dist)
-    row = np.empty(num_gallery, dtype=np.float64)
-    feat_part = att_part = att_dist = np.full(num_gallery, np.nan)
-    if casn and k > 0:
-        ranked = rank_query_casn(state.model, state.query.maps[query_index], state.gallery.maps,
-                                 dist_row, k, state.attention_weight, state.threshold,
-                                 state.query.features[query_index], state.gallery.features)
-        # the row eval scores (casn_core.engine.inference.casn_distmat): combined distances in rank order
-        row[ranked.order] = ranked.distance
-        feat_part, att_part, att_dist = (np.empty(num_gallery) for _ in range(3))
-        feat_part[ranked.order] = ranked.feature_part
-        att_part[ranked.order] = ranked.attention_part
-        att_dist[ranked.order] = ranked.attention_distance
-    else:
-        row[:] = dist
-        k = 0
+    ranked = rank_query_casn(state.model, state.query.maps[query_index], state.gallery.maps,
+                             dist_row, k, state.attention_weight, state.threshold,
+                             state.query.features[query_index], state.gallery.features)
+    # the row eval scores (casn_core.engine.inference.casn_distmat): combined distances in rank order
+    row, feat_part, att_part, att_dist = (np.empty(num_gallery) for _ in range(4))
+    row[ranked.order] = ranked.distance
+    feat_part[ranked.order] = ranked.feature_part
+    att_part[ranked.order] = ranked.attention_part
+    att_dist[ranked.order] = ranked.attention_distance
     order = np.argsort(row, kind="stable")  # the metrics' tie rule: equal distances in gallery order
     junk = junk_mask(state, query_index)
     order = order[~junk[order]]
