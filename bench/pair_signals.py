@@ -16,7 +16,7 @@ import time
 import torch
 
 from casn_core.checkpoint import checkpoint_info, load_model
-from casn_core.engine.pair_signals import dataset_caches, pair_signals
+from casn_core.engine.pair_signals import dataset_caches, pair_scores, ranking_numbers, signal_summary
 
 APP_TOPK = 10
 """The app's re-ranking depth; used when the checkpoint stores no K."""
@@ -38,15 +38,13 @@ def main() -> None:
     query, gallery = dataset_caches(model, args.data, info.input_size)
     weights = args.attention_weight or [info.attention_weight]
     topk = args.topk if args.topk is not None else (info.topk or APP_TOPK)
-    signals = None
+    signals = signal_summary(pair_scores(model, query, gallery, info.threshold))  # the same for every w
     for weight in weights:
-        line = pair_signals(model, query, gallery, info.threshold, weight, topk)
-        signals = line
+        line = {**signals, **ranking_numbers(model, query, gallery, info.threshold, weight, topk)}
         line.update({"checkpoint": args.checkpoint, "data": args.data, "weight_source":
                      "argument" if args.attention_weight else info.attention_weight_source,
                      "seconds": round(time.perf_counter() - started, 2)})
         print(json.dumps(line), flush=True)
-    assert signals is not None
 
 
 if __name__ == "__main__":

@@ -127,16 +127,21 @@ def pair_signals(model: CASN, query: FeatureCache, gallery: FeatureCache, thresh
     """
     result = signal_summary(pair_scores(model, query, gallery, threshold))
     if rankings:
-        from casn_core.engine.evaluate import evaluate_caches
-
-        ranked = evaluate_caches(model, query, gallery, topk=topk, attention_weight=attention_weight,
-                                 threshold=threshold, progress=False)
-        result.update({
-            "feature_rank1": ranked["feature"]["rank1"], "feature_mAP": ranked["feature"]["mAP"],
-            "casn_rank1": ranked["casn"]["rank1"], "casn_mAP": ranked["casn"]["mAP"],
-            "attention_weight": float(attention_weight), "topk": "all" if topk is None else int(topk),
-        })
+        result.update(ranking_numbers(model, query, gallery, threshold, attention_weight, topk))
     return result
+
+
+def ranking_numbers(model: CASN, query: FeatureCache, gallery: FeatureCache, threshold: float = DEFAULT_THRESHOLD,
+                    attention_weight: float = 1.0, topk: int | None = 100) -> dict:
+    """Feature vs CASN rank-1 and mAP with ``attention_weight`` (w) and ``topk`` (K) (the part of
+    :func:`pair_signals` that depends on w and K)."""
+    from casn_core.engine.evaluate import evaluate_caches
+
+    ranked = evaluate_caches(model, query, gallery, topk=topk, attention_weight=attention_weight,
+                             threshold=threshold, progress=False)
+    return {"feature_rank1": ranked["feature"]["rank1"], "feature_mAP": ranked["feature"]["mAP"],
+            "casn_rank1": ranked["casn"]["rank1"], "casn_mAP": ranked["casn"]["mAP"],
+            "attention_weight": float(attention_weight), "topk": "all" if topk is None else int(topk)}
 
 
 def sampled_pair_signals(model: CASN, query: FeatureCache, gallery: FeatureCache,
