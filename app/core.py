@@ -16,7 +16,7 @@ from casn_core.engine.evaluate import split_stores
 from casn_core.engine.rerank import casn_candidates, iter_casn_distmat
 from casn_core.engine.inference import (
     FeatureCache, casn_distmat, extract_tensors, feature_distance,
-    rank_query_casn,
+    rank_query_casn, unit_distance, unit_features,
 )
 from casn_core.images import MAX_PIXELS, ImageInputError, load_rgb
 from casn_core.metrics import QueryResults, evaluate_rank_per_query
@@ -37,5 +37,5 @@ __all__ = [
     "pair_attention", "plot_aligned", "plot_rows", "rank_query_casn", "similarity_decomposition", "split_stores",
     "unit_range", "GalleryFeatures", "GalleryImage", "GalleryReport", "SearchError", "SearchIndex", "SearchResult",
     "build_search_index", "parse_market_name", "scan_gallery", "casn_candidates", "iter_casn_distmat",
-    "write_bytes_atomic", "write_json_atomic",
+    "unit_distance", "unit_features", "write_bytes_atomic", "write_json_atomic",
 ]

@@ -25,7 +25,7 @@ import torch
 from app import explain, figures
 from app.core import (
     CASN, GalleryFeatures, GalleryImage, GalleryReport, SearchIndex, SearchResult, build_search_index,
-    explain_maps, feature_distance, load_model, parse_market_name,
+    explain_maps, load_model, parse_market_name, unit_distance, unit_features,
 )
 from app.explain import PairView
 from app.markdown import pair_markdown
@@ -146,7 +146,7 @@ class SearchService:
     def search_view(self, kind: str, value: str, topk, no_match: float) -> SearchView:
         result, qfeat = self._ranked(kind, value, topk)
         name = result.query
-        distances = feature_distance(qfeat[None], self.index.gallery.features)[0].numpy()
+        distances = unit_distance(unit_features(qfeat[None]), self.index.gallery_unit)[0].numpy()
         if kind == "gallery":
             distances = np.delete(distances, self.gallery_position(value))
         strip = []

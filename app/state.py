@@ -11,14 +11,15 @@ Feature distances are computed per query on demand (no query x gallery matrix is
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from app.core import CASN, CheckpointInfo, FeatureCache, checkpoint_info, feature_distance, load_market, load_model, \
-    split_stores
+from app.core import CASN, CheckpointInfo, FeatureCache, checkpoint_info, load_market, load_model, split_stores, \
+    unit_distance, unit_features
 
 
 class DatasetError(ValueError):
@@ -57,9 +58,15 @@ class AppState:
         """The gallery's map store folder (what the Dataset tab names)."""
         return None if self.store_paths is None else self.store_paths[1]
 
+    @functools.cached_property
+    def gallery_unit(self) -> torch.Tensor:
+        """The gallery's L2-normalised features, normalised once (each request needs them)."""
+        return unit_features(self.gallery.features)
+
     def feature_row(self, query_index: int) -> torch.Tensor:
-        """Feature distances (num_gallery,) of one query: Euclidean distance of L2-normalised ``f``."""
-        return feature_distance(self.query.features[query_index:query_index + 1], self.gallery.features)[0]
+        """Feature distances (num_gallery,) of one query: Euclidean distance of L2-normalised ``f``
+        (:func:`casn_core.engine.inference.feature_distance`, the gallery's half kept)."""
+        return unit_distance(unit_features(self.query.features[query_index:query_index + 1]), self.gallery_unit)[0]
 
     def relative(self, path: str) -> str:
         """A dataset path as shown to users and API clients: relative to the dataset root."""

@@ -39,7 +39,6 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from casn_core.attention.alignment import (
@@ -100,11 +99,12 @@ def feature_distance_blocks(query_features: torch.Tensor, gallery_features: torc
     Each block is :func:`casn_core.engine.inference.feature_distance` of those query rows (Euclidean
     distance of L2-normalised ``f``); the gallery is normalised once, not once per block.
     """
-    q = F.normalize(query_features.float(), dim=1)
-    g = F.normalize(gallery_features.float(), dim=1)
+    from casn_core.engine.inference import unit_distance, unit_features  # (inference imports this module)
+
+    q, g = unit_features(query_features), unit_features(gallery_features)
     chunk = chunk or query_chunk(g.shape[0])
     for start in range(0, q.shape[0], chunk):
-        yield start, torch.cdist(q[start:start + chunk], g).clamp_min(0)
+        yield start, unit_distance(q[start:start + chunk], g)
 
 
 def casn_candidates(query_features: torch.Tensor, gallery_features: torch.Tensor, topk: int | None,

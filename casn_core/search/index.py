@@ -25,7 +25,7 @@ from PIL import Image
 
 from casn_core.checkpoint import CheckpointInfo, checkpoint_info, load_model
 from casn_core.data.market import parse_market_name
-from casn_core.engine.inference import extract_tensors, feature_distance, rank_query_casn, resolve_device
+from casn_core.engine.inference import extract_tensors, rank_query_casn, resolve_device, unit_distance, unit_features
 from casn_core.models.casn import CASN
 from casn_core.search.features import DEFAULT_CACHE_DIR, GalleryFeatures, check_cache_location, load_or_extract_gallery
 from casn_core.search.scan import GalleryImage, GalleryReport, SearchError, require_images, scan_gallery
@@ -133,6 +133,11 @@ class SearchIndex:
         (resolving every path of a Market-sized gallery takes about half a second)."""
         return {os.path.normcase(str(Path(i.path).resolve())): n for n, i in enumerate(self.gallery.images)}
 
+    @functools.cached_property
+    def gallery_unit(self) -> torch.Tensor:
+        """The gallery's L2-normalised features, normalised once for every search."""
+        return unit_features(self.gallery.features)
+
     @property
     def images(self) -> list[GalleryImage]:
         return self.gallery.images
@@ -176,7 +181,7 @@ class SearchIndex:
         else:
             qmap, qfeat, name = self.query_tensors(query) if tensors is None else tensors
         labels = parse_market_name(name)
-        dist = feature_distance(qfeat[None], self.gallery.features)[0]
+        dist = unit_distance(unit_features(qfeat[None]), self.gallery_unit)[0]
         by_feature = torch.argsort(dist, stable=True)
         excluded = None
         if own is not None and exclude_self:
