@@ -54,6 +54,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from casn_core.atomic import write_json_atomic
+
 STORE_FORMAT = "casn-map-store"
 STORE_VERSION = 1
 HEADER = "header.json"
@@ -442,7 +444,8 @@ def clean_store_dir(path: Path, log: Log = print) -> None:
             if owner_host == host and not _pid_alive(owner_pid):
                 log(f"removing {entry} (left by an interrupted extraction)")
                 shutil.rmtree(entry, ignore_errors=True)
-        elif entry.name.startswith(HEADER + ".") and entry.name.endswith(".tmp"):
+        elif entry.name.startswith(("." + HEADER + ".", HEADER + ".")) and entry.name.endswith(".tmp"):
+            # casn_core.atomic's temp name (and the one of stores written before it was used here)
             try:
                 if time.time() - entry.stat().st_mtime > 60:
                     entry.unlink()
@@ -526,12 +529,7 @@ class StoreWriter:
             "file_bytes": {name: (self.path / final / name).stat().st_size for name in FILES},
             "data_root": None if root is None else str(root), "created_unix": time.time(),
         }
-        tmp_header = self.path / f"{HEADER}.{secrets.token_hex(4)}.tmp"
-        with open(tmp_header, "w") as handle:
-            handle.write(json.dumps(header, indent=1))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_header, self.path / HEADER)
+        write_json_atomic(self.path / HEADER, header, indent=1)
         clean_store_dir(self.path, log)
         return load_store(self.path, key)
 
