@@ -112,16 +112,10 @@ def load_state(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_dir
     attention_weight = info.attention_weight if attention_weight is None else attention_weight
     query_records, gallery_records = load_dataset(root)  # a clear DatasetError before any extraction
     store_dir = Path(store_dir).resolve() if store_dir is not None else cache_dir / "store"
-    built: list[str] = []
-
-    def store_log(message: str) -> None:
-        if "extracting" in message:
-            built.append(message)
-        log(message)
-
     query_store, gallery_store = split_stores(model, str(root), *info.input_size, store_dir, checkpoint=checkpoint,
                                               map_dtype=map_dtype, batch_size=batch_size, progress=progress,
-                                              log=store_log, records=(query_records, gallery_records))
+                                              log=log, records=(query_records, gallery_records))
+    built = query_store.built_now or gallery_store.built_now
     log(f"features: {len(query_store)} query and {len(gallery_store)} gallery images "
         f"({'extracted now' if built else 'opened'}; map store {query_store.map_dtype} in {store_dir})")
     return AppState(model=model, payload=payload, info=info, checkpoint_path=checkpoint, data_root=root,

@@ -320,6 +320,8 @@ class MapStore:
     camids: np.ndarray
     paths: list[str]
     log_messages: list[str] = field(default_factory=list)
+    built_now: bool = False
+    """True when :func:`open_or_build_store` extracted it in this call, False when it opened a build."""
 
     def __len__(self) -> int:
         return self.features.shape[0]
@@ -638,7 +640,9 @@ def open_or_build_store(
         store = writer.commit(key, records, root, log)
     if distributed:
         dist.barrier(group=group)
-    return store if store is not None else load_store(path, key)
+    store = store if store is not None else load_store(path, key)
+    store.built_now = True
+    return store
 
 
 @torch.no_grad()

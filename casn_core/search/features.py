@@ -27,7 +27,7 @@ from casn_core.atomic import write_json_atomic
 from casn_core.models.casn import CASN
 from casn_core.search.scan import GalleryImage, SearchError, SkippedFile, check_images
 from casn_core.store import (
-    build_key, float32_map_bytes, open_or_build_store, resolve_map_dtype, store_path, try_open_store,
+    float32_map_bytes, open_or_build_store, resolve_map_dtype, store_path,
 )
 
 CHECKED_FORMAT = "casn-search-checked"
@@ -122,20 +122,15 @@ def load_or_extract_gallery(model: CASN, images: Sequence[GalleryImage], input_s
         return GalleryFeatures(images=[], maps=torch.zeros(0, 0, 0, 0), features=torch.zeros(0, 0), unreadable=bad)
     records = [ImageRecord(i.path, -1 if i.pid is None else i.pid, -1 if i.camid is None else i.camid, 0) for i in good]
     root = Path(gallery).resolve()
-    dtype = resolve_map_dtype(map_dtype, next(model.parameters()).device,
-                              float32_bytes=float32_map_bytes(model, input_size, len(records)), log=log)
-    path = store_path(cache_dir, root, "gallery", dtype)
-    key = build_key(model, records, checkpoint=checkpoint, root=root, input_size=input_size, map_dtype=dtype, amp=amp)
-    store = try_open_store(path, key, log)
-    hit = store is not None
+    float32_bytes = float32_map_bytes(model, input_size, len(records)) if map_dtype == "auto" else None
+    dtype = resolve_map_dtype(map_dtype, next(model.parameters()).device, float32_bytes=float32_bytes, log=log)
+    path = store_path(cache_dir, root, "gallery", dtype)  # the store keys itself (checkpoint, files, size, dtype)
+    store = open_or_build_store(model, records, path, checkpoint=checkpoint, root=root, input_size=input_size,
+                                map_dtype=dtype, amp=amp, batch_size=batch_size, progress=progress,
+                                desc="gallery features", log=log)
+    hit = not store.built_now
     if hit:
         log(f"gallery features: loaded from cache {path} ({len(store)} images)")
-    else:
-        log(f"gallery features: extracting {len(good)} images at {input_size[0]}x{input_size[1]} "
-            f"(once; cached in {path})")
-        store = open_or_build_store(model, records, path, checkpoint=checkpoint, root=root, input_size=input_size,
-                                    map_dtype=dtype, amp=amp, batch_size=batch_size, progress=progress,
-                                    desc="gallery features", log=log)
     if len(store) != len(good) or [str(p) for p in store.paths] != [r.path for r in records]:
         raise SearchError(f"map store {path} does not hold the images of {gallery} in order")
     return GalleryFeatures(images=good, maps=store.maps, features=store.features, unreadable=bad, cache_file=path,
