@@ -37,7 +37,7 @@ from casn_core.attention.siamese import DEFAULT_THRESHOLD
 from casn_core.checkpoint import (
     CheckpointError, load_checkpoint, model_from_checkpoint, remove_stale_temporaries, save_checkpoint,
 )
-from casn_core.engine.inference import autocast_context, resolve_device
+from casn_core.engine.inference import autocast_context, extract_tensors, resolve_device
 from casn_core.losses import LOSS_CHOICES, LossConfig, LossTerms, casn_loss
 from casn_core.models.backbones import BACKBONES
 from casn_core.models.casn import CASN, ModelConfig
@@ -403,12 +403,10 @@ def wrap_step(config: TrainConfig, state: TrainState, ctx: RunContext) -> nn.Mod
 
 
 @torch.no_grad()
-def mine_neighbours(model: CASN, records: list, config: TrainConfig, device: torch.device,
-                    per_identity: int = 4) -> dict[int, list[int]]:
+def mine_neighbours(model: CASN, records: list, config: TrainConfig, per_identity: int = 4) -> dict[int, list[int]]:
     """Hard-negative table (ours): each label's ``hard_negative_pool`` nearest other identities by the
     centroids of the current model's features of up to ``per_identity`` images each (no augmentation,
     the same images every epoch, so ``--resume`` redraws the same table)."""
-    from casn_core.data import ImageDataset, build_test_transform
     from casn_core.data.pairs import nearest_identities
 
     chosen, taken = [], {}
@@ -416,23 +414,16 @@ def mine_neighbours(model: CASN, records: list, config: TrainConfig, device: tor
         if taken.get(record.label, 0) < per_identity:
             taken[record.label] = taken.get(record.label, 0) + 1
             chosen.append(record)
-    loader = DataLoader(ImageDataset(chosen, build_test_transform(config.height, config.width)),
-                        batch_size=64, shuffle=False, num_workers=config.workers)
     was_training = model.training
-    model.eval()
-    feats = []
-    for images, *_ in loader:
-        with autocast_context(device, config.amp):
-            maps = model.feature_map(images.to(device))
-        feats.append(model.features(maps.float()).float().cpu())
+    feats = _training_features(model, chosen, config).cpu()
     model.train(was_training)
-    return nearest_identities(torch.cat(feats), [r.label for r in chosen], config.hard_negative_pool)
+    return nearest_identities(feats, [r.label for r in chosen], config.hard_negative_pool)
 
 
 def run_epoch(config: TrainConfig, ctx: RunContext, state: TrainState, step_module: nn.Module, data: TrainData,
               epoch: int, progress: bool) -> dict:
     """Step 5: one epoch of eq. 6 over this epoch's pairs; returns the epoch's metrics record."""
-    neighbours = mine_neighbours(state.model, data.records, config, ctx.device) if config.hard_negatives else None
+    neighbours = mine_neighbours(state.model, data.records, config) if config.hard_negatives else None
     torch.manual_seed(config.seed * 1000 + epoch)  # augmentation and dropout of this epoch
     pairs = data.pairs
     pairs.set_epoch(epoch, neighbours)
@@ -513,19 +504,14 @@ def save_epoch(config: TrainConfig, ctx: RunContext, state: TrainState, epoch: i
 
 
 @torch.no_grad()
-def _training_features(model: CASN, records: list, config: TrainConfig, device: torch.device) -> torch.Tensor:
+def _training_features(model: CASN, records: list, config: TrainConfig) -> torch.Tensor:
     """Features ``f`` of ``records`` with the test transform, in eval mode."""
     from casn_core.data import ImageDataset, build_test_transform
 
     loader = DataLoader(ImageDataset(records, build_test_transform(config.height, config.width)),
                         batch_size=64, shuffle=False, num_workers=config.workers)
     model.eval()
-    feats = []
-    for images, *_ in loader:
-        with autocast_context(device, config.amp):
-            maps = model.feature_map(images.to(device))
-        feats.append(model.features(maps.float()).float())
-    return torch.cat(feats)
+    return torch.cat([extract_tensors(model, images, config.amp)[1] for images, *_ in loader])
 
 
 def finish_bce_head(config: TrainConfig, ctx: RunContext, state: TrainState, data: TrainData) -> dict | None:
@@ -545,7 +531,7 @@ def finish_bce_head(config: TrainConfig, ctx: RunContext, state: TrainState, dat
     from casn_core.data.pairs import pair_indices
     from casn_core.losses import bce_loss
 
-    feats = _training_features(state.model, data.records, config, ctx.device)
+    feats = _training_features(state.model, data.records, config)
     labels = np.array([r.label for r in data.records])
     head = state.model.bce_head
     optimizer = torch.optim.SGD(head.parameters(), lr=config.lr, momentum=config.momentum,
