@@ -141,13 +141,9 @@ def top_class_gradcam(model, images: torch.Tensor, amp: str = "none", batch_size
 @torch.no_grad()
 def image_features(model, images: torch.Tensor, amp: str = "none", batch_size: int = 64) -> torch.Tensor:
     """Pooled features ``f`` (N, D) of preprocessed images, eval mode."""
-    device = next(model.parameters()).device
-    feats = []
-    for part in _batches(images.shape[0], batch_size):
-        with autocast_context(device, amp):
-            maps = model.feature_map(images[part].to(device))
-        feats.append(model.features(maps.float()).float())
-    return torch.cat(feats)
+    from casn_core.engine.inference import extract_tensors
+
+    return torch.cat([extract_tensors(model, images[part], amp)[1] for part in _batches(images.shape[0], batch_size)])
 
 
 @torch.no_grad()
