@@ -105,19 +105,13 @@ from casn_core.attention import pair_attention_grid
 from casn_core.models import build_model
 from casn_core.models.casn import randomise_bce_head
 
-
-def _maps(n: int, k: int, h: int, w: int, seed: int) -> torch.Tensor:
-    """Non-negative (post-ReLU) maps with a random vertical profile per image (as bench/pair_attention.py)."""
-    gen = torch.Generator().manual_seed(seed)
-    profile = torch.rand(n, 1, h, 1, generator=gen) * 2
-    return torch.relu(torch.randn(n, k, h, w, generator=gen)) * profile
-
+from bench.pair_attention import random_maps  # the repository is on PYTHONPATH
 
 dev = torch.device("cuda")
 torch.manual_seed(0)
 model = build_model("resnet50", num_classes=751, pretrained="none").eval()
 randomise_bce_head(model)
-queries_cpu, gallery_cpu = _maps(32, 2048, 16, 8, 1), _maps(4096, 2048, 16, 8, 2)
+queries_cpu, gallery_cpu = random_maps(32, 2048, 16, 8, 1), random_maps(4096, 2048, 16, 8, 2)
 # CPU float32 reference of a small grid for the correctness check
 ref = pair_attention_grid(model, queries_cpu[:2].contiguous(memory_format=torch.channels_last),
                           gallery_cpu[:64].contiguous(memory_format=torch.channels_last), keep_maps=False)

@@ -32,7 +32,7 @@ from casn_core.models import build_model
 from casn_core.models.casn import randomise_bce_head
 
 
-def _maps(n: int, k: int, h: int, w: int, seed: int) -> torch.Tensor:
+def random_maps(n: int, k: int, h: int, w: int, seed: int) -> torch.Tensor:
     """Non-negative (post-ReLU) maps with a random vertical profile per image."""
     gen = torch.Generator().manual_seed(seed)
     profile = torch.rand(n, 1, h, 1, generator=gen) * 2
@@ -70,8 +70,8 @@ def main() -> None:
     k, h, w = args.channels, args.height, args.width
     grids = [tuple(int(v) for v in item.lower().split("x")) for item in args.grids.split(",")]
     max_n, max_m = max(n for n, _ in grids), max(m for _, m in grids)
-    queries = _maps(max_n, k, h, w, 1)
-    gallery = _maps(max_m, k, h, w, 2)
+    queries = random_maps(max_n, k, h, w, 1)
+    gallery = random_maps(max_m, k, h, w, 2)
     with torch.no_grad():
         feats_q, feats_g = model.pool(queries), model.pool(gallery)
 

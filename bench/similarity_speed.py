@@ -30,13 +30,7 @@ from casn_core.attention import pair_attention_grid
 from casn_core.attention.similarity import similarity_grid
 from casn_core.engine.inference import resolve_device
 from casn_core.models import build_model
-
-
-def _maps(n: int, k: int, h: int, w: int, seed: int) -> torch.Tensor:
-    """Non-negative (post-ReLU) maps with a random vertical profile per image."""
-    gen = torch.Generator().manual_seed(seed)
-    profile = torch.rand(n, 1, h, 1, generator=gen) * 2
-    return torch.relu(torch.randn(n, k, h, w, generator=gen)) * profile
+from pair_attention import random_maps  # bench/ is on sys.path when this runs as a script
 
 
 def _sync(device: torch.device) -> None:
@@ -76,8 +70,8 @@ def main() -> None:
     k, h, w = args.channels, args.height, args.width
     if k != model.spec.channels:
         raise SystemExit(f"--channels {k}: the resnet50 head needs {model.spec.channels}")
-    queries = _maps(args.queries, k, h, w, 1).to(device)
-    gallery = _maps(args.gallery, k, h, w, 2).to(device)
+    queries = random_maps(args.queries, k, h, w, 1).to(device)
+    gallery = random_maps(args.gallery, k, h, w, 2).to(device)
     pairs = args.queries * args.gallery
     for name in args.dtypes.split(","):
         dtype = getattr(torch, name.strip(), None)
