@@ -54,12 +54,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def rss_mib(pid: int) -> float:
-    """Resident set size of process ``pid`` in MiB (Linux ``/proc/<pid>/status``)."""
+def proc_status_kib(pid: int, fields: tuple[str, ...] = ("VmRSS", "VmHWM")) -> dict[str, int]:
+    """``fields`` of process ``pid``'s Linux ``/proc/<pid>/status`` in KiB (``VmHWM``: peak resident set)."""
+    out = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
+        name = line.split(":")[0]
+        if name in fields:
+            out[name] = int(line.split()[1])
+    missing = [name for name in fields if name not in out]
+    if missing:
+        raise RuntimeError(f"no {', '.join(missing)} for process {pid}")
+    return out
+
+
+def rss_mib(pid: int) -> float:
+    """Resident set size of process ``pid`` in MiB."""
+    return proc_status_kib(pid, ("VmRSS",))["VmRSS"] / 1024
 
 
 class RssSampler:

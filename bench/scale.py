@@ -144,30 +144,23 @@ def query_n(data: Path) -> int:
     return sum(1 for _ in (Path(data) / "query").glob("*.jpg"))
 
 
-def _proc_status_gb(pid: int) -> dict[str, float]:
-    """``VmRSS`` and ``VmHWM`` (peak) of process ``pid`` in GB (Linux ``/proc/<pid>/status``, KiB)."""
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name = line.split(":")[0]
-        if name in ("VmRSS", "VmHWM"):
-            out[name] = int(line.split()[1]) / 1024 ** 2
-    return out
-
-
 def measure_app(checkpoint: Path, data: Path, store: Path, log_file: Path, threads: int, topk: int,
                 timeout: float = 3600.0) -> dict:
     """Start ``python app.py`` as a child on ``store`` and measure it from outside (see the module docstring).
 
     The child is run by ``bench/app_server.py``'s :func:`served_app` (imported here, at use: a bench
     script's folder is on ``sys.path`` when it runs as ``python bench/scale.py``)."""
-    from app_server import served_app
+    from app_server import proc_status_kib, served_app
     from gradio_client import Client
+
+    def status_gb(pid: int) -> dict[str, float]:
+        return {name: kib / 1024 ** 2 for name, kib in proc_status_kib(pid).items()}
 
     extra = ["--topk", str(topk), "--threads", str(threads)]
     try:
         with served_app(checkpoint, data, store.parent / "app-cache", extra, timeout, log_file, store_dir=store,
                         env=_child_env(threads)) as (url, process, start_s):
-            after_start = _proc_status_gb(process.pid)
+            after_start = status_gb(process.pid)
             client = Client(url, verbose=False, download_files=False)
             first = time.perf_counter()
             client.predict(0, api_name="/rank_query")
@@ -175,7 +168,7 @@ def measure_app(checkpoint: Path, data: Path, store: Path, log_file: Path, threa
             second = time.perf_counter()
             client.predict(1, api_name="/rank_query")
             second_rank_s = time.perf_counter() - second
-            after_rank = _proc_status_gb(process.pid)
+            after_rank = status_gb(process.pid)
     except (RuntimeError, TimeoutError) as exc:
         return {"error": str(exc)}
     return {"start_s": round(start_s, 2), "first_rank_s": round(first_rank_s, 3),
