@@ -11,6 +11,7 @@ from casn_core.atomic import write_bytes_atomic, write_json_atomic
 from casn_core.attention import DEFAULT_THRESHOLD
 from casn_core.attention.similarity import contrastive_map, correspondence, similarity_decomposition
 from casn_core.checkpoint import CheckpointInfo, checkpoint_info
+from casn_core.explanation import explain_similarity
 from casn_core.data import ImageDataset, build_test_transform, generate_dataset, load_market
 from casn_core.engine.evaluate import split_stores
 from casn_core.engine.rerank import casn_candidates, iter_casn_distmat
@@ -37,5 +38,5 @@ __all__ = [
     "pair_attention", "plot_aligned", "plot_rows", "rank_query_casn", "similarity_decomposition", "split_stores",
     "unit_range", "GalleryFeatures", "GalleryImage", "GalleryReport", "SearchError", "SearchIndex", "SearchResult",
     "build_search_index", "parse_market_name", "scan_gallery", "casn_candidates", "iter_casn_distmat",
-    "unit_distance", "unit_features", "write_bytes_atomic", "write_json_atomic",
+    "explain_similarity", "unit_distance", "unit_features", "write_bytes_atomic", "write_json_atomic",
 ]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from app.core import contrastive_map, correspondence, explain_maps
+from app.core import contrastive_map, correspondence, explain_similarity
 from app.state import AppState
 from app.validation import choice, pixel
 
@@ -73,10 +73,10 @@ def point_correspondence(state: AppState, query_index: int, gallery_index: int, 
     cell = (min(py * h // height, h - 1), min(px * w // width, w - 1))
     with torch.no_grad():
         values = correspondence(maps_q, maps_g, cell, state.model.pool, direction).numpy()
-    pair = explain_maps(state.model, maps_q, maps_g, state.threshold, state.query.features[query_index],
-                        state.gallery.features[gallery_index]).to_json()
-    own_map = np.asarray(pair["similarity_map1" if direction == "query" else "similarity_map2"])
-    return Correspondence(direction, px, py, cell, (int(h), int(w)), values, pair["similarity"],
+    pair = explain_similarity(state.model, maps_q, maps_g, state.query.features[query_index],
+                              state.gallery.features[gallery_index])
+    own_map = (pair.map1 if direction == "query" else pair.map2).float().cpu().numpy()
+    return Correspondence(direction, px, py, cell, (int(h), int(w)), values, float(pair.similarity),
                           float(own_map[cell]))
 
 

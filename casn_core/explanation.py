@@ -101,13 +101,28 @@ def explain_maps(model: CASN, map1: torch.Tensor, map2: torch.Tensor, threshold:
     """
     from casn_core.engine.inference import feature_distance
 
+    attention = pair_attention(model, map1[None].float(), map2[None].float(), threshold).detach()[0]
+    similarity, f1, f2 = _similarity(model, map1, map2, feature1, feature2)
+    distance = float(feature_distance(f1, f2)[0, 0])
+    return PairExplanation.from_parts(attention, similarity, distance, threshold)
+
+
+@torch.no_grad()
+def explain_similarity(model: CASN, map1: torch.Tensor, map2: torch.Tensor, feature1: torch.Tensor | None = None,
+                       feature2: torch.Tensor | None = None) -> SimilarityExplanation:
+    """The similarity half of :func:`explain_maps` alone (no Siamese attention): the pair's
+    :class:`SimilarityExplanation`, from the same features by the same rule."""
+    return _similarity(model, map1, map2, feature1, feature2)[0]
+
+
+def _similarity(model: CASN, map1: torch.Tensor, map2: torch.Tensor, feature1: torch.Tensor | None,
+                feature2: torch.Tensor | None) -> tuple[SimilarityExplanation, torch.Tensor, torch.Tensor]:
+    """``(decomposition, f1, f2)``: the ranking's features when given, else the maps' pool."""
     maps1, maps2 = map1[None].float(), map2[None].float()
     pooled1, pooled2 = model.features(maps1), model.features(maps2)
     f1 = pooled1 if feature1 is None else feature1[None].float()
     f2 = pooled2 if feature2 is None else feature2[None].float()
     exact = map1.dtype == torch.float32 and map2.dtype == torch.float32
-    attention = pair_attention(model, maps1, maps2, threshold).detach()[0]
     similarity = similarity_decomposition(maps1, maps2, model.pool, f1 if exact else pooled1,
                                           f2 if exact else pooled2)[0, 0]
-    distance = float(feature_distance(f1, f2)[0, 0])
-    return PairExplanation.from_parts(attention, similarity, distance, threshold)
+    return similarity, f1, f2
