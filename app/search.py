@@ -177,7 +177,7 @@ class SearchService:
         qmap, qfeat = self._tensors(kind, value, query)
         row = self.gallery_position(gallery_name)
         gmap, gfeat = self.index.gallery.maps[row], self.index.gallery.features[row]
-        result = pair_explanation(self.model, self.index.threshold, qmap, gmap, qfeat, gfeat)
+        result = explain_maps(self.model, qmap, gmap, self.index.threshold, qfeat, gfeat).to_json()
         result.update(kind="search pair", query={"name": name}, gallery={"name": self.index.images[row].relpath})
         image1 = explain.input_image(query, self.index.info)
         image2 = explain.input_image(self.index.images[row].path, self.index.info)
@@ -193,11 +193,3 @@ class SearchService:
                               f"{Path(name).stem}_vs_{Path(gallery_name).stem}")
         view.markdown = f"**query** `{name}` vs **gallery** `{gallery_name}`\n\n" + pair_markdown(result)
         return view
-
-
-@torch.no_grad()
-def pair_explanation(model: CASN, threshold: float, map1: torch.Tensor, map2: torch.Tensor, feature1: torch.Tensor,
-                     feature2: torch.Tensor) -> dict:
-    """Siamese attention and the similarity decomposition of one pair of maps (K, H, W) with their features."""
-    return explain_maps(model, map1, map2, threshold, feature1, feature2).to_json()
-

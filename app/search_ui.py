@@ -15,9 +15,9 @@ import app.offline  # noqa: F401  (before gradio)
 import gradio as gr
 
 from app.search import DEFAULT_NO_MATCH, MAX_TOPK, SearchService
+from app.service import MAX_PICKER
 from app.ui import CSS, PRIVATE, PairPanel, user_errors
 
-MAX_PICKER = 240
 
 UNLABELLED_NOTE = ("**Metrics views are hidden**: the images in this folder carry no identity labels, so rank-1, "
                    "mAP and CMC cannot be computed (files named like Market-1501, `0001_c1s1_000151_00.jpg`, "
