@@ -71,7 +71,9 @@ class SearchView:
     strip: list[tuple[np.ndarray, str]]
     distances_plot: np.ndarray
     markdown: str
-    query_ref: tuple[str, str]
+    query_ref: tuple[str, str, tuple[str, ...]]
+    """``(kind, value, shown)``: the query (``"upload"`` or ``"gallery"`` and the file) and the gallery
+    names in the strip, in order, so a click on the strip needs no second search."""
 
 
 class SearchService:
@@ -168,7 +170,7 @@ class SearchService:
                 f"{len(distances)} gallery images are within the no-match threshold d_f ≤ {no_match:.2f}; results "
                 f"beyond it are marked *no match*.")
         plot = figures.distance_histogram(distances, no_match, [h.feature_distance for h in result.results])
-        return SearchView(result, strip, plot, text, (kind, str(value)))
+        return SearchView(result, strip, plot, text, (kind, str(value), tuple(hit.path for hit in result.results)))
 
     # ---- explanations ---------------------------------------------------------------------------------
     def explain(self, kind: str, value: str, gallery_name: str) -> tuple[dict, np.ndarray, np.ndarray, str]:

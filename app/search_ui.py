@@ -82,14 +82,14 @@ def _wire_search(service: SearchService, panel: SearchPanel) -> None:
         position = int(evt.index if isinstance(evt.index, int) else evt.index[0])
         return run(("gallery", service.index.images[position].relpath), topk, no_match)
 
-    def explain_result(ref, topk, evt: gr.SelectData):
+    def explain_result(ref, evt: gr.SelectData):
         if ref is None:
             raise gr.Error("search first")
-        result = user_errors(service.search, ref[0], ref[1], topk)
+        kind, value, shown = ref
         position = int(evt.index if isinstance(evt.index, int) else evt.index[0])
-        if not 0 <= position < len(result.results):
+        if not 0 <= position < len(shown):
             raise gr.Error("that result is no longer shown; search again")
-        view = user_errors(service.pair_view, ref[0], ref[1], result.results[position].path)
+        view = user_errors(service.pair_view, kind, value, shown[position])
         return PairPanel.values(view)
 
     inputs = [panel.topk, panel.no_match]
@@ -97,7 +97,7 @@ def _wire_search(service: SearchService, panel: SearchPanel) -> None:
     panel.button.click(run, [panel.query_ref, *inputs], search_outputs, **PRIVATE)
     panel.no_match.release(run, [panel.query_ref, *inputs], search_outputs, **PRIVATE)
     panel.picker.select(from_picker, inputs, search_outputs, **PRIVATE)
-    panel.strip.select(explain_result, [panel.query_ref, panel.topk], panel.pair.outputs, **PRIVATE)
+    panel.strip.select(explain_result, panel.query_ref, panel.pair.outputs, **PRIVATE)
 
 
 def search_endpoints(service: SearchService, panel: SearchPanel) -> None:
