@@ -76,8 +76,11 @@ def explain_cached(state: AppState, query_index: int, gallery_index: int, rankin
     explanation = explain_maps(state.model, state.query.maps[query_index], state.gallery.maps[gallery_index],
                                state.threshold, state.query.features[query_index],
                                state.gallery.features[gallery_index])
-    # the d_f of this query's ranking row (same features; the row's batched cdist may round differently)
-    explanation.feature_distance = float(state.feature_row(query_index)[gallery_index])
+    # the d_f of this query's ranking row (same features; the row's batched cdist may round differently),
+    # read from the ranking when the image is in it (junk is not: then the row is computed)
+    position = ranking.position(gallery_index)
+    explanation.feature_distance = float(state.feature_row(query_index)[gallery_index] if position is None
+                                         else ranking.feature_distance[position])
     result = explanation.to_json()
     q_pid, g_pid = int(state.query.pids[query_index]), int(state.gallery.pids[gallery_index])
     result.update(
