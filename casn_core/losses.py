@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from casn_core.attention.identification import gradcam, mask_images
-from casn_core.attention.siamese import DEFAULT_THRESHOLD, PairAttention, attention_from_indicator
+from casn_core.attention.siamese import DEFAULT_THRESHOLD, PairAttention, attention_from_indicator, indicator_per_pair
 
 LOSS_CHOICES = ("ide", "ide,ia", "ide,sa", "ide,ia,sa")
 
@@ -129,21 +129,24 @@ def siamese_attention_loss(
     """``L_sa = L_bce + alpha ||M*_m1 - M*_m2||_2`` (eq. 5); the distance term on positive pairs only.
 
     With ``margin`` (ours, see the module docstring) negative pairs add ``alpha mean(ReLU(margin - d_a))``.
-    The indicator (eq. 4) is a constant; the maps carry gradient into the backbone through ``A``.
+    The indicator (eq. 4) is each pair's own, computed as at test time (:func:`indicator_per_pair`), and a
+    constant; the maps carry gradient into the backbone through ``A``.
     Returns ``(L_sa, L_bce, mean positive distance, attention of the pairs used, negative hinge or None)``.
     """
     diff = features1 - features2
-    pair_logits = model.bce_head(diff)
+    # Eq. 4 is a property of one pair: the indicator comes from the head's inference behaviour, as at
+    # test time, not from the train-mode forward below, whose batch statistics and dropout would tie
+    # each pair's indicator to its batch partners (docs/design.md, "Eq. 4 in training"). It is taken
+    # before that forward, which moves BatchNorm's running statistics towards this batch.
+    indicator, eval_logits = indicator_per_pair(model.bce_head, diff)
+    pair_logits = model.bce_head(diff)  # train mode: this forward is what L_bce trains
     bce = bce_loss(pair_logits, same)
-    # Eq. 4 from the same forward pass that L_bce trains: d(sum_p z1_p)/d f-, no graph kept.
-    (grad,) = torch.autograd.grad(pair_logits[:, 1].float().sum(), diff, retain_graph=True)
-    indicator = (grad > 0).float()
     positive = same > 0.5
     used = positive if margin is None else torch.ones_like(positive)
     zero = bce.new_zeros(())
     consistency, hinge, attention = zero, None, None
     if used.any():
-        same_probability = torch.softmax(pair_logits.detach().float(), dim=1)[:, 1]
+        same_probability = torch.softmax(eval_logits.float(), dim=1)[:, 1]
         attention = attention_from_indicator(
             model.pool, indicator[used], feature_map1[used], feature_map2[used],
             same_probability[used], threshold, length,

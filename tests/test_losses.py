@@ -1,6 +1,8 @@
 """Losses of eq. 1-6: gradient paths, ablation switches, and a tiny model overfitting a tiny batch."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -130,3 +132,54 @@ def test_consistency_margin_adds_a_hinge_on_negative_pairs_that_reaches_the_back
     terms = casn_loss(model, *_pair_batch()[:4], same,
                       LossConfig.from_names("ide,sa", consistency_margin=margin))
     assert "negative_consistency" in terms.as_floats()
+
+
+def _indicator_in_training(model, feats1, feats2, same):
+    """The indicators the training loss uses for every pair of a batch (the margin makes every pair used)."""
+    maps1 = torch.zeros(feats1.shape[0], feats1.shape[1], 4, 2)  # maps do not enter eq. 4
+    maps2 = torch.zeros_like(maps1)
+    *_, attention, _ = siamese_attention_loss(model, maps1, maps2, feats1, feats2, same, margin=1.0)
+    return attention.indicator
+
+
+def test_training_indicator_is_per_pair_and_equals_the_test_time_one():
+    """Eq. 4 is a property of one pair: in a training batch (train-mode head with BatchNorm and dropout)
+    a pair's indicator does not change with its batch partners, and equals the indicator ranking and
+    explanations compute for the same features (closed form and the explain path's autograd)."""
+    from casn_core.attention.siamese import indicator_closed_form, pair_attention
+    from casn_core.models.casn import randomise_bce_head
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=4)
+    randomise_bce_head(model, seed=3)  # running statistics as after training, so units differ per pair
+    model.train()
+    gen = torch.Generator().manual_seed(1)
+    dim = model.feature_dim
+    f1, f2 = torch.rand(8, dim, generator=gen), torch.rand(8, dim, generator=gen)
+    g1, g2 = torch.rand(8, dim, generator=gen), torch.rand(8, dim, generator=gen)
+    same = torch.tensor([1.0, 0, 1, 0, 1, 0, 1, 0])
+    mixed1, mixed2 = torch.cat([f1[:1], g1[1:]]), torch.cat([f2[:1], g2[1:]])  # pair 0 with 7 new partners
+
+    # each call from the same model state (a train-mode forward moves BatchNorm's running statistics)
+    a = _indicator_in_training(copy.deepcopy(model), f1, f2, same)[0]
+    b = _indicator_in_training(copy.deepcopy(model), mixed1, mixed2, same)[0]
+    assert int((a != b).sum()) == 0
+    trained = copy.deepcopy(model)
+    _indicator_in_training(trained, f1, f2, same)
+    assert trained.training and trained.bce_head.training  # the head's mode is restored
+
+    model.eval()
+    closed, _ = indicator_closed_form(model.bce_head, f1[:1], f2[:1])
+    assert int((a != closed[0, 0]).sum()) == 0
+    fmap1 = f1[:1, :, None, None].expand(1, dim, 4, 2)  # GAP of a constant map is the feature itself
+    fmap2 = f2[:1, :, None, None].expand(1, dim, 4, 2)
+    assert int((a != pair_attention(model, fmap1, fmap2).indicator[0]).sum()) == 0
+
+    # The literal train-mode d(sum_p z1_p)/d f- this replaces does depend on the partners.
+    model.train()
+    def train_mode_indicator(x1, x2):
+        diff = (x1 - x2).requires_grad_(True)
+        (grad,) = torch.autograd.grad(model.bce_head(diff)[:, 1].sum(), diff)
+        return (grad[0] > 0).float()
+    torch.manual_seed(0)
+    assert int((train_mode_indicator(f1, f2) != train_mode_indicator(mixed1, mixed2)).sum()) > 0.1 * dim

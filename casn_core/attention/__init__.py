@@ -7,7 +7,7 @@ from casn_core.attention.alignment import (
 from casn_core.attention.identification import gradcam, mask_images, soft_mask, upsample_unit_range
 from casn_core.attention.oracle import oracle_pair_attention
 from casn_core.attention.siamese import (
-    PairAttention, attention_from_indicator, indicator_autograd, indicator_closed_form, pair_attention,
+    PairAttention, attention_from_indicator, indicator_autograd, indicator_closed_form, indicator_per_pair, pair_attention,
     pair_attention_grid, siamese_maps,
 )
 from casn_core.attention.similarity import (
@@ -18,7 +18,7 @@ from casn_core.attention.similarity import (
 __all__ = [
     "DEFAULT_THRESHOLD", "PairAttention", "SimilarityExplanation", "align_rows", "attention_from_indicator",
     "consistency_distance", "contrastive_map", "correspondence", "explain_similarity", "gradcam",
-    "indicator_autograd", "indicator_closed_form", "mask_images", "normalise_unit_range",
+    "indicator_autograd", "indicator_closed_form", "indicator_per_pair", "mask_images", "normalise_unit_range",
     "oracle_pair_attention", "pair_attention", "pair_attention_grid", "pooling_weights", "resample_span",
     "row_importance", "siamese_maps", "similarity_decomposition", "similarity_grid", "soft_mask",
     "threshold_span", "upsample_unit_range",

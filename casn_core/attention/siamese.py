@@ -70,6 +70,25 @@ def indicator_autograd(bce_head: nn.Module, feature_diff: torch.Tensor) -> tuple
     return (grad > 0).to(diff.dtype), logits.detach()
 
 
+def indicator_per_pair(bce_head: nn.Module, feature_diff: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 4 of each pair on its own, as at test time: ``(indicator, z)`` for ``f-`` (P, D).
+
+    The head runs with its inference behaviour (BatchNorm's running statistics, no dropout) and in
+    float32 outside any autocast region, so a pair's indicator depends on that pair's features alone:
+    not on the other pairs of a training batch (train-mode BatchNorm would make the gradients of the
+    batch sum to zero in every unit) and not on dropout's draw. It equals the indicator
+    :func:`pair_attention` and :func:`indicator_closed_form` give the same features at test time.
+    The head's mode is restored afterwards; nothing of the head is updated.
+    """
+    was_training = bce_head.training
+    bce_head.eval()
+    try:
+        with torch.autocast(feature_diff.device.type, enabled=False):
+            return indicator_autograd(bce_head, feature_diff)
+    finally:
+        bce_head.train(was_training)
+
+
 def indicator_closed_form(
     bce_head: ClassifierHead, query_features: torch.Tensor, gallery_features: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
