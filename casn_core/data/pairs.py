@@ -155,13 +155,17 @@ class PairDataset(Dataset):
     """Pairs of training images: item ``i`` is ``(img1, img2, label1, label2, same)``.
 
     ``same`` is 1.0 or 0.0. :attr:`pairs` lists ``(index1, index2, same)`` into ``records``;
-    :meth:`set_epoch` redraws them from ``(seed, epoch)``.
+    :meth:`set_epoch` redraws them from ``(seed, epoch)``. ``images``: a sequence whose item ``i`` is
+    the input of ``transform`` for ``records[i]`` (e.g. :class:`casn_core.data.decoded.DecodedImages`);
+    default, the file read as a PIL image.
     """
 
     def __init__(self, records: Sequence[ImageRecord], transform: Callable | None = None,
                  positive_fraction: float = 0.5, pairs_per_epoch: int | None = None, seed: int = 0,
-                 hard_fraction: float = 0.0) -> None:
+                 hard_fraction: float = 0.0, images: Sequence | None = None) -> None:
         self.records = list(records)
+        # images[i] is what ``transform`` takes for records[i]; default: the file read as a PIL image
+        self.images = images
         if not self.records:
             raise PairSamplingError("no training records to pair")
         if transform is None:
@@ -201,5 +205,8 @@ class PairDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int, int, float]:
         i, j, same = self.pairs[index]
         first, second = self.records[i], self.records[j]
-        return (self.transform(read_image(first.path)), self.transform(read_image(second.path)),
+        return (self.transform(self._image(i)), self.transform(self._image(j)),
                 first.label, second.label, float(same))
+
+    def _image(self, index: int):
+        return read_image(self.records[index].path) if self.images is None else self.images[index]
