@@ -1,12 +1,57 @@
 """Plain helpers shared by tests (fixtures live in ``conftest.py``)."""
 from __future__ import annotations
 
+import contextlib
+import importlib
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Iterator, NoReturn
+
+import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def in_ci() -> bool:
+    """``CI=true`` (or ``1``/``yes``) in the environment: a missing test dependency is a failure there."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def missing(message: str) -> NoReturn:
+    """A test dependency is absent: skip the test (or the module, at module level), but fail under ``CI=true``,
+    where a fully installed environment is expected and a silent skip would hide untested code.
+
+    At module level a failure under CI is a collection error: pytest then reports it and runs nothing,
+    which is the point (the CI install is broken)."""
+    if in_ci():
+        pytest.fail(f"CI=true, and a test dependency is missing: {message}", pytrace=False)
+    pytest.skip(message, allow_module_level=True)
+
+
+def require(module: str, why: str = "") -> ModuleType:
+    """Import ``module`` for a test: skip without it, fail under ``CI=true`` (:func:`missing`).
+
+    Use it instead of ``pytest.importorskip``, at module level or inside a test or fixture."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        missing(f"{module} is not importable ({exc})" + (f": {why}" if why else ""))
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run a block with ``count`` torch CPU threads, and restore the caller's count afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def load_bench(name: str) -> ModuleType:
