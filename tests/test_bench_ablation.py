@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from casn_core.attention import quality as aq
-from helpers import load_bench
+from helpers import load_bench, torch_threads
 
 ablation = load_bench("ablation")
 
@@ -35,9 +35,15 @@ def test_helpers():
     assert bool((dm[2] >= dm[1]).all())
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models run faster on one thread; the caller's count is restored afterwards."""
+    with torch_threads(1):
+        yield
+
+
 @pytest.mark.slow
-def test_ablation_tiny(tmp_path, capsys):
-    torch.set_num_threads(1)
+def test_ablation_tiny(tmp_path, capsys, one_thread):
     argv = ["--datasets", "synth,mars", "--rows", "ide;ide,ia,sa", "--seeds", "0,1", "--backbone", "mobilenet_v2",
             "--pretrained", "none", "--height", "64", "--width", "32", "--batch-size", "4", "--epochs", "1",
             "--pairs-per-epoch", "8", "--amp", "none", "--synth-ids", "12", "--synth-cameras", "2",

@@ -1,7 +1,6 @@
 """``torchrun --nproc_per_node 2 -m casn_core eval``: sharded extraction into one store (issue 13)."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -16,6 +15,7 @@ from casn_core.checkpoint import load_model, model_payload, save_checkpoint
 from casn_core.cli import main as cli_main
 from casn_core.engine.evaluate import split_stores
 from casn_core.models import build_model
+from helpers import torch_threads
 
 SIZE = (64, 32)
 
@@ -51,7 +51,7 @@ def test_two_gloo_processes_extract_the_same_store_as_one(setup, tmp_path):
     sharded = json.loads(out_json.read_text())
 
     single_json = tmp_path / "eval1.json"
-    with _threads(1):  # as the torchrun workers (OMP_NUM_THREADS=1): the same kernels, so the same bits
+    with torch_threads(1):  # as the torchrun workers (OMP_NUM_THREADS=1): the same kernels, so the same bits
         assert cli_main(["eval", "--checkpoint", str(ckpt), "--data", str(data), "--device", "cpu", "--topk", "10",
                          "--batch-size", "1", "--store-dir", str(single_dir), "--map-dtype", "float32",
                          "--json", str(single_json)]) == 0
@@ -86,24 +86,12 @@ def test_sharded_store_api_with_two_processes_in_one_test(setup, tmp_path):
     two = split_stores(model, str(data), *SIZE, tmp_path / "two", checkpoint=ckpt, map_dtype="bfloat16",
                        progress=False, log=logs.append)
     assert logs == []
-    with _threads(1):  # the workers' thread count: the same kernels, so the same bits per image
+    with torch_threads(1):  # the workers' thread count: the same kernels, so the same bits per image
         one = split_stores(model, str(data), *SIZE, tmp_path / "one", checkpoint=ckpt, map_dtype="bfloat16",
                            batch_size=1, progress=False, log=logs.append)
     for a, b in zip(two, one):
         assert torch.equal(a.read_maps(np.arange(len(a))), b.read_maps(np.arange(len(b))))
         assert torch.equal(a.features, b.features)
-
-
-@contextlib.contextmanager
-def _threads(count: int):
-    """Run a block with ``count`` torch CPU threads. The rounding of a convolution can depend on how many
-    threads split it, so comparing bytes across processes needs the same thread count on both sides."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _free_port() -> int:
@@ -117,7 +105,7 @@ def _free_port() -> int:
 def _worker(rank: int, data: str, ckpt: str, store_dir: str, port: int) -> None:
     import torch.distributed as dist
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # a spawned worker process of its own: nothing to restore
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
         model, _ = load_model(ckpt, "cpu")
