@@ -1,12 +1,15 @@
-"""How tests/data/behaviour_pins.json was made: run with the code BEFORE issue 10 checked out at /tmp/headwt
-(git worktree add /tmp/headwt 21cc3ae), e.g. `python make_behaviour_pins.py`. Kept for provenance; not a test."""
-import json, sys, numpy as np, torch
-sys.path.insert(0, "/tmp/headwt")
+"""How tests/data/behaviour_pins.json was made, with the code BEFORE issue 10 checked out elsewhere:
+
+    git worktree add /tmp/headwt 21cc3ae
+    PYTHONPATH=/tmp/headwt python tests/data/make_behaviour_pins.py    # writes /tmp/pins/run/pins.json
+
+(the old code is chosen by PYTHONPATH, not by editing sys.path here). Kept for provenance; not a test."""
+import json, numpy as np, torch
 torch.set_num_threads(1)
 from pathlib import Path
 # checkpoint + data: tests/helpers.py make_pinned_checkpoint_and_data (BN-calibrated random mobilenet_v2)
 import importlib.util, shutil
-spec = importlib.util.spec_from_file_location("pin_helpers", "/work/main/tests/helpers.py")
+spec = importlib.util.spec_from_file_location("pin_helpers", Path(__file__).resolve().parents[1] / "helpers.py")
 helpers = importlib.util.module_from_spec(spec); spec.loader.exec_module(helpers)
 out = Path("/tmp/pins/run"); shutil.rmtree(out, ignore_errors=True); out.mkdir(parents=True)
 ck, data = helpers.make_pinned_checkpoint_and_data(out)
