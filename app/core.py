@@ -23,6 +23,7 @@ from casn_core.images import MAX_PIXELS, ImageInputError, load_rgb
 from casn_core.metrics import QueryResults, evaluate_rank_per_query
 from casn_core.metrics import junk_mask as metrics_junk_mask
 from casn_core.numeric import unit_range
+from casn_core.rankings import RankingSpec, chosen_ranking, parse_topk, topk_to_json
 from casn_core.data.market import parse_market_name
 from casn_core.search import (
     GalleryFeatures, GalleryImage, GalleryReport, SearchError, SearchIndex, SearchResult, build_search_index,
@@ -39,4 +40,5 @@ __all__ = [
     "unit_range", "GalleryFeatures", "GalleryImage", "GalleryReport", "SearchError", "SearchIndex", "SearchResult",
     "build_search_index", "parse_market_name", "scan_gallery", "casn_candidates", "iter_casn_distmat",
     "explain_similarity", "unit_distance", "unit_features", "write_bytes_atomic", "write_json_atomic",
+    "RankingSpec", "chosen_ranking", "parse_topk", "topk_to_json",
 ]

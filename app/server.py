@@ -19,6 +19,19 @@ from app.demo import DEFAULT_CACHE_DIR, DEFAULT_CHECKPOINT, DEFAULT_STORE_DIR, e
 from app.uploads import MAX_UPLOAD_BYTES
 
 
+def _topk_argument(text: str) -> int | str:
+    """``--topk``: a positive integer or ``all`` (parsed here: the rankings module would import torch)."""
+    if text.strip().lower() == "all":
+        return "all"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'all', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 or 'all', got {value}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="app.py", description="CASN explainability app (Gradio).")
     parser.add_argument("--checkpoint", default=None,
@@ -32,10 +45,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "convention needed): search it with an uploaded image or one of its own images")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--topk", type=int, default=10, help="gallery images re-ranked with Siamese attention (K)")
+    parser.add_argument("--topk", type=_topk_argument, default=None,
+                        help="K, gallery images re-ranked with Siamese attention (an integer or 'all'). With neither "
+                             "--topk nor --attention-weight the app uses the checkpoint's stored (w, K) pair, else the "
+                             "paper's ranking (w = 1, K = all); with one of them, the other is the paper's")
     parser.add_argument("--threshold", type=float, default=None, help="alignment threshold (default: the checkpoint's)")
     parser.add_argument("--attention-weight", type=float, default=None,
-                        help="w in d = norm(d_f) + w norm(d_a) (default: the checkpoint's, else the paper's 1)")
+                        help="w in d = norm(d_f) + w norm(d_a) (see --topk for the default)")
     parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="demo data and exports")
     parser.add_argument("--store-dir", default=str(DEFAULT_STORE_DIR),
                         help="map stores (casn_core.store), shared with `python -m casn_core eval --store-dir` "
@@ -48,15 +64,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ranking-cache", type=int, default=512,
                         help="rankings memoised per query (LRU; 0 = recompute every request, as benchmarks want)")
     args = parser.parse_args(argv)
-    if args.topk < 1:
-        parser.error("--topk must be >= 1")
     if args.ranking_cache < 0:
         parser.error("--ranking-cache must be >= 0")
     return args
 
 
 def build_service(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_dir: str | os.PathLike,
-                  topk: int = 10, threshold: float | None = None, attention_weight: float | None = None,
+                  topk: int | str | None = None, threshold: float | None = None, attention_weight: float | None = None,
                   max_upload_bytes: int = MAX_UPLOAD_BYTES, ranking_cache: int = 512, progress: bool = True,
                   log=print, store_dir: str | os.PathLike | None = None, map_dtype: str = "auto",
                   background_summary: bool = True):
@@ -78,7 +92,7 @@ def build_service(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_
 
 
 def build_gallery(checkpoint: str | os.PathLike, gallery: str | os.PathLike, cache_dir: str | os.PathLike,
-                  topk: int = 10, threshold: float | None = None, attention_weight: float | None = None,
+                  topk: int | str | None = None, threshold: float | None = None, attention_weight: float | None = None,
                   max_upload_bytes: int = MAX_UPLOAD_BYTES, map_dtype: str = "auto", progress: bool = True,
                   log=print):
     """Unlabelled mode: index any folder of images and build its search page: ``(gr.Blocks, SearchService)``."""
@@ -90,7 +104,7 @@ def build_gallery(checkpoint: str | os.PathLike, gallery: str | os.PathLike, cac
     return build_search_ui(service), service
 
 
-def build(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_dir: str | os.PathLike, topk: int = 10,
+def build(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_dir: str | os.PathLike, topk: int | str | None = None,
           threshold: float | None = None, attention_weight: float | None = None,
           max_upload_bytes: int = MAX_UPLOAD_BYTES, ranking_cache: int = 512, progress: bool = True, log=print,
           store_dir: str | os.PathLike | None = None, map_dtype: str = "auto"):

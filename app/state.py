@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from app.core import CASN, CheckpointInfo, FeatureCache, checkpoint_info, load_market, load_model, split_stores, \
-    unit_distance, unit_features
+from app.core import CASN, CheckpointInfo, FeatureCache, checkpoint_info, chosen_ranking, load_market, load_model, \
+    split_stores, unit_distance, unit_features
 
 
 class DatasetError(ValueError):
@@ -94,7 +94,8 @@ def load_dataset(root: Path) -> tuple[list, list]:
     return query, gallery
 
 
-def load_state(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_dir: str | os.PathLike, topk: int = 10,
+def load_state(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_dir: str | os.PathLike,
+               topk: int | str | None = None,
                threshold: float | None = None, attention_weight: float | None = None, batch_size: int = 32,
                progress: bool = True, log=print, store_dir: str | os.PathLike | None = None,
                map_dtype: str = "auto") -> AppState:
@@ -104,12 +105,13 @@ def load_state(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_dir
     folder ``eval`` uses by default, so the two share them when their dtypes agree). ``map_dtype``:
     ``auto`` (the store's rule, as ``eval``'s: float32 while the gallery's float32 maps take <= 4 GiB,
     else bfloat16, so the two share a store by default), ``float32``, ``float16`` or ``bfloat16``.
+    ``topk`` / ``attention_weight``: with neither, the checkpoint's stored (w, K) pair, else the paper's
+    (w = 1, K = all); with one, the other is the paper's (:func:`casn_core.rankings.chosen_ranking`).
     """
     checkpoint, root, cache_dir = Path(checkpoint).resolve(), Path(data).resolve(), Path(cache_dir).resolve()
     model, payload = load_model(checkpoint, "cpu")
     info = checkpoint_info(payload)
-    threshold = info.threshold if threshold is None else threshold
-    attention_weight = info.attention_weight if attention_weight is None else attention_weight
+    ranking = chosen_ranking(info.default_ranking(), attention_weight, topk, threshold)
     query_records, gallery_records = load_dataset(root)  # a clear DatasetError before any extraction
     store_dir = Path(store_dir).resolve() if store_dir is not None else cache_dir / "store"
     query_store, gallery_store = split_stores(model, str(root), *info.input_size, store_dir, checkpoint=checkpoint,
@@ -120,7 +122,8 @@ def load_state(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_dir
         f"({'extracted now' if built else 'opened'}; map store {query_store.map_dtype} in {store_dir})")
     return AppState(model=model, payload=payload, info=info, checkpoint_path=checkpoint, data_root=root,
                     cache_dir=cache_dir, query=query_store.as_cache(), gallery=gallery_store.as_cache(),
-                    input_size=info.input_size, threshold=float(threshold), topk=int(topk),
-                    attention_weight=float(attention_weight), store_paths=(query_store.path, gallery_store.path),
+                    input_size=info.input_size, threshold=ranking.threshold,
+                    topk=ranking.effective_topk(len(gallery_store)),
+                    attention_weight=ranking.attention_weight, store_paths=(query_store.path, gallery_store.path),
                     map_dtype=query_store.map_dtype, cache_hit=not built, store_dir=store_dir,
                     store_keys=(dict(query_store.header["key"]), dict(gallery_store.header["key"])))

@@ -18,6 +18,7 @@ import torch
 from casn_core.atomic import atomic_file
 from casn_core.attention.siamese import DEFAULT_THRESHOLD
 from casn_core.models.casn import CASN, ModelConfig
+from casn_core.rankings import RankingSpec, paper_ranking, stored_ranking
 
 FORMAT = "casn-checkpoint"
 VERSION = 1
@@ -138,9 +139,9 @@ class CheckpointInfo:
     """What inference needs to know of a checkpoint, read once instead of ``payload.get`` chains.
 
     ``attention_weight`` is w in the paper's ranking distance ``d = d_f + w d_a`` (sec. 4): the
-    paper fixes w = 1; a checkpoint may store a weight validated on held-out identities
-    (``casn_core tune``), which inference uses unless the user overrides it. ``topk`` likewise
-    (``None``: the caller's default).
+    paper fixes w = 1; a checkpoint may store a (w, K) pair validated on held-out identities
+    (``casn tune``, ``train --val-ids``), ``tuned``, which inference uses as one pair unless the user
+    overrides it. ``topk`` is the tuned K (``None``: all, or nothing stored; ``tuned`` tells which).
     """
 
     backbone: str
@@ -150,6 +151,11 @@ class CheckpointInfo:
     topk: int | None
     num_classes: int
     attention_weight_source: str
+    tuned: RankingSpec | None = None
+
+    def default_ranking(self) -> RankingSpec:
+        """The ranking inference uses by default: the stored (w, K) pair, else the paper's (w = 1, K = all)."""
+        return self.tuned if self.tuned is not None else paper_ranking(self.threshold)
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> "CheckpointInfo":
@@ -160,15 +166,18 @@ class CheckpointInfo:
         model_config = payload.get("model_config") or {}
         tuned = payload.get("ranking") or {}
         weight = tuned.get("attention_weight")
+        threshold = float(train_config.get("threshold", DEFAULT_THRESHOLD))
+        ranking = stored_ranking(tuned, threshold)
         return cls(
             backbone=str(model_config.get("backbone", "unknown")),
             input_size=(int(size[0]), int(size[1])),
-            threshold=float(train_config.get("threshold", DEFAULT_THRESHOLD)),
+            threshold=threshold,
             attention_weight=1.0 if weight is None else float(weight),
-            topk=None if tuned.get("topk") is None else int(tuned["topk"]),
+            topk=None if ranking is None else ranking.topk,
             num_classes=int(model_config.get("num_classes", 0)),
             attention_weight_source="the paper's default" if weight is None else str(
                 tuned.get("source", "stored in the checkpoint")),
+            tuned=ranking,
         )
 
 

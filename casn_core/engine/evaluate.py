@@ -7,9 +7,12 @@ attention distance on the top K, and both rankings are scored with the Market-15
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -20,10 +23,13 @@ from casn_core.checkpoint import CheckpointError, checkpoint_info, load_model
 from casn_core.engine.inference import FeatureCache, extract, resolve_device
 from casn_core.metrics import QueryResults, evaluate_rank_per_query
 from casn_core.models.casn import CASN
+from casn_core.rankings import PAPER_WEIGHT, RankingSpec, paper_ranking, parse_topk
 from casn_core.store import (
     MAP_DTYPE_CHOICES, MapStore, float32_map_bytes, open_or_build_store, resolve_map_dtype, store_path,
 )
 
+
+log = logging.getLogger(__name__)
 
 def summarise(result: dict) -> dict:
     """``{"rank1", "rank5", "rank10", "mAP", "mINP"}`` (fractions) from :func:`evaluate_rank`'s output
@@ -54,55 +60,72 @@ def concat_query_results(parts: list[QueryResults]) -> QueryResults:
                           for name in ("first_true_rank", "ap", "inp", "valid")))
 
 
+def pair_attention_estimate(spec: RankingSpec, num_query: int, num_gallery: int) -> str:
+    """``"paper (w = 1, K = all): 3,368 x 15,913 = 53.6 M pair attentions"``."""
+    if spec.attention_weight == 0:
+        return f"{spec.label()}: w = 0 is the feature ranking, no pair attention needed"
+    k = spec.effective_topk(num_gallery)
+    return f"{spec.label()}: {num_query:,} x {k:,} = {num_query * k / 1e6:.1f} M pair attentions"
+
+
+def evaluate_rankings(model: CASN, query: FeatureCache, gallery: FeatureCache, rankings: Sequence[RankingSpec] = (),
+                      progress: bool = True, device: torch.device | str | None = None,
+                      chunk: int | None = None) -> dict:
+    """Score the feature ranking and every CASN ranking in ``rankings`` on cached query and gallery features.
+
+    Returns ``{"num_query", "num_gallery", "feature": metrics, <ranking name>: metrics + its settings,
+    "seconds": {...}}`` (metrics: :func:`summarise`). ``query`` / ``gallery`` hold their maps in RAM
+    (:func:`extract_split`) or in a store on disk (``MapStore.as_cache()``); the CASN re-ranking reads
+    only the candidates' maps. No query x gallery matrix is held whole: each ranking is computed and
+    scored ``chunk`` query rows at a time (:func:`casn_core.engine.rerank.query_chunk`, ~32 MB blocks)
+    with :func:`casn_core.metrics.evaluate_rank_per_query`, whose per-query results concatenate (every
+    query's numbers depend on its own row only), so the metrics equal ``evaluate_rank`` of the whole
+    matrix; with K = all the pairs are scored in query groups of bounded memory
+    (:func:`casn_core.engine.rerank.grouped_casn_blocks`).
+    """
+    from casn_core.engine.rerank import feature_distance_blocks, grouped_casn_blocks
+
+    q_pids, q_camids = np.asarray(query.pids), np.asarray(query.camids)
+    g_pids, g_camids = np.asarray(gallery.pids), np.asarray(gallery.camids)
+    max_rank = min(50, len(gallery))
+
+    def scored(blocks) -> dict:
+        parts = [evaluate_rank_per_query(block, q_pids[start:start + block.shape[0]], g_pids,
+                                         q_camids[start:start + block.shape[0]], g_camids)
+                 for start, block in blocks]
+        return summarise(concat_query_results(parts).summary(max_rank))
+
+    timing = {}
+    started = time.perf_counter()
+    results = {"num_query": len(query), "num_gallery": len(gallery),
+               "feature": scored(feature_distance_blocks(query.features, gallery.features, chunk))}
+    timing["feature_ranking"] = time.perf_counter() - started
+    done: dict[tuple, dict] = {}
+    for spec in rankings:
+        key = (spec.attention_weight, spec.effective_topk(len(gallery)), spec.threshold)
+        if key not in done:
+            started = time.perf_counter()
+            if spec.attention_weight == 0:
+                # w = 0: the top K by d_f, then the rest by d_f, is the feature order itself
+                done[key] = dict(results["feature"])
+            else:
+                log.info("%s", pair_attention_estimate(spec, len(query), len(gallery)))
+                done[key] = scored(grouped_casn_blocks(model, query, gallery, spec.topk, spec.attention_weight,
+                                                       spec.threshold, progress, device, chunk=chunk))
+            timing[f"{spec.name}_ranking"] = time.perf_counter() - started
+        results[spec.name] = {**done[key], **spec.settings()}
+    results["seconds"] = timing
+    return results
+
+
 def evaluate_caches(model: CASN, query: FeatureCache, gallery: FeatureCache, topk: int | None = 100,
                     attention_weight: float = 1.0, threshold: float = DEFAULT_THRESHOLD, casn: bool = True,
                     progress: bool = True, device: torch.device | str | None = None,
                     chunk: int | None = None) -> dict:
-    """Score feature ranking and CASN ranking of cached query and gallery features.
-
-    ``query`` / ``gallery`` hold their maps in RAM (:func:`extract_split`) or in a store on disk
-    (``MapStore.as_cache()``); the CASN re-ranking reads only the candidates' maps. No query x
-    gallery matrix is held whole: both rankings are computed and scored ``chunk`` query rows at a
-    time (:func:`casn_core.engine.rerank.query_chunk`, ~32 MB blocks) with
-    :func:`casn_core.metrics.evaluate_rank_per_query`, whose per-query results concatenate (every
-    query's numbers depend on its own row only), so the metrics equal ``evaluate_rank`` of the
-    whole matrix.
-    """
-    from casn_core.engine.rerank import casn_candidates, feature_distance_blocks, iter_casn_distmat
-
-    q_pids, q_camids = np.asarray(query.pids), np.asarray(query.camids)
-    labels = (np.asarray(gallery.pids), np.asarray(gallery.camids))
-    max_rank = min(50, len(gallery))
-
-    def score(start: int, block: torch.Tensor, into: list) -> None:
-        stop = start + block.shape[0]
-        into.append(evaluate_rank_per_query(block, q_pids[start:stop], labels[0], q_camids[start:stop], labels[1]))
-
-    timing = {}
-    started = time.perf_counter()
-    feature_parts: list[QueryResults] = []
-    candidates = None
-    if casn:  # the candidate lists come from the same feature blocks as the feature ranking's scores
-        candidates = casn_candidates(query.features, gallery.features, topk, chunk,
-                                     on_block=lambda start, block: score(start, block, feature_parts))
-    else:
-        for start, block in feature_distance_blocks(query.features, gallery.features, chunk):
-            score(start, block, feature_parts)
-    results = {"num_query": len(query), "num_gallery": len(gallery),
-               "feature": summarise(concat_query_results(feature_parts).summary(max_rank))}
-    timing["feature_ranking"] = time.perf_counter() - started
-    if casn:
-        started = time.perf_counter()
-        casn_parts: list[QueryResults] = []
-        for start, block in iter_casn_distmat(model, query, gallery, topk, attention_weight, threshold, progress,
-                                              device, chunk=chunk, candidates=candidates):
-            score(start, block, casn_parts)
-        timing["casn_rerank"] = time.perf_counter() - started
-        results["casn"] = summarise(concat_query_results(casn_parts).summary(max_rank))
-        results["casn_settings"] = {"topk": "all" if topk is None else topk, "attention_weight": attention_weight,
-                                    "threshold": threshold}
-    results["seconds"] = timing
-    return results
+    """:func:`evaluate_rankings` with one CASN ranking named ``casn`` (w = ``attention_weight``, K = ``topk``),
+    or the feature ranking alone (``casn=False``)."""
+    rankings = [RankingSpec("casn", attention_weight, topk, threshold)] if casn else []
+    return evaluate_rankings(model, query, gallery, rankings, progress, device, chunk)
 
 
 def split_stores(model: CASN, data: str, height: int, width: int, store_dir: str | Path, *,
@@ -146,7 +169,7 @@ def evaluate_model(model: CASN, data: str, height: int, width: int, device: torc
                    threshold: float = DEFAULT_THRESHOLD, batch_size: int = 64, workers: int = 0, casn: bool = True,
                    progress: bool = True, store_dir: str | Path | None = None, map_dtype: str = "auto",
                    checkpoint: str | Path | None = None, log=print, rank: int = 0, world_size: int = 1,
-                   group=None, signals: bool = False) -> dict | None:
+                   group=None, signals: bool = False, rankings: Sequence[RankingSpec] | None = None) -> dict | None:
     """Evaluate ``model`` on the query/gallery splits of the dataset at ``data``.
 
     Without ``store_dir`` the maps are extracted into RAM (float32, as before); with it they go to
@@ -155,6 +178,8 @@ def evaluate_model(model: CASN, data: str, height: int, width: int, device: torc
     scores and returns the results, the other ranks return None. ``signals``: add ``"pair_signals"``
     (:func:`casn_core.engine.pair_signals.sampled_pair_signals`: AUCs of d_f, d_a and p(same), mean
     p(same) of true and other pairs; all cross-camera pairs, or a seeded sample of a large set).
+    ``rankings``: the CASN rankings to score (:func:`evaluate_rankings`); default one named ``casn`` of
+    ``attention_weight`` on the top ``topk`` (none with ``casn=False``).
     """
     from casn_core.data import load_market
 
@@ -179,7 +204,9 @@ def evaluate_model(model: CASN, data: str, height: int, width: int, device: torc
                                 "gallery")
         storage = {"maps": "memory", "map_dtype": "float32"}
     extract_s = time.perf_counter() - started
-    results = evaluate_caches(model, query, gallery, topk, attention_weight, threshold, casn, progress, device)
+    if rankings is None:
+        rankings = [RankingSpec("casn", attention_weight, topk, threshold)] if casn else []
+    results = evaluate_rankings(model, query, gallery, rankings, progress, device)
     results["seconds"]["extract_or_open"] = extract_s
     results["storage"] = storage
     if signals:
@@ -190,14 +217,16 @@ def evaluate_model(model: CASN, data: str, height: int, width: int, device: torc
     return results
 
 
-def format_table(results: dict) -> str:
-    """A readable table of the evaluation results (percentages)."""
+def format_table(results: dict, rankings: Sequence[RankingSpec] = ()) -> str:
+    """A readable table of the evaluation results (percentages), one row per ranking named with its w and K."""
+    rows = [("feature", results["feature"])] + [(spec.label(), results[spec.name]) for spec in rankings]
+    width = max(len(name) for name, _ in rows) + 2
     lines = [f"query {results['num_query']}  gallery {results['num_gallery']}",
-             f"{'ranking':<10}{'R-1':>8}{'R-5':>8}{'R-10':>8}{'mAP':>8}{'mINP':>8}"]
-    for name in ("feature", "casn"):
-        if name in results:
-            r = results[name]
-            lines.append(f"{name:<10}" + "".join(f"{100 * r[k]:>7.1f}%" for k in ("rank1", "rank5", "rank10", "mAP", "mINP")))
+             f"{'ranking':<{width}}{'R-1':>8}{'R-5':>8}{'R-10':>8}{'mAP':>8}{'mINP':>8}"]
+    for name, r in rows:
+        lines.append(f"{name:<{width}}" + "".join(f"{100 * r[k]:>7.1f}%" for k in ("rank1", "rank5", "rank10", "mAP", "mINP")))
+    if "casn" in results and "ranking" in results["casn"]:
+        lines.append(f"default ranking (the app's and search's, JSON 'casn'): {results['casn']['ranking']}")
     return "\n".join(lines)
 
 
@@ -205,11 +234,15 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--data", required=True, help="dataset root with query/ and bounding_box_test/")
     parser.add_argument("--json", help="write the results here")
-    parser.add_argument("--topk", default=None,
-                        help="CASN re-ranking depth K, or 'all' (default: the checkpoint's tuned K, else 100)")
     parser.add_argument("--attention-weight", type=float, default=None,
-                        help="w in d = d_f + w d_a (default: the checkpoint's validated w from `casn tune` or "
-                             "`train --val-ids`, else the paper's 1)")
+                        help="add a 'custom' ranking with this w in d = norm(d_f) + w norm(d_a) (with --topk; the "
+                             "one not given is the paper's: w = 1, K = all). Every run also reports 'feature', "
+                             "'paper' (w = 1, K = all) and, when the checkpoint stores one, 'tuned' (the validated "
+                             "(w, K) of `casn tune` or `train --val-ids`)")
+    parser.add_argument("--topk", default=None, help="K of the 'custom' ranking: an integer or 'all' (see --attention-weight)")
+    parser.add_argument("--paper-topk", default="all",
+                        help="bound the paper's ranking to the top K by feature distance (default all, the paper's: "
+                             "one pair attention per query-gallery pair, 53.6 M for Market-1501; the row says the K)")
     parser.add_argument("--threshold", type=float, default=None, help="alignment threshold (default: the checkpoint's)")
     parser.add_argument("--no-pair-signals", action="store_true",
                         help="skip the pair signals (AUCs of d_f, d_a and p(same); sampled on large sets)")
@@ -247,33 +280,46 @@ def _init_distributed(device: torch.device):
     return dist.get_rank(), dist.get_world_size(), group, device
 
 
+def eval_rankings(args: argparse.Namespace, info) -> tuple[list[RankingSpec], RankingSpec]:
+    """The CASN rankings ``casn eval`` scores (paper, tuned when stored, custom when asked) and the default one."""
+    threshold = info.threshold if args.threshold is None else args.threshold
+    rankings = [paper_ranking(threshold, parse_topk(args.paper_topk))]
+    default = rankings[0]
+    if info.tuned is not None:
+        default = replace(info.tuned, threshold=threshold)
+        rankings.append(default)
+    if args.attention_weight is not None or args.topk is not None:
+        weight = PAPER_WEIGHT if args.attention_weight is None else args.attention_weight
+        default = RankingSpec("custom", weight, parse_topk(args.topk), threshold)
+        rankings.append(default)
+    return rankings, default
+
+
 def run_eval(args: argparse.Namespace) -> int:
     """Entry point of ``python -m casn_core eval`` (and ``torchrun -m casn_core eval``: sharded extraction)."""
     rank, world = 0, 1
+    rankings: list[RankingSpec] = []
+    if not logging.getLogger().handlers:  # the pair-attention estimate and store messages reach stderr
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         rank, world, group, device = _init_distributed(resolve_device(args.device))
         model, payload = load_model(args.checkpoint, device)
         info = checkpoint_info(payload)
         height, width = info.input_size
-        if args.topk is not None:
-            topk = None if str(args.topk).lower() == "all" else int(args.topk)
-        else:
-            topk = 100 if info.topk is None else info.topk
-        weight = info.attention_weight if args.attention_weight is None else args.attention_weight
-        threshold = info.threshold if args.threshold is None else args.threshold
+        rankings, default = eval_rankings(args, info)
         store_dir = None if args.in_memory else args.store_dir
         if store_dir is None and world > 1:
             raise ValueError("--in-memory cannot be sharded across processes; drop it to use the map store")
         log = (lambda message: print(message, file=sys.stderr)) if rank == 0 else (lambda message: None)
         if rank == 0:
-            source = "--attention-weight" if args.attention_weight is not None else info.attention_weight_source
-            log(f"ranking: d = norm(d_f) + w norm(d_a) on the top K; w = {weight:g} ({source}), "
-                f"K = {'all' if topk is None else topk}")
-        results = evaluate_model(model, args.data, height, width, next(model.parameters()).device, args.amp, topk,
-                                 weight, threshold, args.batch_size, args.workers,
+            for spec in rankings:
+                log(f"ranking {spec.label()}: d = norm(d_f) + w norm(d_a) on the top K by d_f"
+                    + (" (the default)" if spec is default else ""))
+        results = evaluate_model(model, args.data, height, width, next(model.parameters()).device, args.amp,
+                                 batch_size=args.batch_size, workers=args.workers,
                                  store_dir=store_dir, map_dtype=args.map_dtype, checkpoint=args.checkpoint, log=log,
                                  rank=rank, world_size=world, group=group, progress=rank == 0,
-                                 signals=not args.no_pair_signals)
+                                 signals=not args.no_pair_signals, threshold=default.threshold, rankings=rankings)
     except (CheckpointError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -285,7 +331,8 @@ def run_eval(args: argparse.Namespace) -> int:
                 dist.destroy_process_group()
     if results is None:
         return 0
-    print(format_table(results))
+    results["casn"] = {**results[default.name], "ranking": default.name}
+    print(format_table(results, rankings))
     if args.json:
         write_json_atomic(args.json, results, indent=2)
     return 0

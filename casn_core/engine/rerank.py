@@ -302,6 +302,69 @@ def iter_casn_distmat(
         yield start, combine_block(block, candidates[start:stop], attention[start:stop], weight)
 
 
+DEFAULT_STATE_BYTES = 512 << 20
+"""Per-pair state (packed indicators and attention rows) held at once by :func:`grouped_casn_blocks`."""
+
+
+class _RowRange:
+    """Rows ``[start, stop)`` of a map tensor or store, read like the whole (``read``, ``shape``, ``len``)."""
+
+    def __init__(self, maps, start: int, stop: int) -> None:
+        self.maps, self.start, self.stop = maps, int(start), int(stop)
+        self.shape = torch.Size((self.stop - self.start, *maps.shape[1:]))
+        self.dtype = maps.dtype
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def read(self, indices) -> torch.Tensor:
+        return read_rows(self.maps, np.asarray(indices) + self.start, torch.device("cpu"))
+
+    def to(self, device) -> torch.Tensor:
+        return read_rows(self.maps, np.arange(self.start, self.stop), torch.device(device))
+
+
+def pairs_per_group(num_gallery_k: int, height: int, feature_dim: int, state_bytes: int = DEFAULT_STATE_BYTES) -> int:
+    """Queries whose ``k`` pairs' state (D/8 bytes of indicator bits, two float32 rows of H) fits ``state_bytes``."""
+    per_query = max(1, num_gallery_k) * ((feature_dim + 7) // 8 + 8 * height)
+    return max(1, int(state_bytes) // per_query)
+
+
+def grouped_casn_blocks(model, query, gallery, topk: int | None, weight: float = 1.0,
+                        threshold: float = DEFAULT_THRESHOLD, progress: bool = True,
+                        device: torch.device | str | None = None, chunk: int | None = None,
+                        state_bytes: int = DEFAULT_STATE_BYTES) -> Iterator[tuple[int, torch.Tensor]]:
+    """:func:`iter_casn_distmat`'s blocks, computed for groups of queries whose per-pair state fits
+    ``state_bytes``: with K = all (the paper's ranking) every query has one pair per gallery image, and
+    the whole set's indicators alone would take queries x gallery x D/8 bytes (8.6 GB for Market-1501).
+    Each group reads the gallery maps once; a single group is exactly :func:`iter_casn_distmat`."""
+    num_query, num_gallery = len(query.features), len(gallery.features)
+    k = num_gallery if topk is None else min(topk, num_gallery)
+    group = pairs_per_group(k, query.maps.shape[2], query.features.shape[1], state_bytes)
+    if group >= num_query:
+        yield from iter_casn_distmat(model, query, gallery, topk, weight, threshold, progress, device, chunk=chunk)
+        return
+    bar = tqdm(total=num_query * k, desc="casn re-rank", disable=not progress, unit="pair", unit_scale=True)
+    for start in range(0, num_query, group):
+        stop = min(num_query, start + group)
+        part = _QueryGroup(_RowRange(query.maps, start, stop), query.features[start:stop])
+        for offset, block in iter_casn_distmat(model, part, gallery, topk, weight, threshold, False, device,
+                                               chunk=chunk):
+            yield start + offset, block
+        bar.update((stop - start) * k)
+    bar.close()
+
+
+class _QueryGroup:
+    """The maps and features of a group of queries (what :func:`iter_casn_distmat` reads of a cache)."""
+
+    def __init__(self, maps, features: torch.Tensor) -> None:
+        self.maps, self.features = maps, features
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+
 def casn_distmat(
     model,
     query,

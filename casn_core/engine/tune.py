@@ -31,6 +31,7 @@ import torch
 from casn_core.atomic import write_json_atomic
 from casn_core.engine.inference import FeatureCache
 from casn_core.models.casn import CASN
+from casn_core.rankings import topk_to_json
 
 WEIGHT_GRID = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0)
 """Candidate w; 0 is the feature ranking, 1 the paper's."""
@@ -53,7 +54,7 @@ class TuneResult:
 
     def ranking_entry(self, source: str) -> dict:
         """The checkpoint's ``payload["ranking"]`` entry."""
-        return {"attention_weight": float(self.attention_weight), "topk": self.topk, "source": source,
+        return {"attention_weight": float(self.attention_weight), "topk": topk_to_json(self.topk), "source": source,
                 "rule": self.rule, "validation": {"mAP": self.mAP, "rank1": self.rank1, "feature_mAP": self.feature_mAP,
                                "feature_rank1": self.feature_rank1},
                 "curve": self.curve}

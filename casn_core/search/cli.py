@@ -31,9 +31,11 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
                         help="query image; repeat for several (a gallery image's path ranks the others)")
     parser.add_argument("--topk", type=int, default=DEFAULT_TOPK, help="results shown per query (default 20)")
     parser.add_argument("--rerank-k", type=int, default=None,
-                        help="gallery images re-scored with Siamese attention (default: the checkpoint's, else 100)")
+                        help="K: gallery images re-scored with Siamese attention. With neither this nor "
+                             "--attention-weight, the checkpoint's stored (w, K) pair, else the paper's (w = 1, "
+                             "every image); with one of them, the other is the paper's")
     parser.add_argument("--attention-weight", type=float, default=None,
-                        help="w in d = d_f + w d_a (default: the checkpoint's, else 1)")
+                        help="w in d = norm(d_f) + w norm(d_a) (see --rerank-k for the default)")
     parser.add_argument("--threshold", type=float, default=None, help="alignment threshold (default: the checkpoint's)")
     parser.add_argument("--json", default=None, help="write the results as JSON (see casn_core.search.cli)")
     parser.add_argument("--figure", default=None, help="write a ranked strip PNG (one row per query)")

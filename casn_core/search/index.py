@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from casn_core.checkpoint import CheckpointInfo, checkpoint_info, load_model
+from casn_core.rankings import chosen_ranking, parse_topk
 from casn_core.data.market import parse_market_name
 from casn_core.engine.inference import extract_tensors, rank_query_casn, resolve_device, unit_distance, unit_features
 from casn_core.models.casn import CASN
@@ -33,8 +34,7 @@ from casn_core.search.scan import GalleryImage, GalleryReport, SearchError, requ
 QueryInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 """A query: a file path, the bytes of an image file, a PIL image, or an RGB uint8 array (H, W, 3)."""
 DEFAULT_TOPK = 20
-DEFAULT_RERANK_K = 100
-"""Candidates re-scored with Siamese attention when the checkpoint stores no ``topk`` (paper: 100)."""
+"""Results shown per query by ``casn search``."""
 
 
 @dataclass(frozen=True)
@@ -223,8 +223,9 @@ def build_search_index(model: CASN, payload: dict, checkpoint: str | os.PathLike
                        map_dtype: str = "auto", progress: bool = True, log: Callable[[str], None] = print) -> SearchIndex:
     """Scan ``gallery`` and load or extract its features with an already loaded model.
 
-    ``threshold``/``attention_weight``/``rerank_k`` default to the checkpoint's
-    (:func:`casn_core.checkpoint.checkpoint_info`; ``rerank_k`` else :data:`DEFAULT_RERANK_K`).
+    With neither ``attention_weight`` nor ``rerank_k`` given, the ranking is the checkpoint's default
+    (its stored (w, K) pair, else the paper's w = 1 on every gallery image); with either, the other is
+    the paper's (:func:`casn_core.rankings.chosen_ranking`). ``threshold`` defaults to the checkpoint's.
     ``map_dtype`` is the stored maps' (``auto``: :func:`casn_core.store.default_map_dtype`).
     Raises :class:`~casn_core.search.scan.GalleryNotFoundError` / ``EmptyGalleryError`` naming the
     folder, and :class:`SearchError` when ``cache_dir`` lies inside it.
@@ -240,13 +241,14 @@ def build_search_index(model: CASN, payload: dict, checkpoint: str | os.PathLike
     require_images(features.images, report)
     if report.num_skipped:
         log(f"warning: {report.summary()}")
-    k = rerank_k if rerank_k is not None else (info.topk or DEFAULT_RERANK_K)
-    if k < 1:
-        raise SearchError(f"rerank_k must be >= 1, got {k}")
+    try:
+        parse_topk(rerank_k)
+    except ValueError as exc:
+        raise SearchError(f"rerank_k: {exc}") from None
+    ranking = chosen_ranking(info.default_ranking(), attention_weight, rerank_k, threshold)
     return SearchIndex(model=model, info=info, checkpoint=Path(checkpoint), folder=Path(gallery), gallery=features,
-                       report=report, threshold=info.threshold if threshold is None else float(threshold),
-                       attention_weight=info.attention_weight if attention_weight is None else float(attention_weight),
-                       rerank_k=int(k))
+                       report=report, threshold=ranking.threshold, attention_weight=ranking.attention_weight,
+                       rerank_k=ranking.effective_topk(len(features.images)))
 
 
 def open_search_index(checkpoint: str | os.PathLike, gallery: str | os.PathLike,
