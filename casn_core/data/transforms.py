@@ -1,8 +1,9 @@
 """The usual re-id image transforms (torchvision).
 
 Training: resize, random horizontal flip, pad-and-random-crop, ImageNet normalisation and optional
-random erasing (the standard re-id augmentation the CASN paper's baseline uses, sec. 4
-"Implementation details"; DESIGN.md sec. 6). Test: resize and normalise.
+random erasing. The augmentation is ours: the paper (sec. 4, "Implementation Details") states only the
+resize, so we use the standard re-id augmentation of the IDE and PCB baselines' public code (flip and
+pad-crop; random erasing off). Test: resize and normalise.
 """
 from __future__ import annotations
 

@@ -65,13 +65,13 @@ class TrainConfig:
     losses: str = _option("ide,ia,sa", "the paper's ablation rows", choices=LOSS_CHOICES)
     epochs: int = _option(40, "training epochs")
     batch_size: int = _option(16, "pairs per step (2x images)")
-    height: int = _option(288, "input height")
-    width: int = _option(144, "input width")
+    height: int | None = _option(None, "input height (default: the paper's, 384 for pcb, else 288)")
+    width: int | None = _option(None, "input width (default: the paper's, 128 for pcb, else 144)")
     pretrained: str = _option("imagenet", "imagenet, none, or a weight file path")
     seed: int = _option(0, "seed of initialisation, pairs and augmentation")
     lr: float = _option(0.03, "SGD learning rate")
     momentum: float = _option(0.9, "SGD momentum")
-    weight_decay: float = _option(5e-4, "SGD weight decay")
+    weight_decay: float = _option(5e-4, "ours (the paper names none): SGD weight decay, the usual re-id value")
     lr_step_fraction: float = _option(0.75, "lr x0.1 after this fraction of the epochs", cli=False)
     lambda1: float = _option(0.5, "weight of L_ia (eq. 6)")
     lambda2: float = _option(0.05, "weight of L_sa (eq. 6); with --bce-weight, of its consistency part only")
@@ -119,6 +119,14 @@ class TrainConfig:
     skip_bad_images: bool = _option(False, "drop unreadable images instead of stopping")
     extra: dict = field(default_factory=dict, metadata={"cli": False})
 
+    def __post_init__(self) -> None:
+        # the paper's input sizes (sec. 4, "Implementation Details"): 288 x 144, and PCB's 384 x 128
+        default = PAPER_INPUT_SIZES.get(self.backbone, PAPER_INPUT_SIZES["resnet50"])
+        if self.height is None:
+            self.height = default[0]
+        if self.width is None:
+            self.width = default[1]
+
     def loss_config(self) -> LossConfig:
         return LossConfig.from_names(
             self.losses, lambda1=self.lambda1, lambda2=self.lambda2, alpha=self.alpha, threshold=self.threshold,
@@ -134,6 +142,9 @@ class TrainConfig:
                 "init_checkpoint")
         return {k: getattr(self, k) for k in keys}
 
+
+PAPER_INPUT_SIZES = {"resnet50": (288, 144), "pcb": (384, 128)}
+"""Input (height, width) by backbone, paper sec. 4; other backbones take the IDE size."""
 
 _TYPES = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float, "str | None": str}
 
@@ -155,6 +166,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
             parse = meta.pop("parse", None) or _TYPES[f.type]
             parser.add_argument(flag, type=parse, default=f.default, help=help_text, **meta)
     parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    parser.epilog = ("Augmentation is ours (the paper states only the resize): random horizontal flip and a 10-pixel "
+                     "zero pad with a random crop back to the input size, as the IDE and PCB baselines' public code.")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -1,0 +1,30 @@
+"""Training settings: the paper's defaults where the paper gives them, ours marked as ours."""
+from __future__ import annotations
+
+import argparse
+
+from casn_core.engine.train import TrainConfig, add_train_arguments, config_from_args
+
+
+def _parsed(*argv: str) -> TrainConfig:
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    return config_from_args(parser.parse_args(["--data", "d", "--out", "o", *argv]))
+
+
+def test_input_size_defaults_are_the_papers_per_backbone():
+    # sec. 4: 288 x 144 for IDE, 384 x 128 for the PCB baseline
+    assert (_parsed().height, _parsed().width) == (288, 144)
+    assert (_parsed("--backbone", "pcb").height, _parsed("--backbone", "pcb").width) == (384, 128)
+    assert (_parsed("--backbone", "pcb", "--height", "256", "--width", "128").height,) == (256,)
+    paper = _parsed()
+    assert (paper.lr, paper.momentum, paper.epochs, paper.batch_size, paper.lambda1, paper.lambda2, paper.alpha) == \
+        (0.03, 0.9, 40, 16, 0.5, 0.05, 0.2)
+
+
+def test_what_is_ours_says_so_in_the_help():
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    text = parser.format_help()
+    assert "ours (the paper names none): SGD weight decay" in " ".join(text.split())
+    assert "Augmentation is ours" in " ".join(text.split())
