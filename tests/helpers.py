@@ -97,3 +97,45 @@ def make_pinned_checkpoint_and_data(root: Path) -> tuple[Path, Path]:
     checkpoint = save_checkpoint(Path(root) / "tiny.pt", model_payload(model, input_size=[128, 64],
                                                                        train_config={"threshold": 0.3}))
     return checkpoint, data
+
+
+def assert_close_scaled(actual, expected, rtol: float, err_msg: str = "") -> None:
+    """``max |actual - expected| <= rtol * max |expected|``: a tolerance relative to the array's own scale.
+
+    For raw float32 values of any size (maps of ~1e-8, row sums of ~8): their rounding error scales with
+    the largest values that were summed, not with each element (a small element of a map can carry the
+    absolute error of its large neighbours' reduction), so an element-wise rtol would be too strict and an
+    absolute one meaningless at 1e-8 or too strict at 10. All-zero ``expected`` needs ``actual`` all zero.
+    """
+    import numpy as np
+
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, f"{err_msg}: shape {actual.shape} != {expected.shape}"
+    scale = float(np.abs(expected).max()) if expected.size else 0.0
+    diff = float(np.abs(actual - expected).max()) if expected.size else 0.0
+    assert np.isfinite(actual).all(), f"{err_msg}: non-finite values"
+    assert diff <= rtol * scale, (f"{err_msg}: max abs difference {diff:.3g} > {rtol:g} x max |expected| "
+                                  f"{scale:.3g} = {rtol * scale:.3g}")
+
+
+def indicator_margin(model, query_features, gallery_features):
+    """(Q, G) float64: how far each pair's Siamese-attention indicator (eq. 4) is from switching.
+
+    The indicator is ``1[d z / d f- > 0]`` with ``d z / d f- = W1^T (s * 1[pre > 0] * w2)``: it depends on
+    the features only through which hidden units of the BCE head are active (``pre > 0``), a step
+    function. A pair whose smallest ``|pre|`` is a tiny fraction of its largest can have a unit switched
+    by float32 rounding of the features (which depends on thread count and instruction set), and with it
+    the indicator and the pair's whole attention. Returns ``min |pre| / max |pre|`` per pair, computed in
+    float64 from the given features (so independent of any float32 kernel).
+    """
+    import torch
+
+    head = model.bce_head
+    scale, shift = (t.detach().double() for t in head.eval_affine())
+    weight = head.fc1.weight.detach().double().t() * scale
+    bias = head.fc1.bias.detach().double() * scale + shift
+    q = torch.as_tensor(query_features).double() @ weight
+    g = torch.as_tensor(gallery_features).double() @ weight
+    pre = (q[:, None, :] - g[None, :, :] + bias).abs()
+    return (pre.amin(dim=-1) / pre.amax(dim=-1).clamp_min(1e-300)).numpy()
