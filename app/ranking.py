@@ -1,14 +1,14 @@
 """Per-query CASN rankings as the app shows them, and the dataset's rank-k / mAP / mINP / CMC.
 
 Presentation only. The ranking is the library's (:func:`casn_core.engine.inference.rank_query_casn`:
-the paper's sec. 4 "Evaluation Protocol", DESIGN.md sec. 3); every number that scores a ranking
+the paper's sec. 4 "Evaluation Protocol", docs/design.md, sec. 3); every number that scores a ranking
 (first true rank, AP, INP, CMC, mAP, and which queries count) comes from the project's one metrics
 implementation, :func:`casn_core.metrics.evaluate_rank_per_query`, fed with the same (1, G)
 distance row that ``python -m casn_core eval`` scores (``casn_distmat``'s row of that query). So the
 app's numbers and the CLI's are the same computation, not two that agree.
 
 What this module adds is the list a user reads: the ranked gallery with the Market-1501 junk
-entries (the query's identity seen by the query's camera; DESIGN.md sec. 5) left out, each entry's
+entries (the query's identity seen by the query's camera; docs/design.md, sec. 5) left out, each entry's
 score split into its feature and attention parts.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What the app serves: a checkpoint, a Market-layout dataset, and the feature maps of it on disk.
 
-The backbone runs once per image (DESIGN.md sec. 4). The maps ``A`` and features ``f`` of the query
+The backbone runs once per image (docs/design.md, sec. 4). The maps ``A`` and features ``f`` of the query
 and gallery images live in the library's map store (:mod:`casn_core.store`: one ``.npy`` store per
 split, keyed by the checkpoint's bytes, the file list, the input size and the map dtype, rebuilt
 when stale or truncated, never trusted otherwise). It is the same store ``python -m casn_core eval``

@@ -138,7 +138,7 @@ def settings(args, dataset: str = "synth") -> dict:
     out = {k: getattr(args, k) for k in (
         "backbone", "pretrained", "height", "width", "batch_size", "epochs", "pairs_per_epoch", "lr", "amp",
         "topk", "threshold", "quality_pairs", "deletion_pairs", "deletion_steps", "deletion_max")}
-    # the options of ours (issue 11) enter the settings only when set, so the paper-default runs keep their cache
+    # the options of ours enter the settings only when set, so the paper-default runs keep their cache
     for key, paper in (("lambda2", 0.05), ("bce_weight", None), ("consistency_margin", None), ("hard_negatives", 0.0),
                        ("head_steps", 0), ("attention_weight", 1.0)):
         if getattr(args, key) != paper:
@@ -399,7 +399,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--amp", choices=("none", "bf16"), default="bf16")
     parser.add_argument("--topk", default="100", help="CASN re-ranking depth K, or 'all'")
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
-    # issue 11 options (ours; defaults = the paper's), see python -m casn_core train --help
+    # options of ours (defaults: the paper's), see python -m casn_core train --help
     parser.add_argument("--lambda2", type=float, default=0.05)
     parser.add_argument("--bce-weight", type=float, default=None)
     parser.add_argument("--consistency-margin", type=float, default=None)

@@ -3,7 +3,7 @@
 The app runs as its own process (``bench/app_server.py``); requests go through ``gradio_client``.
 
 - ``start_cold_s``: process start until the page answers, with an empty cache (features extracted);
-  ``start_warm_s``: the same with the cache of the first start (issue 13's warm start).
+  ``start_warm_s``: the same with the cache of the first start (the warm start).
 - ``first_rank_s``: the first ``/rank_query`` after the warm start.
 - ``rank``: ``/rank_query`` -- rank one query with Siamese attention on the top K (cached maps;
   the app runs with ``--ranking-cache 0`` so every request ranks).

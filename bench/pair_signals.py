@@ -1,4 +1,4 @@
-"""How much signal the Siamese side of a checkpoint carries (issue 11), one JSON object per line.
+"""How much signal the Siamese side of a checkpoint carries, one JSON object per line.
 
 Over every cross-camera query/gallery pair of a Market-layout set: ROC AUC of the feature distance,
 of the attention consistency distance d_a and of the BCE head's p(same) (true vs other pairs, 0.5 =

@@ -1,4 +1,4 @@
-"""Scale: peak memory and speed of ``python -m casn_core eval`` on the map store, by gallery size (issue 13).
+"""Scale: peak memory and speed of ``python -m casn_core eval`` on the map store, by gallery size.
 
 For each size of ``--sizes`` (query + gallery images; default one size, ``--query`` + ``--gallery``,
 the Market-1501 test set's 3,368 + 19,732), a Market-layout set is generated once at the largest
@@ -8,7 +8,7 @@ are views of it (symlinks to the first identities' images). Then ``eval`` runs a
 - ``cold``: empty store: extraction into the store + feature ranking + CASN re-ranking;
 - ``warm``: the same command again: the store is reused (no extraction);
 - ``memory`` (baseline, only up to ``--baseline-max-images``): ``eval --in-memory``, every map in RAM
-  as before issue 13; ``ratio_peak_rss`` = store / in-memory.
+  as without the store; ``ratio_peak_rss`` = store / in-memory.
 
 Peak RSS is the child's own ``ru_maxrss`` (``os.wait4``), so each run is measured alone. One JSON
 object per line.

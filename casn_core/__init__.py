@@ -13,7 +13,7 @@ Checkpoints
 - :func:`save_checkpoint`, :func:`load_checkpoint`, :func:`load_model` -- atomic writes, safe reads;
   :func:`checkpoint_info` -> :class:`CheckpointInfo` (input size, threshold, attention weight, backbone).
 
-Inference on cached feature maps (DESIGN.md sec. 4: the backbone runs once per image)
+Inference on cached feature maps (docs/design.md, sec. 4: the backbone runs once per image)
 - :func:`extract` -> :class:`FeatureCache`; :func:`feature_distance` (the retrieval ``d_f``);
   :func:`rank_query_casn` (the paper's ``d = d_f + w d_a`` on the top K, sec. 4).
 - :func:`pair_attention` / :func:`pair_attention_grid` -- Siamese attention of pairs: indicator

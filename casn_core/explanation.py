@@ -91,7 +91,7 @@ class PairExplanation:
 @torch.no_grad()
 def explain_maps(model: CASN, map1: torch.Tensor, map2: torch.Tensor, threshold: float = DEFAULT_THRESHOLD,
                  feature1: torch.Tensor | None = None, feature2: torch.Tensor | None = None) -> PairExplanation:
-    """Explain one pair from its two cached feature maps ``A`` (K, H, W) (DESIGN.md sec. 4: no backbone pass).
+    """Explain one pair from its two cached feature maps ``A`` (K, H, W) (docs/design.md, sec. 4: no backbone pass).
 
     ``feature1``/``feature2`` are the retrieval features the ranking used (e.g. a store's float32
     features); ``d_f`` is computed from them so the number shown is the one that ranked. The

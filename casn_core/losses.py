@@ -2,10 +2,10 @@
 
 Each term is switchable for the paper's ablation (Table 3): ``ide``, ``ide,ia``, ``ide,sa``,
 ``ide,ia,sa`` (= CASN). Defaults are the paper's (sec. 4): lambda1 0.5, lambda2 0.05, alpha 0.2;
-GAIN's omega 10 and sigma 0.5 for the soft mask; alignment threshold 0.3 (DESIGN.md sec. 2).
+GAIN's omega 10 and sigma 0.5 for the soft mask; alignment threshold 0.3 (docs/design.md, sec. 2).
 Batch losses are means over the batch (the paper writes sums; means keep lr independent of batch size).
 
-Two options are ours, not the paper's (issue 11); both default to the paper's objective:
+Two options are ours, not the paper's; both default to the paper's objective:
 
 * ``bce_weight``: a weight on ``L_bce`` of its own. In eq. 6 ``L_bce`` sits inside ``lambda2 L_sa``, so
   the BCE head learns at ``lambda2`` = 0.05 times the backbone's rate; measured on the bundled
@@ -103,7 +103,7 @@ def identification_attention_loss(
 
     ``logits`` must come from ``feature_map``. The Grad-CAM is built with ``create_graph=True`` so
     the loss reaches the parameters both through the masked image's forward pass and through the
-    map. DESIGN.md sec. 2: the score is the softmax probability, bounded below by 0 (a raw logit can
+    map. docs/design.md, sec. 2: the score is the softmax probability, bounded below by 0 (a raw logit can
     be pushed to minus infinity without learning anything). Returns ``(loss, cam)``.
     """
     true_scores = logits.float().gather(1, labels[:, None]).squeeze(1)
@@ -136,7 +136,7 @@ def siamese_attention_loss(
     diff = features1 - features2
     # Eq. 4 is a property of one pair: the indicator comes from the head's inference behaviour, as at
     # test time, not from the train-mode forward below, whose batch statistics and dropout would tie
-    # each pair's indicator to its batch partners (docs/design.md, "Eq. 4 in training"). It is taken
+    # each pair's indicator to its batch partners (docs/design.md, sec. 2, "Eq. 4 in training"). It is taken
     # before that forward, which moves BatchNorm's running statistics towards this batch.
     indicator, eval_logits = indicator_per_pair(model.bce_head, diff)
     pair_logits = model.bce_head(diff)  # train mode: this forward is what L_bce trains

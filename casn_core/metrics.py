@@ -1,4 +1,4 @@
-"""Re-identification metrics: CMC, mAP and mINP under the Market-1501 protocol (DESIGN.md section 5).
+"""Re-identification metrics: CMC, mAP and mINP under the Market-1501 protocol (docs/design.md, section 5).
 
 :func:`evaluate_rank` has the signature and the semantics of torchreid's ``evaluate_rank`` for
 Market-1501 (``torchreid.metrics.rank.eval_market1501``), so the two can be swapped:
@@ -337,7 +337,7 @@ def evaluate_rank(
     """CMC, mAP and mINP of a query x gallery distance matrix under the Market-1501 protocol.
 
     Same signature and semantics as torchreid's ``evaluate_rank`` (Market-1501 protocol, see the
-    module docstring and DESIGN.md section 5): gallery entries with the query's id *and* camera are
+    module docstring and docs/design.md, section 5): gallery entries with the query's id *and* camera are
     dropped, queries without a remaining true match are skipped, smaller distance = better rank,
     and equal distances are ranked by gallery index (stable order).
 

@@ -51,7 +51,7 @@ def unit_range(values: Array, dim: int | Sequence[int] | None = -1) -> Array:
     """Min-max normalise ``values`` to [0, 1] over ``dim`` (``None``: over everything).
 
     A flat input (max == min) gives zeros. Used by the alignment of row vectors (paper sec. 3.2.2;
-    DESIGN.md sec. 2 step 4), Grad-CAM's mask (sec. 3.1.2), the ranking's distance normalisation
+    docs/design.md, sec. 2, step 4), Grad-CAM's mask (sec. 3.1.2), the ranking's distance normalisation
     (sec. 4) and every picture of a map.
     """
     if isinstance(values, torch.Tensor):

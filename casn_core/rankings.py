@@ -8,7 +8,7 @@
 - ``custom``: what the user asked for on the command line.
 
 ``K`` re-ranks the top K gallery images by ``d_f`` with the combined distance and leaves the rest in
-feature order behind them (docs/design.md, "Ranking protocols"). ``topk=None`` means all.
+feature order behind them (docs/design.md, sec. 3). ``topk=None`` means all.
 """
 from __future__ import annotations
 

@@ -91,7 +91,7 @@ def default_map_dtype(device: torch.device | str = "cpu", float32_bytes: int | N
     Above 4 GiB (Market's gallery: 12 GiB with MobileNetV2 at 256 x 128, 24 GiB with ResNet50 at
     288 x 144, both at output stride 16) bfloat16 halves the disk space and the
     page-cache traffic of the re-ranking, which is what bounds it then; float32's exponent range, so
-    no overflow; CASN distances move by ~1e-2 relative (BENCHMARKS.md, issue 13). ``float32_bytes``
+    no overflow; CASN distances move by ~1e-2 relative (BENCHMARKS.md, "Scale"). ``float32_bytes``
     unknown (``None``): the earlier per-device choice, float32 on CUDA and bfloat16 on the CPU.
     """
     if float32_bytes is None:

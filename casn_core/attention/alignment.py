@@ -10,7 +10,7 @@ import torch
 from casn_core.numeric import unit_range
 
 DEFAULT_THRESHOLD = 0.3
-"""The alignment threshold t of sec. 3.2.2 (DESIGN.md sec. 2 step 4; the paper leaves it open)."""
+"""The alignment threshold t of sec. 3.2.2 (docs/design.md, sec. 2, step 4; the paper leaves it open)."""
 
 
 def row_importance(attention_map: torch.Tensor) -> torch.Tensor:
@@ -19,7 +19,7 @@ def row_importance(attention_map: torch.Tensor) -> torch.Tensor:
 
 
 def normalise_unit_range(rows: torch.Tensor) -> torch.Tensor:
-    """Min-max normalise each vector (last dim) to [0, 1] (DESIGN.md sec. 2, step 4); flat -> zeros.
+    """Min-max normalise each vector (last dim) to [0, 1] (docs/design.md, sec. 2, step 4); flat -> zeros.
 
     The 0/0 of a flat vector is defined once, in :func:`casn_core.numeric.unit_range`.
     """

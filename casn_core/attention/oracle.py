@@ -1,6 +1,6 @@
 """The literal Siamese attention of sec. 3.2.2, one pair at a time with full autograd.
 
-This is the test oracle for :mod:`casn_core.attention.siamese` (DESIGN.md sec. 4) and the baseline
+This is the test oracle for :mod:`casn_core.attention.siamese` (docs/design.md, sec. 4) and the baseline
 of ``bench/pair_attention.py``. It makes no use of the closed forms: the indicator is the sign of an
 autograd gradient, the Grad-CAM weights are the GAP of an autograd gradient through the pooling,
 and the alignment crops with Python slicing and resizes with ``F.interpolate``.

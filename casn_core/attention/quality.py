@@ -9,7 +9,7 @@ query/gallery pairs (same person, different camera: the pairs the Market-1501 pr
      unseen in training, so there is no true class to explain; the top prediction is what the
      classifier "thinks" it sees), on both images of every pair;
    - Siamese attention: the two maps ``M_1, M_2`` of each positive pair (indicator of eq. 4 from the
-     BCE head, DESIGN.md sec. 2, step 2).
+     BCE head, docs/design.md, sec. 2, step 2).
    Maps are upsampled bilinearly to the image size; share = sum(map * mask) / sum(map). The
    reference a map with no preference would get is the mean mask area (``uniform``).
 2. **Consistency distance** ``||M*_m1 - M*_m2||_2`` (eq. 5) of the positive pairs, and for contrast of

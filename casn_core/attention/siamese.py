@@ -6,7 +6,7 @@ For a pair with feature maps ``A1, A2`` and pooled features ``f1, f2``:
 2. ``s_j = <a, f_j>``, channel weights ``GAP(d s_j / d A_j)``, ``M_j = ReLU(sum_k w_k A_jk)``;
 3. row max-pooling ``M_mj``, threshold alignment, resizing, distance ``||M*_m1 - M*_m2||_2`` (eq. 5).
 
-DESIGN.md sec. 4: the channel weights of step 2 do not depend on ``A`` (see
+docs/design.md, sec. 4: the channel weights of step 2 do not depend on ``A`` (see
 :mod:`casn_core.models.pooling`), and the indicator depends on the pair only through the small BCE
 head. So the backbone runs once per image and any number of pairs costs one head evaluation and
 two batched matrix products per pair. :mod:`casn_core.attention.oracle` is the literal,
@@ -118,7 +118,7 @@ def siamese_maps(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``M_j = ReLU(sum_k GAP(d<a, f_j>/dA_j)_k A_jk)`` for pairs ``(P, D)``, maps ``(P, K, H, W)``.
 
-    Differentiable with respect to the feature maps; the weights are constants (DESIGN.md sec. 4).
+    Differentiable with respect to the feature maps; the weights are constants (docs/design.md, sec. 4).
     """
     height, width = feature_map1.shape[-2:]
     weights = pool.channel_weights(indicator, height, width).to(feature_map1.dtype)  # (P, K)

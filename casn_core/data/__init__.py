@@ -1,6 +1,6 @@
 """Data: Market-layout loaders, re-id transforms, Siamese pairs and the procedural pedestrian generator.
 
-See DESIGN.md sections 5 (protocol) and 6 (data).
+See docs/design.md, sections 5 (protocol) and 6 (data).
 """
 from casn_core.data.market import (
     IMAGE_EXTENSIONS,

@@ -1,7 +1,7 @@
 """Market-1501 folder layout: the loader of Market-1501, DukeMTMC-reID and CUHK03-NP.
 
 All three datasets the paper evaluates on (CASN, CVPR 2019, sec. 4) are distributed in one layout
-(DESIGN.md sec. 5)::
+(docs/design.md, sec. 5)::
 
     root/bounding_box_train/   training images            -> split "train"
     root/query/                query images               -> split "query"

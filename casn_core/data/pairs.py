@@ -6,7 +6,7 @@ that have at least two images, so every such identity is used; negative pairs cy
 image as an anchor and pair it with an image of another identity. Pairs depend only on
 ``(seed, epoch)`` (and, with hard negatives, on the neighbour table given for that epoch).
 
-Hard negatives are ours, not the paper's (issue 11; the paper draws negatives at random): a
+Hard negatives are ours, not the paper's (the paper draws negatives at random): a
 ``hard_fraction`` of the negative pairs takes its partner from one of the anchor identity's
 ``k`` nearest other identities in feature space (:func:`nearest_identities`, on identity centroids
 of L2-normalised features; "batch hard" mining of Hermans et al., 2017, at the identity level).

@@ -1,6 +1,6 @@
 """Procedural pedestrians drawn with OpenCV: one image and its person mask at a time.
 
-The project's embedded demo data (DESIGN.md sec. 6): people built from head, torso, arms and legs
+The project's embedded demo data (docs/design.md, sec. 6): people built from head, torso, arms and legs
 with clothing colours and patterns (stripes, an open jacket, logos seen only from the front,
 backpacks seen only from behind, straps from the front), hats and bags, a walking pose, and
 front/back/side views; per-camera colour casts, brightness, blur and noise; cluttered camera

@@ -1,6 +1,6 @@
 """``python -m casn_core synth``: write a procedural pedestrian dataset in the Market-1501 layout.
 
-The project's embedded demo data (DESIGN.md sec. 6; the people are drawn by
+The project's embedded demo data (docs/design.md, sec. 6; the people are drawn by
 :mod:`casn_core.data.pedestrian`). Layout::
 
     OUT/bounding_box_train/0001_c1s2_000000_00.jpg     training ids (the first half: 1..N//2)
@@ -11,7 +11,7 @@ The project's embedded demo data (DESIGN.md sec. 6; the people are drawn by
 
 Every identity is seen by at least two cameras. Each query is taken from a camera such that the
 gallery still holds an image of the same person from another camera, so every query has a
-cross-camera true match under the Market-1501 protocol (DESIGN.md sec. 5).
+cross-camera true match under the Market-1501 protocol (docs/design.md, sec. 5).
 
 Determinism: identity ``pid`` draws its appearance from ``(seed, pid)``, camera ``c`` its cast and
 scene from ``(seed, c)``, and image ``k`` of ``pid`` everything else from ``(seed, pid, k)``; JPEG

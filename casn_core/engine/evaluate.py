@@ -1,6 +1,6 @@
 """Evaluation: ``casn eval`` (``python -m casn_core eval``; sharded under ``torchrun``).
 
-Evaluation follows the paper (sec. 4, "Evaluation Protocol"; DESIGN.md sec. 3 and 5): features are
+Evaluation follows the paper (sec. 4, "Evaluation Protocol"; docs/design.md, sec. 3 and 5): features are
 extracted once, the gallery is ranked by feature distance, then by the combined feature + Siamese
 attention distance on the top K, and both rankings are scored with the Market-1501 protocol.
 """

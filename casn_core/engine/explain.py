@@ -1,6 +1,6 @@
 """``casn explain``: both explanations of one image pair, as JSON and as a figure.
 
-The pair is explained from its two feature maps (the backbone runs once per image, DESIGN.md sec. 4):
+The pair is explained from its two feature maps (the backbone runs once per image, docs/design.md, sec. 4):
 the paper's Siamese attention (sec. 3.2.2, eq. 4-5) and the exact decomposition of the similarity
 that ranks (:mod:`casn_core.attention.similarity`), in one :class:`casn_core.explanation.PairExplanation`.
 """

@@ -1,8 +1,8 @@
 """Inference: cached feature maps, feature ranking, CASN re-ranking and one-pair explanations.
 
 The backbone runs once per image (:func:`extract`); everything pair-wise afterwards works on the
-cached maps (DESIGN.md sec. 4): ranking by feature distance, the paper's combined distance
-(sec. 4, "Evaluation Protocol"; DESIGN.md sec. 3), and explanations of single pairs.
+cached maps (docs/design.md, sec. 4): ranking by feature distance, the paper's combined distance
+(sec. 4, "Evaluation Protocol"; docs/design.md, sec. 3), and explanations of single pairs.
 """
 from __future__ import annotations
 
@@ -196,7 +196,7 @@ def rank_query_casn(
     query_feature: torch.Tensor | None = None,
     gallery_features: torch.Tensor | None = None,
 ) -> RankedQuery:
-    """The paper's ranking for one query (sec. 4; DESIGN.md sec. 3).
+    """The paper's ranking for one query (sec. 4; docs/design.md, sec. 3).
 
     The top ``topk`` gallery images by feature distance (``None`` = all) are re-scored by
     ``d = norm(d_f) + weight * norm(d_a)``, each min-max normalised over those candidates, with

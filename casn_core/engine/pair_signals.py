@@ -1,7 +1,7 @@
 """How much signal the Siamese side carries: AUCs of the three pair scores over cross-camera pairs.
 
 For every query/gallery pair taken by different cameras (the pairs the Market-1501 protocol scores,
-DESIGN.md sec. 5) three scores are computed from cached feature maps (DESIGN.md sec. 4):
+docs/design.md, sec. 5) three scores are computed from cached feature maps (docs/design.md, sec. 4):
 
 - ``d_f``, the feature distance (paper sec. 4, "Evaluation Protocol");
 - ``d_a``, the Siamese attention consistency distance ``||M*_m1 - M*_m2||_2`` (eq. 5);
@@ -11,7 +11,7 @@ Each gets the ROC AUC of "true pair" vs "other pair" (``casn_core.numeric.roc_au
 negated so that 1.0 always means "separates perfectly" and 0.5 is chance), and the mean ``p(same)``
 of each class. Next to them, rank-1 and mAP of the feature ranking and of the paper's combined
 ranking (``casn_core.engine.evaluate.evaluate_caches``), so the signal and what it does to the
-ranking are read side by side (issue 11).
+ranking are read side by side.
 """
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 """Batched CASN re-ranking: all queries in one call, every feature map read once, memory bounded.
 
-The paper's ranking (sec. 4, "Evaluation Protocol"; DESIGN.md sec. 3) re-scores each query's top K
+The paper's ranking (sec. 4, "Evaluation Protocol"; docs/design.md, sec. 3) re-scores each query's top K
 gallery images by feature distance with ``d = norm(d_f) + w norm(d_a)``, ``d_a`` the consistency
 distance of the pair's Siamese attention (sec. 3.2.2, eq. 5). :func:`rank_query_casn` does this one
 query at a time with :func:`pair_attention_grid` (a 1 x K grid). Here the (query, candidate) pairs of
-all queries are scored together, and the work is split by which map it needs (DESIGN.md sec. 4:
+all queries are scored together, and the work is split by which map it needs (docs/design.md, sec. 4:
 the channel weights depend only on the pair's features, never on its maps):
 
 1. query pass, queries in row order: each query's indicators (eq. 4, closed form, exactly the

@@ -81,7 +81,7 @@ class TrainConfig:
     pairs_per_epoch: int | None = _option(None, "default: one pair per training image")
     last_stride: int = _option(1, "stride of the backbone's last stage", choices=(1, 2))
     dropout: float = _option(0.5, "dropout of both classifier heads")
-    # ours (issue 11), each defaulting to the paper's behaviour:
+    # ours, each defaulting to the paper's behaviour:
     bce_weight: float | None = _option(
         None, "ours: weight of L_bce on its own (default: the paper's, L_bce inside lambda2 L_sa, i.e. "
               "lambda2); the head then learns at this rate and lambda2 weighs the consistency only")

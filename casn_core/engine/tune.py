@@ -1,4 +1,4 @@
-"""A validated ranking weight: ``python -m casn_core tune`` and ``train --val-ids N`` (issue 11).
+"""A validated ranking weight: ``python -m casn_core tune`` and ``train --val-ids N``.
 
 The paper ranks by ``d = norm(d_f) + w norm(d_a)`` on the top K by feature distance with w = 1
 (sec. 4, "Evaluation Protocol"). Whether the attention distance helps depends on the data and on how

@@ -3,7 +3,7 @@
 Paper sec. 3.1.1: the IDE baseline is ResNet50 conv1..conv5 (ImageNet-pretrained) and "can be
 easily swapped with any other baseline architecture that can give the feature vector f", e.g. PCB.
 Every backbone here returns ``A`` (N, K, H, W); pooling into ``f`` lives in
-:mod:`casn_core.models.pooling` so that the attention code can reason about it (DESIGN.md sec. 4).
+:mod:`casn_core.models.pooling` so that the attention code can reason about it (docs/design.md, sec. 4).
 
 Pretrained weights (``pretrained=``):
 - ``"none"``: random initialisation.

@@ -4,7 +4,7 @@
 - :class:`StripePool`: PCB (Sun et al. 2018), ``f`` = concatenation of ``P`` horizontal-stripe averages.
 
 Both are *linear* average poolings whose weights sum to one per output. That is what makes the
-Siamese attention cheap (DESIGN.md sec. 4): for the importance score ``s = <a, f>`` the Grad-CAM
+Siamese attention cheap (docs/design.md, sec. 4): for the importance score ``s = <a, f>`` the Grad-CAM
 channel weight ``GAP(ds/dA_k)`` does not depend on ``A``:
 
 - GAP:    ``ds/dA_k = a_k / (HW)`` everywhere, so the weight is ``a_k / (HW)``;
@@ -12,7 +12,7 @@ channel weight ``GAP(ds/dA_k)`` does not depend on ``A``:
   the stripe sizes cancel, so the weight is ``sum_p a_{p,k} / (HW)``, also with the overlapping
   stripes of adaptive pooling.
 
-DESIGN.md asks for a head-only autograd path for PCB "where the shortcut does not hold exactly". The
+Our first design notes asked for a head-only autograd path for PCB "where the shortcut does not hold exactly". The
 per-position shortcut indeed fails for PCB, but the GAP'ed weight above is exact for any average
 pooling, so PCB uses the same closed form; ``tests/test_attention.py`` checks it against the full
 autograd oracle.

@@ -1,6 +1,6 @@
 """Gallery features and maps, extracted once and cached outside the user's folder.
 
-The backbone runs once per gallery image (DESIGN.md sec. 4); the maps ``A`` and features ``f``
+The backbone runs once per gallery image (docs/design.md, sec. 4); the maps ``A`` and features ``f``
 go into the project's on-disk map store (:func:`casn_core.store.open_or_build_store`) under
 ``<cache-dir>/gallery-<hash of the folder>-<dtype>/``, keyed by the checkpoint's sha256, the input
 size, the map dtype and the file list (relative path, size, modification time): any change

@@ -1,6 +1,6 @@
 """Search a scanned, extracted gallery with query images: feature ranking, then CASN on the top K.
 
-The ranking is the paper's (sec. 4, "Evaluation Protocol"; DESIGN.md sec. 3): gallery images are
+The ranking is the paper's (sec. 4, "Evaluation Protocol"; docs/design.md, sec. 3): gallery images are
 ordered by the Euclidean distance of L2-normalised features, and the ``rerank_k`` nearest are
 re-scored by ``d = norm(d_f) + w norm(d_a)`` with ``d_a`` the consistency distance of the pair's
 Siamese attention (:func:`casn_core.engine.inference.rank_query_casn`). The combined distance is
