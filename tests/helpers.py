@@ -119,23 +119,37 @@ def assert_close_scaled(actual, expected, rtol: float, err_msg: str = "") -> Non
                                   f"{scale:.3g} = {rtol * scale:.3g}")
 
 
-def indicator_margin(model, query_features, gallery_features):
-    """(Q, G) float64: how far each pair's Siamese-attention indicator (eq. 4) is from switching.
+def indicator_margins(model, query_features, gallery_features):
+    """``(pre_margin, grad_margin)``, each (Q, G) float64: how far each pair's Siamese-attention indicator
+    (eq. 4) is from switching, computed in float64 from the given features (independent of float32 kernels).
 
-    The indicator is ``1[d z / d f- > 0]`` with ``d z / d f- = W1^T (s * 1[pre > 0] * w2)``: it depends on
-    the features only through which hidden units of the BCE head are active (``pre > 0``), a step
-    function. A pair whose smallest ``|pre|`` is a tiny fraction of its largest can have a unit switched
-    by float32 rounding of the features (which depends on thread count and instruction set), and with it
-    the indicator and the pair's whole attention. Returns ``min |pre| / max |pre|`` per pair, computed in
-    float64 from the given features (so independent of any float32 kernel).
+    The indicator is ``1[g > 0]`` with ``g = d z / d f- = W1^T (s * 1[pre > 0] * w2)``, a step function in
+    two places. ``pre_margin = min |pre| / max |pre|``: a hidden unit of the BCE head this close to its
+    switch can be turned by float32 rounding of the features (which depends on the thread count and the
+    instruction set), and with it many channels of the indicator. ``grad_margin = min |g| / max |g|``: a
+    channel this close to zero can flip by the rounding of the float32 product that computes ``g``
+    (measured: up to 3.4e-7 of ``max |g|`` across kernels). Either way the pair's maps change by about
+    one channel's share (1e-3), far beyond any rounding tolerance, so comparisons must avoid such pairs.
     """
     import torch
 
     head = model.bce_head
     scale, shift = (t.detach().double() for t in head.eval_affine())
-    weight = head.fc1.weight.detach().double().t() * scale
-    bias = head.fc1.bias.detach().double() * scale + shift
-    q = torch.as_tensor(query_features).double() @ weight
-    g = torch.as_tensor(gallery_features).double() @ weight
-    pre = (q[:, None, :] - g[None, :, :] + bias).abs()
-    return (pre.amin(dim=-1) / pre.amax(dim=-1).clamp_min(1e-300)).numpy()
+    weight = head.fc1.weight.detach().double()
+    q = torch.as_tensor(query_features).detach().double() @ (weight.t() * scale)
+    g = torch.as_tensor(gallery_features).detach().double() @ (weight.t() * scale)
+    pre = q[:, None, :] - g[None, :, :] + (head.fc1.bias.detach().double() * scale + shift)
+    grad = ((pre > 0) * (scale * head.fc2.weight.detach().double()[1])) @ weight
+    def margin(x):
+        return (x.abs().amin(dim=-1) / x.abs().amax(dim=-1).clamp_min(1e-300)).numpy()
+    return margin(pre), margin(grad)
+
+
+def indicator_decided(model, query_features, gallery_features, pre_margin: float, grad_margin: float = 3e-6):
+    """(Q, G) bool: pairs whose indicator float32 rounding cannot switch (:func:`indicator_margins`).
+
+    ``pre_margin``: ten times or more the float32 drift of ``pre / max |pre|`` where the features come from
+    (2.7e-6 from given maps through the head; up to 6.6e-5 after a CNN forward pass across kernels);
+    ``grad_margin`` defaults to about ten times the measured rounding of ``g``."""
+    pre, grad = indicator_margins(model, query_features, gallery_features)
+    return (pre >= pre_margin) & (grad >= grad_margin)
