@@ -99,8 +99,19 @@ def model_from_checkpoint(
 
     ``expect`` (e.g. ``{"backbone": "pcb", "num_classes": 751}``) is checked first, so that a
     checkpoint of another backbone or identity count is reported as such rather than as a
-    tensor-shape error.
+    tensor-shape error. A checkpoint that wraps a torchreid model (``casn fit-head``) is rebuilt by
+    :func:`casn_core.models.foreign.model_from_payload`.
     """
+    if (payload.get("model_config") or {}).get("library") == "torchreid":
+        from casn_core.models.foreign import model_from_payload
+
+        model = model_from_payload(payload, str(path))
+        for key, wanted in (expect or {}).items():
+            found = getattr(model.config, key, None)
+            if found != wanted:
+                raise CheckpointError(f"checkpoint {path} wraps {model.config.backbone} ({key}={found!r}), "
+                                      f"but {key}={wanted!r} is needed here")
+        return model
     try:
         config = ModelConfig(**payload["model_config"])
     except (TypeError, ValueError) as exc:
@@ -122,9 +133,19 @@ def model_from_checkpoint(
 
 
 def load_model(
-    path: str | os.PathLike, device: str | torch.device = "cpu", expect: dict[str, Any] | None = None
+    path: str | os.PathLike, device: str | torch.device = "cpu", expect: dict[str, Any] | None = None,
+    arch: str | None = None, input_size: tuple[int, int] | None = None,
 ) -> tuple[CASN, dict[str, Any]]:
-    """Load a checkpoint and return ``(model in eval mode on device, checkpoint payload)``."""
+    """Load a checkpoint and return ``(model in eval mode on device, checkpoint payload)``.
+
+    ``arch`` (a torchreid model name) reads ``path`` as a torchreid checkpoint instead, at
+    ``input_size`` (default 256 x 128): :func:`casn_core.models.foreign.load_torchreid`.
+    """
+    if arch is not None:
+        from casn_core.models.foreign import load_torchreid
+
+        model, payload = load_torchreid(str(path), arch, input_size)
+        return model.to(device).eval(), payload
     payload = load_checkpoint(path)
     model = model_from_checkpoint(payload, path, expect).to(device).eval()
     return model, payload
