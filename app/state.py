@@ -65,7 +65,7 @@ class AppState:
 
     def feature_row(self, query_index: int) -> torch.Tensor:
         """Feature distances (num_gallery,) of one query: Euclidean distance of L2-normalised ``f``
-        (:func:`casn_core.engine.inference.feature_distance`, the gallery's half kept)."""
+        (:func:`casn_core.distances.feature_distance`, the gallery's half kept)."""
         return unit_distance(unit_features(self.query.features[query_index:query_index + 1]), self.gallery_unit)[0]
 
     def relative(self, path: str) -> str:

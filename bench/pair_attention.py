@@ -85,7 +85,7 @@ def main() -> None:
     for (n, m), name in ((grid, name) for grid in grids for name in args.dtypes.split(",")):
         num_pairs = n * m
         dtype = getattr(torch, name.strip())
-        # channels-last, as casn_core.engine.inference.extract caches them
+        # channels-last, as casn_core.engine.extraction.extract caches them
         q = queries[:n].to(dtype).contiguous(memory_format=torch.channels_last)
         g = gallery[:m].to(dtype).contiguous(memory_format=torch.channels_last)
         fq, fg = feats_q[:n], feats_g[:m]

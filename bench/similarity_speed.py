@@ -1,7 +1,7 @@
 """Pairs per second of the similarity decomposition against the Siamese-attention fast path.
 
 One query against ``--gallery`` cached gallery maps at ResNet50 size (default 1 x 1024, maps
-2048 x 16 x 8, stored channels-last as ``casn_core.engine.inference.extract`` caches them), a real
+2048 x 16 x 8, stored channels-last as ``casn_core.engine.extraction.extract`` caches them), a real
 ``build_model("resnet50", pretrained="none")`` in eval mode for the head and the pooling:
 
 - decomposition: ``casn_core.attention.similarity.similarity_grid`` (similarity, both maps and both

@@ -53,7 +53,7 @@ class PairExplanation:
                    threshold: float) -> "PairExplanation":
         """One pair's explanation from a single-pair :class:`PairAttention` and :class:`SimilarityExplanation`.
 
-        ``feature_distance`` is the ranking's ``d_f`` (:func:`casn_core.engine.inference.feature_distance`),
+        ``feature_distance`` is the ranking's ``d_f`` (:func:`casn_core.distances.feature_distance`),
         passed in so that the number shown is the one that ranked (``d_f^2 = 2 - 2 s`` up to rounding).
         """
         def arr(t: torch.Tensor) -> np.ndarray:
@@ -99,7 +99,7 @@ def explain_maps(model: CASN, map1: torch.Tensor, map2: torch.Tensor, threshold:
     those maps); with 16-bit maps the features are re-pooled from the maps, so the maps still sum
     to ``similarity`` exactly (which then differs from the float32 features' by the maps' rounding).
     """
-    from casn_core.engine.inference import feature_distance
+    from casn_core.distances import feature_distance
 
     attention = pair_attention(model, map1[None].float(), map2[None].float(), threshold).detach()[0]
     similarity, f1, f2 = _similarity(model, map1, map2, feature1, feature2)

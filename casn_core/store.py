@@ -34,19 +34,14 @@ not through a memory map, because resident pages of a mapping count in the proce
 make it grow to the whole file; the page cache still serves repeated reads. Writing likewise uses
 ``os.pwrite`` at each row's offset (``open_memmap`` only lays down the header and the file size).
 
-Many processes (``torchrun``): rank 0 creates the build folder and preallocates the files, every rank
-writes the disjoint row range of its shard, and rank 0 commits after a barrier
-(:func:`open_or_build_store` with ``world_size > 1``).
+This module is the format and its reader; building a store (extraction, the writer, the commit, the
+clean-up of interrupted builds, many processes) is :mod:`casn_core.engine.store_build`.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import secrets
-import shutil
-import socket
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -54,7 +49,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from casn_core.atomic import write_json_atomic
+from casn_core.maps import FeatureCache
 
 STORE_FORMAT = "casn-map-store"
 STORE_VERSION = 1
@@ -207,8 +202,8 @@ class StoredMaps:
     """Read-only row access to a store's ``maps.npy`` with explicit reads (no resident mapping).
 
     ``maps[i]`` (K, H, W), ``maps[indices]`` / ``maps[a:b]`` (n, K, H, W), channels-last tensors in the
-    stored torch dtype, as :func:`casn_core.engine.inference.extract` keeps them in memory; so a
-    :class:`casn_core.engine.inference.FeatureCache` holding a ``StoredMaps`` works with the
+    stored torch dtype, as :func:`casn_core.engine.extraction.extract` keeps them in memory; so a
+    :class:`casn_core.maps.FeatureCache` holding a ``StoredMaps`` works with the
     ranking and explanation code unchanged.
     """
 
@@ -308,7 +303,7 @@ class MapStore:
     """One split's committed store: features and labels in RAM (small), maps on disk (:class:`StoredMaps`).
 
     Use :meth:`read_maps` for rows, :meth:`as_cache` for a
-    :class:`casn_core.engine.inference.FeatureCache` that the ranking code (``casn_distmat``,
+    :class:`casn_core.maps.FeatureCache` that the ranking code (``casn_distmat``,
     ``rank_query_casn``) and the app accept as is.
     """
 
@@ -321,7 +316,7 @@ class MapStore:
     paths: list[str]
     log_messages: list[str] = field(default_factory=list)
     built_now: bool = False
-    """True when :func:`open_or_build_store` extracted it in this call, False when it opened a build."""
+    """True when :func:`casn_core.engine.store_build.open_or_build_store` extracted it in this call, False when it opened a build."""
 
     def __len__(self) -> int:
         return self.features.shape[0]
@@ -334,10 +329,8 @@ class MapStore:
         """Only rows ``indices``: (n, K, H, W) channels-last, in the stored dtype."""
         return self.maps.read(indices)
 
-    def as_cache(self):
-        """A ``FeatureCache`` whose ``maps`` reads rows from disk on indexing."""
-        from casn_core.engine.inference import FeatureCache
-
+    def as_cache(self) -> FeatureCache:
+        """A :class:`casn_core.maps.FeatureCache` whose ``maps`` reads rows from disk on indexing."""
         return FeatureCache(maps=self.maps, features=self.features, pids=self.pids, camids=self.camids,
                             paths=self.paths)
 
@@ -415,240 +408,3 @@ def try_open_store(path: str | os.PathLike, key: StoreKey, log: Log = print) -> 
         return None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def clean_store_dir(path: Path, log: Log = print) -> None:
-    """Remove builds the header does not point at, and temp folders of dead processes on this host."""
-    if not path.is_dir():
-        return
-    try:
-        current = json.loads((path / HEADER).read_text()).get("build")
-    except (OSError, ValueError, AttributeError):
-        current = None
-    host = socket.gethostname()
-    for entry in path.iterdir():
-        if entry.name.startswith(BUILD_PREFIX) and entry.name != current:
-            shutil.rmtree(entry, ignore_errors=True)
-        elif entry.name.startswith(TMP_PREFIX):
-            parts = entry.name[len(TMP_PREFIX):].split("-")
-            try:
-                owner_host, owner_pid = "-".join(parts[:-2]), int(parts[-2])
-            except (ValueError, IndexError):
-                continue
-            if owner_host == host and not _pid_alive(owner_pid):
-                log(f"removing {entry} (left by an interrupted extraction)")
-                shutil.rmtree(entry, ignore_errors=True)
-        elif entry.name.startswith(("." + HEADER + ".", HEADER + ".")) and entry.name.endswith(".tmp"):
-            # casn_core.atomic's temp name (and the one of stores written before it was used here)
-            try:
-                if time.time() - entry.stat().st_mtime > 60:
-                    entry.unlink()
-            except OSError:
-                pass
-
-
-class StoreWriter:
-    """Writes one build: preallocated files, rows written at their offsets (any process, disjoint rows)."""
-
-    def __init__(self, path: Path, build: str) -> None:
-        self.path, self.build = Path(path), build
-        self.tmp = self.path / build
-        self._maps_meta: tuple[int, int] | None = None  # (offset, row bytes)
-        self._feat_meta: tuple[int, int] | None = None
-
-    @classmethod
-    def create(cls, path: str | os.PathLike) -> "StoreWriter":
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        build = f"{TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(6)}"
-        (path / build).mkdir()
-        return cls(path, build)
-
-    def allocate(self, num_images: int, map_shape: tuple[int, int, int], feature_dim: int, map_dtype: str) -> None:
-        """Create ``maps.npy`` (N, H, W, K) and ``features.npy`` (N, D) of full size (sparse until written)."""
-        k, h, w = map_shape
-        maps = np.lib.format.open_memmap(self.tmp / "maps.npy", mode="w+", dtype=MAP_DTYPES[map_dtype][0],
-                                         shape=(num_images, h, w, k))
-        offset = int(maps.offset)
-        del maps
-        feats = np.lib.format.open_memmap(self.tmp / "features.npy", mode="w+", dtype=np.float32,
-                                          shape=(num_images, feature_dim))
-        foffset = int(feats.offset)
-        del feats
-        (self.tmp / "layout.json").write_text(json.dumps(
-            {"num_images": num_images, "map_shape": [k, h, w], "feature_dim": feature_dim, "map_dtype": map_dtype,
-             "maps_offset": offset, "features_offset": foffset}))
-
-    def _layout(self) -> dict:
-        return json.loads((self.tmp / "layout.json").read_text())
-
-    def write_rows(self, start: int, maps: torch.Tensor, features: torch.Tensor) -> None:
-        """Write rows ``start .. start + n`` from maps (n, K, H, W) in the store dtype and features (n, D)."""
-        layout = self._layout() if self._maps_meta is None else None
-        if layout is not None:
-            k, h, w = layout["map_shape"]
-            self._maps_meta = (layout["maps_offset"], h * w * k * MAP_DTYPES[layout["map_dtype"]][0].itemsize)
-            self._feat_meta = (layout["features_offset"], layout["feature_dim"] * 4)
-        rows = maps.detach().cpu().permute(0, 2, 3, 1).contiguous()  # (n, H, W, K)
-        if rows.dtype == torch.bfloat16:
-            rows = rows.view(torch.int16)  # the raw bf16 bits (read back as uint16 and viewed as bf16)
-        data = rows.numpy().tobytes()
-        feats = features.detach().cpu().float().contiguous().numpy().tobytes()
-        for name, (offset, row_bytes), blob in (("maps.npy", self._maps_meta, data),
-                                                ("features.npy", self._feat_meta, feats)):
-            fd = os.open(self.tmp / name, os.O_WRONLY)
-            try:
-                done = 0
-                while done < len(blob):
-                    done += os.pwrite(fd, memoryview(blob)[done:], offset + start * row_bytes + done)
-            finally:
-                os.close(fd)
-
-    def commit(self, key: StoreKey, records: Sequence, root: str | os.PathLike | None, log: Log = print) -> MapStore:
-        """Write labels, flush, rename the build into place, then write the header (the commit)."""
-        layout = self._layout()
-        n = layout["num_images"]
-        np.save(self.tmp / "pids.npy", np.asarray([r.pid for r in records], dtype=np.int64))
-        np.save(self.tmp / "camids.npy", np.asarray([r.camid for r in records], dtype=np.int64))
-        (self.tmp / "paths.json").write_text(json.dumps([str(r.path) for r in records]))
-        for name in FILES:
-            with open(self.tmp / name, "rb+") as handle:
-                os.fsync(handle.fileno())
-        final = BUILD_PREFIX + self.build.rsplit("-", 1)[-1]
-        os.replace(self.tmp, self.path / final)
-        header = {
-            "format": STORE_FORMAT, "version": STORE_VERSION, "build": final, "num_images": n,
-            "map_shape": layout["map_shape"], "feature_dim": layout["feature_dim"], "layout": "NHWC",
-            "storage_dtype": MAP_DTYPES[layout["map_dtype"]][0].str, "key": key.to_dict(),
-            "file_bytes": {name: (self.path / final / name).stat().st_size for name in FILES},
-            "data_root": None if root is None else str(root), "created_unix": time.time(),
-        }
-        write_json_atomic(self.path / HEADER, header, indent=1)
-        clean_store_dir(self.path, log)
-        return load_store(self.path, key)
-
-
-def shard_range(num_images: int, rank: int, world_size: int) -> tuple[int, int]:
-    """Rows ``[start, stop)`` extracted by ``rank`` of ``world_size`` (contiguous, sizes differ by <= 1)."""
-    base, extra = divmod(num_images, world_size)
-    start = rank * base + min(rank, extra)
-    return start, start + base + (1 if rank < extra else 0)
-
-
-def build_key(model: torch.nn.Module, records: Sequence, *, checkpoint: str | os.PathLike | None,
-              root: str | os.PathLike | None, input_size: tuple[int, int], map_dtype: str, amp: str) -> StoreKey:
-    """The :class:`StoreKey` of extracting ``records`` with ``model`` (or the checkpoint file it came from)."""
-    ckpt = sha256_file(checkpoint) if checkpoint is not None else "model:" + model_sha256(model)
-    return StoreKey(ckpt, files_sha256(records, root), (int(input_size[0]), int(input_size[1])), map_dtype, amp,
-                    len(records))
-
-
-def open_or_build_store(
-    model: torch.nn.Module,
-    records: Sequence,
-    path: str | os.PathLike,
-    *,
-    checkpoint: str | os.PathLike | None = None,
-    root: str | os.PathLike | None = None,
-    input_size: tuple[int, int],
-    map_dtype: str | torch.dtype = "auto",
-    amp: str = "none",
-    batch_size: int = 64,
-    workers: int = 0,
-    progress: bool = True,
-    desc: str = "extract",
-    log: Log = print,
-    rank: int = 0,
-    world_size: int = 1,
-    group=None,
-) -> MapStore:
-    """The committed store of ``records`` at ``path``: opened when its header matches, else (re)built.
-
-    ``checkpoint``: the checkpoint file ``model`` was loaded from (its sha256 keys the store; ``None``
-    hashes the model's weights instead). ``root``: the dataset root the file-list hash is relative
-    to. ``map_dtype``: ``auto`` (:func:`default_map_dtype` of these records' float32 maps: float32 up to
-    4 GiB, else bfloat16), ``float32``, ``float16`` or ``bfloat16``.
-    With ``world_size > 1`` every rank of ``group`` (a process group; gloo works everywhere) must
-    call this; each extracts its shard (:func:`shard_range`) into the shared build and rank 0
-    commits. Every rank returns the opened store.
-    """
-    from casn_core.data import ImageDataset, build_test_transform
-    from casn_core.engine.inference import extract_batches
-
-    device = next(model.parameters()).device
-    records = list(records)
-    if map_dtype == "auto" and records:
-        dtype_name = resolve_map_dtype(map_dtype, device, float32_map_bytes(model, input_size, len(records)), log)
-    else:
-        dtype_name = resolve_map_dtype(map_dtype, device)
-    if not records:
-        raise ValueError(f"{path}: no images to extract")
-    path = Path(path)
-    key = build_key(model, records, checkpoint=checkpoint, root=root, input_size=input_size, map_dtype=dtype_name,
-                    amp=amp)
-    distributed = world_size > 1
-    if distributed:
-        import torch.distributed as dist
-
-    def broadcast(value):
-        if not distributed:
-            return value
-        box = [value]
-        dist.broadcast_object_list(box, src=0, group=group)
-        return box[0]
-
-    store = try_open_store(path, key, log) if rank == 0 else None
-    build = broadcast(None if store is not None else "build")
-    if build is None:
-        return store if store is not None else load_store(path, key)
-
-    writer = None
-    if rank == 0:
-        clean_store_dir(path, log)
-        writer = StoreWriter.create(path)
-        log(f"map store: extracting {len(records)} images into {path} ({dtype_name}"
-            + (f", {world_size} processes" if distributed else "") + ")")
-    build_name = broadcast(writer.build if writer is not None else None)
-    if writer is None:
-        writer = StoreWriter(path, build_name)
-    start, stop = shard_range(len(records), rank, world_size) if distributed else (0, len(records))
-    transform = build_test_transform(int(input_size[0]), int(input_size[1]))
-    dataset = ImageDataset(records[start:stop], transform)
-    torch_dtype = MAP_DTYPES[dtype_name][1]
-    shapes = None
-    if rank == 0:
-        # rank 0 learns the map shape from one image and preallocates before anyone writes
-        probe_maps, probe_feats = _probe(model, dataset if len(dataset) else ImageDataset(records[:1], transform), amp)
-        shapes = (tuple(probe_maps.shape[1:]), int(probe_feats.shape[1]))
-        writer.allocate(len(records), shapes[0], shapes[1], dtype_name)
-    if distributed:
-        dist.barrier(group=group)
-    for offset, maps, feats in extract_batches(model, dataset, batch_size=batch_size, workers=workers, amp=amp,
-                                               map_dtype=torch_dtype, progress=progress, desc=desc):
-        writer.write_rows(start + offset, maps, feats)
-    if distributed:
-        dist.barrier(group=group)
-    if rank == 0:
-        store = writer.commit(key, records, root, log)
-    if distributed:
-        dist.barrier(group=group)
-    store = store if store is not None else load_store(path, key)
-    store.built_now = True
-    return store
-
-
-@torch.no_grad()
-def _probe(model: torch.nn.Module, dataset, amp: str) -> tuple[torch.Tensor, torch.Tensor]:
-    from casn_core.engine.inference import extract_tensors
-
-    model.eval()
-    image = dataset[0][0][None]
-    return extract_tensors(model, image, amp)

@@ -27,7 +27,7 @@ from casn_core.engine.evaluate import evaluate_model
 from casn_core.engine.inference import extract, feature_distance, rank_query_casn
 from casn_core.engine.rerank import casn_distmat
 from casn_core.models import build_model
-from casn_core.store import open_or_build_store
+from casn_core.engine.store_build import open_or_build_store
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

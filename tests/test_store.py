@@ -24,18 +24,15 @@ from casn_core.engine.inference import (
 from casn_core.engine.rerank import casn_distmat, iter_casn_distmat
 from casn_core.metrics import evaluate_rank
 from casn_core.models import build_model
+from casn_core.engine.store_build import StoreWriter, build_key, open_or_build_store, shard_range
 from casn_core.store import (
     AUTO_FLOAT32_MAX_BYTES,
     StoreError,
-    StoreWriter,
-    build_key,
     default_map_dtype,
     files_sha256,
     float32_map_bytes,
     load_store,
-    open_or_build_store,
     resolve_map_dtype,
-    shard_range,
     store_path,
     try_open_store,
 )
@@ -158,7 +155,7 @@ def test_sigkill_during_extraction_leaves_no_trusted_store(data, model, tmp_path
         "import sys, time\n"
         "from casn_core.checkpoint import load_model\n"
         "from casn_core.data import load_market\n"
-        "from casn_core import store\n"
+        "from casn_core.engine import store_build as store\n"
         "original = store.StoreWriter.write_rows\n"
         "def slow(self, *a, **k):\n"
         "    original(self, *a, **k)\n"

@@ -47,7 +47,7 @@ from casn_core.attention.alignment import DEFAULT_THRESHOLD
 from casn_core.attention.identification import gradcam
 from casn_core.attention.siamese import pair_attention
 from casn_core.data import build_test_transform, load_market, read_image
-from casn_core.engine.inference import autocast_context
+from casn_core.engine.extraction import autocast_context
 from casn_core.numeric import safe_divide, share
 
 MASK_FOLDER = "masks"
@@ -141,7 +141,7 @@ def top_class_gradcam(model, images: torch.Tensor, amp: str = "none", batch_size
 @torch.no_grad()
 def image_features(model, images: torch.Tensor, amp: str = "none", batch_size: int = 64) -> torch.Tensor:
     """Pooled features ``f`` (N, D) of preprocessed images, eval mode."""
-    from casn_core.engine.inference import extract_tensors
+    from casn_core.engine.extraction import extract_tensors
 
     return torch.cat([extract_tensors(model, images[part], amp)[1] for part in _batches(images.shape[0], batch_size)])
 
@@ -220,10 +220,10 @@ def attention_quality(model, data_root: str | Path, height: int, width: int, que
                       deletion_steps: int = 10, max_fraction: float = 0.5, seed: int = 0) -> dict:
     """All attention-quality numbers of one model (see the module docstring) as a flat dict.
 
-    ``query`` and ``gallery`` are :class:`casn_core.engine.inference.FeatureCache` of the test splits
+    ``query`` and ``gallery`` are :class:`casn_core.maps.FeatureCache` of the test splits
     (``None``: extracted here); pairs are chosen from their records, so every model sees the same pairs.
     """
-    from casn_core.engine.evaluate import extract_split
+    from casn_core.engine.extraction import extract_split
 
     started = time.perf_counter()
     was_training = model.training

@@ -192,7 +192,7 @@ def pair_attention_grid(
 
     ``query_maps`` (N, K, H, W) and ``gallery_maps`` (M, K, H, W), float32 or bfloat16 (bf16 halves
     the memory traffic; products are accumulated by the matmul in that dtype). Maps stored
-    channels-last (as :func:`casn_core.engine.inference.extract` stores them) are read as
+    channels-last (as :func:`casn_core.engine.extraction.extract` stores them) are read as
     contiguous (HW, K) matrices, about 2x faster for one query against many gallery images. Features default to
     ``model.pool`` of the maps. Fields have leading dims (N, M). Uses the head's inference behaviour
     (BN running statistics, no dropout), as ranking does. With ``keep_maps=False`` the 2-D maps are

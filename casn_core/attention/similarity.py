@@ -1,7 +1,7 @@
 """Exact spatial decomposition of the retrieval similarity (beyond the paper).
 
 The ranking distance is ``d_f = |f_q/|f_q| - f_g/|f_g||`` with ``f = pool(A)``
-(:mod:`casn_core.models.pooling`; :func:`casn_core.engine.inference.feature_distance`), so
+(:mod:`casn_core.models.pooling`; :func:`casn_core.distances.feature_distance`), so
 ``d_f^2 = 2 - 2 s`` with the cosine similarity ``s``. Every pooling used here is linear and
 channel-wise: ``f_p = sum_i w_p(i) A(i)`` for parts ``p`` (one part for GAP, ``w(i) = 1/HW``; ``P``
 possibly overlapping stripes for PCB), with the pooling weight matrix ``W`` (P, HW). Hence

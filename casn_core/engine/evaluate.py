@@ -14,154 +14,23 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from casn_core.atomic import write_json_atomic
 from casn_core.attention.siamese import DEFAULT_THRESHOLD
 from casn_core.checkpoint import CheckpointError, checkpoint_info, load_model
-from casn_core.engine.inference import FeatureCache, extract, resolve_device
-from casn_core.metrics import QueryResults, evaluate_rank_per_query
+from casn_core.engine.extraction import extract_split, resolve_device  # noqa: F401  (extract_split re-exported)
+from casn_core.engine.store_build import split_stores  # noqa: F401  (re-exported)
+from casn_core.engine.evaluator import (  # noqa: F401  (evaluate_caches and summarise re-exported)
+    evaluate_caches, evaluate_rankings, summarise,
+)
+from casn_core.engine.pair_signals import sampled_pair_signals
 from casn_core.models.casn import CASN
 from casn_core.rankings import PAPER_WEIGHT, RankingSpec, paper_ranking, parse_topk
-from casn_core.store import (
-    MAP_DTYPE_CHOICES, MapStore, float32_map_bytes, open_or_build_store, resolve_map_dtype, store_path,
-)
+from casn_core.store import MAP_DTYPE_CHOICES
 
 
 log = logging.getLogger(__name__)
-
-def summarise(result: dict) -> dict:
-    """``{"rank1", "rank5", "rank10", "mAP", "mINP"}`` (fractions) from :func:`evaluate_rank`'s output
-    (or ``QueryResults.summary``, the same dict)."""
-    cmc = result["cmc"]
-    return {
-        "rank1": float(cmc[0]),
-        "rank5": float(cmc[min(4, len(cmc) - 1)]),
-        "rank10": float(cmc[min(9, len(cmc) - 1)]),
-        "mAP": float(result["mAP"]),
-        "mINP": float(result["mINP"]),
-    }
-
-
-def extract_split(model: CASN, records: list, height: int, width: int, batch_size: int = 64, workers: int = 0,
-                  amp: str = "none", progress: bool = True, desc: str = "extract") -> FeatureCache:
-    """Extract the cached maps and features of a list of image records at the model's input size."""
-    from casn_core.data import ImageDataset, build_test_transform
-
-    dataset = ImageDataset(records, build_test_transform(height, width))
-    return extract(model, dataset, records, batch_size=batch_size, workers=workers, amp=amp,
-                   progress=progress, desc=desc)
-
-
-def concat_query_results(parts: list[QueryResults]) -> QueryResults:
-    """Per-query results of consecutive query blocks, in order, as one :class:`QueryResults`."""
-    return QueryResults(*(np.concatenate([getattr(p, name) for p in parts])
-                          for name in ("first_true_rank", "ap", "inp", "valid")))
-
-
-def pair_attention_estimate(spec: RankingSpec, num_query: int, num_gallery: int) -> str:
-    """``"paper (w = 1, K = all): 3,368 x 15,913 = 53.6 M pair attentions"``."""
-    if spec.attention_weight == 0:
-        return f"{spec.label()}: w = 0 is the feature ranking, no pair attention needed"
-    k = spec.effective_topk(num_gallery)
-    return f"{spec.label()}: {num_query:,} x {k:,} = {num_query * k / 1e6:.1f} M pair attentions"
-
-
-def evaluate_rankings(model: CASN, query: FeatureCache, gallery: FeatureCache, rankings: Sequence[RankingSpec] = (),
-                      progress: bool = True, device: torch.device | str | None = None,
-                      chunk: int | None = None) -> dict:
-    """Score the feature ranking and every CASN ranking in ``rankings`` on cached query and gallery features.
-
-    Returns ``{"num_query", "num_gallery", "feature": metrics, <ranking name>: metrics + its settings,
-    "seconds": {...}}`` (metrics: :func:`summarise`). ``query`` / ``gallery`` hold their maps in RAM
-    (:func:`extract_split`) or in a store on disk (``MapStore.as_cache()``); the CASN re-ranking reads
-    only the candidates' maps. No query x gallery matrix is held whole: each ranking is computed and
-    scored ``chunk`` query rows at a time (:func:`casn_core.engine.rerank.query_chunk`, ~32 MB blocks)
-    with :func:`casn_core.metrics.evaluate_rank_per_query`, whose per-query results concatenate (every
-    query's numbers depend on its own row only), so the metrics equal ``evaluate_rank`` of the whole
-    matrix; with K = all the pairs are scored in query groups of bounded memory
-    (:func:`casn_core.engine.rerank.grouped_casn_blocks`).
-    """
-    from casn_core.engine.rerank import feature_distance_blocks, grouped_casn_blocks
-
-    q_pids, q_camids = np.asarray(query.pids), np.asarray(query.camids)
-    g_pids, g_camids = np.asarray(gallery.pids), np.asarray(gallery.camids)
-    max_rank = min(50, len(gallery))
-
-    def scored(blocks) -> dict:
-        parts = [evaluate_rank_per_query(block, q_pids[start:start + block.shape[0]], g_pids,
-                                         q_camids[start:start + block.shape[0]], g_camids)
-                 for start, block in blocks]
-        return summarise(concat_query_results(parts).summary(max_rank))
-
-    timing = {}
-    started = time.perf_counter()
-    results = {"num_query": len(query), "num_gallery": len(gallery),
-               "feature": scored(feature_distance_blocks(query.features, gallery.features, chunk))}
-    timing["feature_ranking"] = time.perf_counter() - started
-    done: dict[tuple, dict] = {}
-    for spec in rankings:
-        key = (spec.attention_weight, spec.effective_topk(len(gallery)), spec.threshold)
-        if key not in done:
-            started = time.perf_counter()
-            if spec.attention_weight == 0:
-                # w = 0: the top K by d_f, then the rest by d_f, is the feature order itself
-                done[key] = dict(results["feature"])
-            else:
-                log.info("%s", pair_attention_estimate(spec, len(query), len(gallery)))
-                done[key] = scored(grouped_casn_blocks(model, query, gallery, spec.topk, spec.attention_weight,
-                                                       spec.threshold, progress, device, chunk=chunk))
-            timing[f"{spec.name}_ranking"] = time.perf_counter() - started
-        results[spec.name] = {**done[key], **spec.settings()}
-    results["seconds"] = timing
-    return results
-
-
-def evaluate_caches(model: CASN, query: FeatureCache, gallery: FeatureCache, topk: int | None = 100,
-                    attention_weight: float = 1.0, threshold: float = DEFAULT_THRESHOLD, casn: bool = True,
-                    progress: bool = True, device: torch.device | str | None = None,
-                    chunk: int | None = None) -> dict:
-    """:func:`evaluate_rankings` with one CASN ranking named ``casn`` (w = ``attention_weight``, K = ``topk``),
-    or the feature ranking alone (``casn=False``)."""
-    rankings = [RankingSpec("casn", attention_weight, topk, threshold)] if casn else []
-    return evaluate_rankings(model, query, gallery, rankings, progress, device, chunk)
-
-
-def split_stores(model: CASN, data: str, height: int, width: int, store_dir: str | Path, *,
-                 checkpoint: str | Path | None = None, map_dtype: str = "auto", amp: str = "none",
-                 batch_size: int = 64, workers: int = 0, progress: bool = True, log=print,
-                 rank: int = 0, world_size: int = 1, group=None,
-                 records: tuple[list, list] | None = None) -> tuple[MapStore, MapStore]:
-    """The query and gallery :class:`casn_core.store.MapStore` of the dataset at ``data`` (built once, then reused).
-
-    ``map_dtype="auto"``: float32 while the larger split's float32 maps take <= 4 GiB, else bfloat16
-    (:func:`casn_core.store.default_map_dtype`), one dtype for both splits.
-    Stores live in ``store_path(store_dir, data, split, dtype)`` and are keyed by the checkpoint's
-    bytes (or the model's weights when ``checkpoint`` is None), the file list, the input size, the
-    map dtype and AMP; the app and ``eval`` share them. Under torchrun every rank calls this and
-    extracts its shard. ``records``: the ``(query, gallery)`` records when the caller has already
-    listed the dataset (the app does, for its error messages), so the folders are not listed twice.
-    """
-    if records is None:
-        from casn_core.data import load_market
-
-        dataset = load_market(data, splits=("query", "gallery"))
-        records = (list(dataset.query), list(dataset.gallery))
-    query_records, gallery_records = records
-    largest = max(len(query_records), len(gallery_records))
-    # auto: one dtype for both splits, the rule applied to the larger split (the gallery), so query and
-    # gallery maps are multiplied in the same dtype
-    float32_bytes = float32_map_bytes(model, (height, width), largest) if map_dtype == "auto" and largest else None
-    dtype_name = resolve_map_dtype(map_dtype, next(model.parameters()).device, float32_bytes,
-                                   log if rank == 0 else None)
-    stores = []
-    for split, split_records in (("query", query_records), ("gallery", gallery_records)):
-        stores.append(open_or_build_store(
-            model, list(split_records), store_path(store_dir, data, split, dtype_name), checkpoint=checkpoint, root=data,
-            input_size=(height, width), map_dtype=dtype_name, amp=amp, batch_size=batch_size, workers=workers,
-            progress=progress and rank == 0, desc=split, log=log, rank=rank, world_size=world_size, group=group))
-    return stores[0], stores[1]
 
 
 def evaluate_model(model: CASN, data: str, height: int, width: int, device: torch.device | str = "cpu",
@@ -210,8 +79,6 @@ def evaluate_model(model: CASN, data: str, height: int, width: int, device: torc
     results["seconds"]["extract_or_open"] = extract_s
     results["storage"] = storage
     if signals:
-        from casn_core.engine.pair_signals import sampled_pair_signals
-
         results["pair_signals"] = sampled_pair_signals(model, query, gallery, threshold)
     model.train(was_training)
     return results

@@ -15,7 +15,7 @@ import torch
 
 from casn_core.atomic import write_bytes_atomic, write_json_atomic
 from casn_core.checkpoint import CheckpointError, checkpoint_info, load_model
-from casn_core.engine.inference import extract_tensors, resolve_device
+from casn_core.engine.extraction import extract_tensors, resolve_device
 from casn_core.explanation import PairExplanation, explain_maps
 from casn_core.models.casn import CASN
 

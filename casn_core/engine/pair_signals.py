@@ -21,7 +21,10 @@ import numpy as np
 import torch
 
 from casn_core.attention.siamese import DEFAULT_THRESHOLD, pair_attention_grid
-from casn_core.engine.inference import FeatureCache, feature_distance
+from casn_core.distances import feature_distance
+from casn_core.engine.evaluator import evaluate_caches
+from casn_core.engine.extraction import extract_split
+from casn_core.maps import FeatureCache
 from casn_core.engine.rerank import DEFAULT_BATCH_BYTES, map_row_bytes
 from casn_core.models.casn import CASN
 from casn_core.numeric import roc_auc
@@ -135,8 +138,6 @@ def ranking_numbers(model: CASN, query: FeatureCache, gallery: FeatureCache, thr
                     attention_weight: float = 1.0, topk: int | None = 100) -> dict:
     """Feature vs CASN rank-1 and mAP with ``attention_weight`` (w) and ``topk`` (K) (the part of
     :func:`pair_signals` that depends on w and K)."""
-    from casn_core.engine.evaluate import evaluate_caches
-
     ranked = evaluate_caches(model, query, gallery, topk=topk, attention_weight=attention_weight,
                              threshold=threshold, progress=False)
     return {"feature_rank1": ranked["feature"]["rank1"], "feature_mAP": ranked["feature"]["mAP"],
@@ -183,8 +184,6 @@ def sampled_pair_signals(model: CASN, query: FeatureCache, gallery: FeatureCache
 def extract_records(model: CASN, records: list, input_size: tuple[int, int], batch_size: int = 64,
                     desc: str = "extract", progress: bool = False) -> FeatureCache:
     """Cached maps and features of image records at the model's input size (one backbone pass each)."""
-    from casn_core.engine.evaluate import extract_split
-
     return extract_split(model, records, *input_size, batch_size=batch_size, progress=progress, desc=desc)
 
 

@@ -47,6 +47,8 @@ from casn_core.attention.alignment import (
     row_importance,
 )
 from casn_core.attention.siamese import DEFAULT_THRESHOLD, indicator_closed_form
+from casn_core.distances import unit_distance, unit_features
+from casn_core.maps import read_maps
 from casn_core.numeric import safe_divide, unit_range
 
 DEFAULT_BATCH_BYTES = 128 << 20
@@ -60,7 +62,7 @@ SORT_BLOCK_BYTES = 8 << 20
 
 
 def map_row_bytes(maps) -> int:
-    """Bytes of one image's map in ``maps`` (a tensor or a :class:`casn_core.store.StoredMaps`)."""
+    """Bytes of one image's map in ``maps`` (a tensor or :class:`casn_core.maps.FeatureMaps`)."""
     k, h, w = maps.shape[1:]
     return int(k * h * w * torch.empty(0, dtype=maps.dtype).element_size())
 
@@ -68,16 +70,6 @@ def map_row_bytes(maps) -> int:
 def query_chunk(num_gallery: int, block_bytes: int = DEFAULT_BLOCK_BYTES) -> int:
     """Query rows per block so that one float32 (rows x gallery) block takes about ``block_bytes``."""
     return max(1, int(block_bytes) // max(1, 4 * int(num_gallery)))
-
-
-def read_rows(maps, indices: np.ndarray, device: torch.device) -> torch.Tensor:
-    """Rows ``indices`` of an in-memory map tensor or a :class:`casn_core.store.StoredMaps`, on ``device``."""
-    if isinstance(maps, torch.Tensor):
-        index = torch.as_tensor(indices, dtype=torch.long, device=maps.device)
-        rows = maps[index]  # advanced indexing keeps the channels-last layout (index_select does not)
-    else:
-        rows = maps.read(indices)
-    return rows.to(device, non_blocking=True)
 
 
 def maps_on_device(maps, device: torch.device | str, max_fraction: float = 0.5):
@@ -96,11 +88,9 @@ def feature_distance_blocks(query_features: torch.Tensor, gallery_features: torc
                             chunk: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
     """``(first query row, (n, G) float32 block)`` of the feature distance matrix, ``chunk`` rows at a time.
 
-    Each block is :func:`casn_core.engine.inference.feature_distance` of those query rows (Euclidean
+    Each block is :func:`casn_core.distances.feature_distance` of those query rows (Euclidean
     distance of L2-normalised ``f``); the gallery is normalised once, not once per block.
     """
-    from casn_core.engine.inference import unit_distance, unit_features  # (inference imports this module)
-
     q, g = unit_features(query_features), unit_features(gallery_features)
     chunk = chunk or query_chunk(g.shape[0])
     for start in range(0, q.shape[0], chunk):
@@ -167,7 +157,7 @@ def attention_distances(
 ) -> torch.Tensor:
     """``d_a`` (Q, k) of every pair ``(q, candidates[q, j])``: the consistency distance (eq. 5).
 
-    Maps are tensors or :class:`casn_core.store.StoredMaps`; features are (Q, D) / (G, D).
+    Maps are tensors or :class:`casn_core.maps.FeatureMaps`; features are (Q, D) / (G, D).
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     budget = max_batch_bytes or DEFAULT_BATCH_BYTES
@@ -191,7 +181,7 @@ def attention_distances(
     bar = tqdm(total=num_query * 2, desc="casn re-rank", disable=not progress, unit="query")
     for start in range(0, num_query, per_read):
         stop = min(num_query, start + per_read)
-        block = read_rows(query_maps, np.arange(start, stop), device)
+        block = read_maps(query_maps, np.arange(start, stop), device)
         for i in range(start, stop):
             indicator = indicator_closed_form(head, fq[i:i + 1], fg[cand[i]])[0][0]  # (k, D)
             weights = pool.channel_weights(indicator, height, width).to(block.dtype)  # (k, C)
@@ -211,7 +201,7 @@ def attention_distances(
     done_pairs = 0
     for u_start in range(0, unique.size, per_read):
         u_stop = min(unique.size, u_start + per_read)
-        block = read_rows(gallery_maps, unique[u_start:u_stop], device)  # (U, C, H, W)
+        block = read_maps(gallery_maps, unique[u_start:u_stop], device)  # (U, C, H, W)
         p_start, p_stop = int(bounds[u_start]), int(bounds[u_stop])
         pairs = order[p_start:p_stop]
         indicator = torch.from_numpy(np.unpackbits(flat_bits[pairs], axis=-1, count=feature_dim)).to(device)
@@ -318,10 +308,10 @@ class _RowRange:
         return self.stop - self.start
 
     def read(self, indices) -> torch.Tensor:
-        return read_rows(self.maps, np.asarray(indices) + self.start, torch.device("cpu"))
+        return read_maps(self.maps, np.asarray(indices) + self.start, torch.device("cpu"))
 
     def to(self, device) -> torch.Tensor:
-        return read_rows(self.maps, np.arange(self.start, self.stop), torch.device(device))
+        return read_maps(self.maps, np.arange(self.start, self.stop), torch.device(device))
 
 
 def pairs_per_group(num_gallery_k: int, height: int, feature_dim: int, state_bytes: int = DEFAULT_STATE_BYTES) -> int:

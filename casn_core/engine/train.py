@@ -37,7 +37,7 @@ from casn_core.attention.siamese import DEFAULT_THRESHOLD
 from casn_core.checkpoint import (
     CheckpointError, load_checkpoint, model_from_checkpoint, remove_stale_temporaries, save_checkpoint,
 )
-from casn_core.engine.inference import autocast_context, extract_tensors, resolve_device
+from casn_core.engine.extraction import autocast_context, extract_tensors, resolve_device
 from casn_core.losses import LOSS_CHOICES, LossConfig, LossTerms, casn_loss
 from casn_core.models.backbones import BACKBONES
 from casn_core.models.casn import CASN, ModelConfig

@@ -26,10 +26,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from casn_core.atomic import write_json_atomic
-from casn_core.engine.inference import FeatureCache
+from casn_core.maps import FeatureCache
 from casn_core.models.casn import CASN
 from casn_core.rankings import topk_to_json
 
@@ -98,17 +97,16 @@ def tune_ranking(model: CASN, query: FeatureCache, gallery: FeatureCache, thresh
     feature ranking on the validation split. Each curve row holds ``mAP``, ``rank1`` and ``gain`` /
     ``gain_se``: the mean paired per-query AP difference to w = 0 and its standard error.
     """
-    from casn_core.engine.inference import feature_distance
-    from casn_core.engine.rerank import casn_attention, casn_candidates, iter_casn_distmat
-    from casn_core.metrics import evaluate_rank_per_query
+    from casn_core.engine.evaluator import RankingEvaluator
+    from casn_core.engine.rerank import casn_attention, casn_candidates, feature_distance_blocks, iter_casn_distmat
 
     if rule not in RULES:
         raise ValueError(f"unknown rule {rule!r}; choose from {', '.join(RULES)}")
     weights = sorted({0.0, *(float(w) for w in weights)})
     if any(w < 0 for w in weights):
         raise ValueError(f"attention weights must be >= 0, got {weights}")
-    ids = (query.pids, gallery.pids, query.camids, gallery.camids)
-    feature = evaluate_rank_per_query(feature_distance(query.features, gallery.features).numpy(), *ids)
+    feature = RankingEvaluator(query, gallery).process_all(feature_distance_blocks(query.features,
+                                                                                    gallery.features)).results()
     valid = feature.valid
     if not valid.any():
         raise ValueError("no validation query has a true match from another camera in the validation gallery")
@@ -126,7 +124,7 @@ def tune_ranking(model: CASN, query: FeatureCache, gallery: FeatureCache, thresh
                     attention = casn_attention(model, query, gallery, candidates, threshold)
                 blocks = iter_casn_distmat(model, query, gallery, topk, weight, threshold, progress=False,
                                            candidates=candidates, attention=attention)
-                result = evaluate_rank_per_query(torch.cat([block for _, block in blocks]).numpy(), *ids)
+                result = RankingEvaluator(query, gallery).process_all(blocks).results()
             ap = result.ap[valid]
             diff = ap - base_ap
             row = {"attention_weight": weight, "topk": topk, "mAP": float(ap.mean()),

@@ -1,7 +1,7 @@
 """Gallery features and maps, extracted once and cached outside the user's folder.
 
 The backbone runs once per gallery image (docs/design.md, sec. 4); the maps ``A`` and features ``f``
-go into the project's on-disk map store (:func:`casn_core.store.open_or_build_store`) under
+go into the project's on-disk map store (:func:`casn_core.engine.store_build.open_or_build_store`) under
 ``<cache-dir>/gallery-<hash of the folder>-<dtype>/``, keyed by the checkpoint's sha256, the input
 size, the map dtype and the file list (relative path, size, modification time): any change
 re-extracts, a damaged or stale store is rebuilt with a logged reason, never trusted.
@@ -26,9 +26,8 @@ import torch
 from casn_core.atomic import write_json_atomic
 from casn_core.models.casn import CASN
 from casn_core.search.scan import GalleryImage, SearchError, SkippedFile, check_images
-from casn_core.store import (
-    float32_map_bytes, open_or_build_store, resolve_map_dtype, store_path,
-)
+from casn_core.engine.store_build import open_or_build_store
+from casn_core.store import float32_map_bytes, resolve_map_dtype, store_path
 
 CHECKED_FORMAT = "casn-search-checked"
 CHECKED_VERSION = 1
