@@ -11,7 +11,8 @@ What stays fixed per identity (:class:`Identity`, drawn from ``(seed, pid)``): b
 hair, clothing colours, pattern, logo, hat and bags. What changes per image (drawn from the image's
 own generator): view, walking phase, camera, background, occluder and box jitter.
 
-Images are BGR ``uint8`` (OpenCV order). The mask is ``uint8`` 0/255: the visible person,
+The scene around the person (cameras, backgrounds, occluders, the whole image) is
+:mod:`casn_core.data.scene`. Images are BGR ``uint8`` (OpenCV order). The mask is ``uint8`` 0/255: the visible person,
 including hair, hat and carried bags, minus what an occluder hides.
 """
 from __future__ import annotations
@@ -56,7 +57,7 @@ def _pick(rng: np.random.Generator, palette) -> tuple:
     return palette[int(rng.integers(len(palette)))]
 
 
-def _shade(colour, factor: float) -> tuple[int, int, int]:
+def shade(colour, factor: float) -> tuple[int, int, int]:
     return tuple(int(min(255, max(0, round(c * factor)))) for c in colour)
 
 
@@ -144,38 +145,6 @@ def make_identity(seed: int, pid: int) -> Identity:
 
 
 @dataclass(frozen=True)
-class Camera:
-    """One camera: colour cast, brightness, contrast, blur, noise and its scene's colours (BGR)."""
-
-    camid: int
-    gains: tuple  # per BGR channel
-    brightness: float
-    contrast: float
-    blur: float
-    noise: int
-    wall: tuple
-    ground: tuple
-    accents: tuple
-
-
-def make_camera(seed: int, camid: int) -> Camera:
-    """Camera ``camid`` (deterministic in ``(seed, camid)``)."""
-    rng = np.random.default_rng([int(seed), 1, int(camid)])
-    base = rng.uniform(60, 200, 3)
-    return Camera(
-        camid=int(camid),
-        gains=tuple(float(g) for g in rng.uniform(0.82, 1.18, 3)),
-        brightness=float(rng.uniform(-30, 25)),
-        contrast=float(rng.uniform(0.8, 1.15)),
-        blur=float(rng.choice([0.0, 0.0, 0.7, 1.1])),
-        noise=int(rng.choice([2, 4, 6])),
-        wall=tuple(int(v) for v in base),
-        ground=tuple(int(v) for v in rng.uniform(50, 170, 3)),
-        accents=tuple(tuple(int(v) for v in rng.uniform(20, 235, 3)) for _ in range(5)),
-    )
-
-
-@dataclass(frozen=True)
 class Pose:
     """What changes per image: view, walking phase and stride, box jitter, occluder."""
 
@@ -200,7 +169,7 @@ def sample_pose(rng: np.random.Generator, occluder_probability: float = 0.3) -> 
                 dy=float(rng.uniform(-0.07, 0.07)), occluder=occluder, brightness=float(rng.normal(0, 8)))
 
 
-class _Painter:
+class Painter:
     """Draws on the image (anti-aliased) and the mask (255 for the person, 0 for an occluder) at once.
 
     Body coordinates are in body heights: ``y`` 0 at the top of the head, 1 at the soles; ``x``
@@ -255,7 +224,7 @@ def _clip(points, axis: int, lo: float, hi: float) -> list:
     return points
 
 
-def _draw_logo(p: _Painter, shape: str, colour, x: float, y: float, r: float) -> None:
+def _draw_logo(p: Painter, shape: str, colour, x: float, y: float, r: float) -> None:
     if shape == "circle":
         p.ellipse((x, y), (r, r), colour)
     elif shape == "square":
@@ -275,7 +244,7 @@ def draw_person(image: np.ndarray, mask: np.ndarray, who: Identity, pose: Pose) 
     top = (h - ph) / 2 + pose.dy * h
     side = pose.view in ("left", "right")
     sx = {"front": 1, "back": -1, "left": -1, "right": 1}[pose.view]
-    p = _Painter(image, mask, cx, top, ph, sx)
+    p = Painter(image, mask, cx, top, ph, sx)
 
     ys, yh = 0.165, 0.50
     sw = who.shoulder
@@ -299,12 +268,12 @@ def draw_person(image: np.ndarray, mask: np.ndarray, who: Identity, pose: Pose) 
             knee = (s * (hw * 0.5 + 0.006), yh + l1 * math.cos(swing))
             ankle = (s * (hw * 0.5 + 0.012), knee[1] + l2 * math.cos(0.5 * swing))
             foot = ((ankle[0], ankle[1] + 0.012), (0.03, 0.017))
-        p.line(hip, knee, 0.078 * lw, _shade(thigh_colour, dark))
-        p.line(knee, ankle, 0.06 * lw, _shade(trouser_shin, dark))
+        p.line(hip, knee, 0.078 * lw, shade(thigh_colour, dark))
+        p.line(knee, ankle, 0.06 * lw, shade(trouser_shin, dark))
         if who.lower_style == "shorts":
             mid = ((hip[0] + knee[0] * 3) / 4, (hip[1] + knee[1] * 3) / 4)
-            p.line(hip, mid, 0.082 * lw, _shade(who.lower, dark))
-        p.ellipse(*foot, _shade(who.shoes, dark))
+            p.line(hip, mid, 0.082 * lw, shade(who.lower, dark))
+        p.ellipse(*foot, shade(who.shoes, dark))
 
     def arm(i: int, dark: float) -> tuple[float, float]:
         swing = -0.8 * pose.stride * math.sin(pose.phase + i * math.pi)
@@ -319,8 +288,8 @@ def draw_person(image: np.ndarray, mask: np.ndarray, who: Identity, pose: Pose) 
             shoulder = (s * (sw - 0.018), ys + 0.025)
             elbow = (s * (sw + 0.005), shoulder[1] + ua * math.cos(swing))
             hand = (s * (sw + 0.012), elbow[1] + fa * math.cos(0.7 * swing))
-        sleeve = _shade(who.upper, dark)
-        skin = _shade(who.skin, dark)
+        sleeve = shade(who.upper, dark)
+        skin = shade(who.skin, dark)
         if who.sleeves == "long" or who.coat:
             p.line(shoulder, elbow, 0.052 * lw, sleeve)
             p.line(elbow, hand, 0.044 * lw, sleeve)
@@ -337,12 +306,12 @@ def draw_person(image: np.ndarray, mask: np.ndarray, who: Identity, pose: Pose) 
         s = bag_side if not side else 0
         if style == "hand" and hand is not None:
             x, y = hand
-            p.line((x, y), (x, y + 0.03), 0.008, _shade(colour, 0.7))
+            p.line((x, y), (x, y + 0.03), 0.008, shade(colour, 0.7))
             p.poly([(x - 0.04, y + 0.025), (x + 0.04, y + 0.025), (x + 0.045, y + 0.11), (x - 0.045, y + 0.11)], colour)
         elif style == "shoulder":
             bx = s * (hw + 0.035) if not side else -0.01
             if not side:
-                p.line((-s * (sw - 0.03), ys), (bx, yh - 0.02), 0.012, _shade(colour, 0.7))
+                p.line((-s * (sw - 0.03), ys), (bx, yh - 0.02), 0.012, shade(colour, 0.7))
             p.poly([(bx - 0.045, yh - 0.03), (bx + 0.045, yh - 0.03), (bx + 0.045, yh + 0.07),
                     (bx - 0.045, yh + 0.07)], colour)
 
@@ -362,7 +331,7 @@ def draw_person(image: np.ndarray, mask: np.ndarray, who: Identity, pose: Pose) 
         x_hi = max(x for x, _ in outline)
         bottom = max(y for _, y in outline)
         # light from one side of the scene: the other third of the torso is darker
-        p.poly(_clip(outline, 0, x_lo + 0.66 * (x_hi - x_lo), x_hi + 1), _shade(who.upper, 0.84))
+        p.poly(_clip(outline, 0, x_lo + 0.66 * (x_hi - x_lo), x_hi + 1), shade(who.upper, 0.84))
         if who.pattern == "hstripes":
             y = ys + who.stripe_period * 0.5
             while y < bottom:
@@ -385,14 +354,14 @@ def draw_person(image: np.ndarray, mask: np.ndarray, who: Identity, pose: Pose) 
                 p.poly([(-0.72 * sw, ys + 0.03), (0.72 * sw, ys + 0.03), (0.76 * sw, yh - 0.04),
                         (-0.76 * sw, yh - 0.04)], pack)
                 p.poly([(-0.5 * sw, yh - 0.14), (0.5 * sw, yh - 0.14), (0.5 * sw, yh - 0.06),
-                        (-0.5 * sw, yh - 0.06)], _shade(pack, 0.75))
+                        (-0.5 * sw, yh - 0.06)], shade(pack, 0.75))
             elif side:
                 back = -0.6 * sw
                 p.poly([(back + 0.01, ys + 0.03), (back - 0.075, ys + 0.04), (back - 0.08, yh - 0.05),
                         (back + 0.01, yh - 0.05)], pack)
             else:
                 for s in (-1, 1):
-                    p.line((s * 0.55 * sw, ys - 0.005), (s * 0.5 * sw, ys + 0.16), 0.014, _shade(pack, 0.7))
+                    p.line((s * 0.55 * sw, ys - 0.005), (s * 0.5 * sw, ys + 0.16), 0.014, shade(pack, 0.7))
 
     def head() -> None:
         hs = who.head_scale
@@ -424,9 +393,9 @@ def draw_person(image: np.ndarray, mask: np.ndarray, who: Identity, pose: Pose) 
             else:
                 p.ellipse((0.0, 0.04), (0.05 * hs, 0.03 * hs), colour)
                 if side:
-                    p.line((0.0, 0.052), (0.08 * hs, 0.055), 0.012, _shade(colour, 0.8))
+                    p.line((0.0, 0.052), (0.08 * hs, 0.055), 0.012, shade(colour, 0.8))
                 elif pose.view == "front":
-                    p.ellipse((0.0, 0.056), (0.055 * hs, 0.01 * hs), _shade(colour, 0.8))
+                    p.ellipse((0.0, 0.056), (0.055 * hs, 0.01 * hs), shade(colour, 0.8))
 
     if side:
         # the person faces +x; facing right shows the left side (i = 1), facing left the right side
@@ -454,123 +423,3 @@ def draw_person(image: np.ndarray, mask: np.ndarray, who: Identity, pose: Pose) 
     return cx, top, ph
 
 
-def draw_background(image: np.ndarray, camera: Camera, rng: np.random.Generator) -> None:
-    """A cluttered street scene in the camera's colours: wall, ground, windows, poles, lines, blobs."""
-    h, w = image.shape[:2]
-    horizon = int(h * rng.uniform(0.5, 0.8))
-    wall = np.clip(np.array(camera.wall) + rng.normal(0, 12, 3), 0, 255)
-    ground = np.clip(np.array(camera.ground) + rng.normal(0, 12, 3), 0, 255)
-    image[:horizon] = wall.astype(np.uint8)
-    image[horizon:] = ground.astype(np.uint8)
-    accents = camera.accents
-    for _ in range(int(rng.integers(4, 10))):
-        x0, y0 = int(rng.integers(-w // 4, w)), int(rng.integers(-h // 8, horizon))
-        bw, bh = int(rng.integers(w // 10, w // 2 + 1)), int(rng.integers(h // 16, h // 3 + 1))
-        colour = tuple(int(c) for c in np.clip(np.array(accents[int(rng.integers(5))]) + rng.normal(0, 15, 3), 0, 255))
-        if rng.random() < 0.3:
-            cv2.rectangle(image, (x0, y0), (x0 + bw, y0 + bh), colour, max(1, w // 64))
-        else:
-            cv2.rectangle(image, (x0, y0), (x0 + bw, y0 + bh), colour, -1)
-    for _ in range(int(rng.integers(2, 6))):  # pavement lines and railings
-        colour = tuple(int(c * 0.7) for c in ground) if rng.random() < 0.5 else tuple(int(c * 0.6) for c in wall)
-        if rng.random() < 0.5:
-            y = int(rng.integers(horizon, h))
-            cv2.line(image, (0, y), (w, y + int(rng.integers(-h // 8, h // 8 + 1))), colour, 1, cv2.LINE_AA)
-        else:
-            x = int(rng.integers(0, w))
-            cv2.line(image, (x, int(rng.integers(0, horizon))), (x + int(rng.integers(-w // 6, w // 6 + 1)), h),
-                     colour, max(1, w // 48), cv2.LINE_AA)
-    for _ in range(int(rng.integers(0, 4))):  # bushes, lamps, litter
-        centre = (int(rng.integers(0, w)), int(rng.integers(0, h)))
-        axes = (int(rng.integers(2, w // 6 + 3)), int(rng.integers(2, h // 12 + 3)))
-        colour = tuple(int(c) for c in accents[int(rng.integers(5))])
-        cv2.ellipse(image, centre, axes, 0, 0, 360, colour, -1, cv2.LINE_AA)
-
-
-def draw_occluder(painter: _Painter, kind: str, rng: np.random.Generator) -> None:
-    """Something in front of the person: a pole, a low object (car, bench, bush) or a passer-by's edge."""
-    colour = tuple(int(c) for c in rng.integers(30, 220, 3))
-    if kind == "pole":
-        x = float(rng.uniform(-0.12, 0.12))
-        width = float(rng.uniform(0.03, 0.06))
-        painter.poly([(x - width, -0.3), (x + width, -0.3), (x + width, 1.3), (x - width, 1.3)], colour, person=False)
-        painter.line((x - width * 0.5, -0.3), (x - width * 0.5, 1.3), 0.006, _shade(colour, 1.3), person=False)
-    elif kind == "low":
-        top = float(rng.uniform(0.62, 0.85))
-        x0 = float(rng.uniform(-0.45, 0.0))
-        x1 = max(x0 + float(rng.uniform(0.2, 0.5)), float(rng.uniform(0.03, 0.2)))  # reaches the legs
-        painter.poly([(x0, top), (x1, top), (x1, 1.3), (x0, 1.3)], colour, person=False)
-        painter.line((x0, top + 0.03), (x1, top + 0.03), 0.01, _shade(colour, 0.7), person=False)
-    else:
-        s = 1 if rng.random() < 0.5 else -1
-        x = s * float(rng.uniform(0.14, 0.22))
-        top = float(rng.uniform(0.1, 0.5))
-        painter.ellipse((x + s * 0.08, top + 0.35), (0.13, 0.45), colour, person=False)
-
-
-def apply_camera(image: np.ndarray, camera: Camera, pose: Pose, rng: np.random.Generator, noise: bool = True) -> np.ndarray:
-    """Colour cast, contrast, brightness, blur and sensor noise of ``camera``."""
-    c = camera.contrast
-    offset = (1 - c) * 128 + camera.brightness + pose.brightness
-    matrix = np.zeros((3, 4), dtype=np.float32)
-    for k in range(3):
-        matrix[k, k] = c * camera.gains[k]
-        matrix[k, 3] = offset
-    out = cv2.transform(image, matrix)
-    if camera.blur > 0:
-        out = cv2.GaussianBlur(out, (0, 0), camera.blur)
-    if noise and camera.noise:
-        n = camera.noise
-        jitter = rng.integers(-n, n + 1, size=out.shape, dtype=np.int16)
-        out = np.clip(out.astype(np.int16) + jitter, 0, 255).astype(np.uint8)
-    return out
-
-
-@dataclass
-class Rendered:
-    """One generated image: BGR ``image``, visible-person ``mask`` (0/255), the figure before occlusion."""
-
-    image: np.ndarray
-    mask: np.ndarray
-    figure_mask: np.ndarray
-    pose: Pose
-    camid: int
-
-    @property
-    def bbox(self) -> tuple[int, int, int, int] | None:
-        """``(x0, y0, x1, y1)`` (inclusive) of the visible person, or None when nothing is visible."""
-        return mask_bbox(self.mask)
-
-
-def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    """Inclusive bounding box of the non-zero pixels of ``mask``."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        return None
-    return int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1])
-
-
-def render_image(who: Identity, camera: Camera, rng: np.random.Generator, height: int = 256, width: int = 128,
-                 background: str = "clutter", occluders: bool = True, noise: bool = True) -> Rendered:
-    """Render one image of ``who`` seen by ``camera``; all per-image randomness comes from ``rng``.
-
-    ``background="plain"`` fills the scene with :data:`PLAIN_BACKGROUND` instead of clutter (for
-    tests of mask alignment); ``occluders=False`` never draws an occluder; ``noise=False`` skips
-    sensor noise. The camera's colour cast and blur apply to the whole image either way.
-    """
-    pose = sample_pose(rng, 0.3 if occluders else 0.0)
-    image = np.empty((height, width, 3), dtype=np.uint8)
-    if background == "plain":
-        image[:] = PLAIN_BACKGROUND
-    elif background == "clutter":
-        draw_background(image, camera, rng)
-    else:
-        raise ValueError(f"background must be 'clutter' or 'plain', got {background!r}")
-    mask = np.zeros((height, width), dtype=np.uint8)
-    cx, top, ph = draw_person(image, mask, who, pose)
-    figure = mask.copy()
-    if pose.occluder is not None:
-        draw_occluder(_Painter(image, mask, cx, top, ph, 1), pose.occluder, rng)
-    image = apply_camera(image, camera, pose, rng, noise)
-    return Rendered(image=image, mask=mask, figure_mask=figure, pose=pose, camid=camera.camid)

@@ -35,7 +35,8 @@ import cv2
 import numpy as np
 
 from casn_core.data.market import SPLIT_FOLDERS
-from casn_core.data.pedestrian import make_camera, make_identity, mask_bbox, render_image
+from casn_core.data.pedestrian import make_identity
+from casn_core.data.scene import make_camera, mask_bbox, render_image
 
 GENERATOR_VERSION = "1.0"
 JPEG_QUALITY = 92
