@@ -134,12 +134,12 @@ def model_from_checkpoint(
 
 def load_model(
     path: str | os.PathLike, device: str | torch.device = "cpu", expect: dict[str, Any] | None = None,
-    arch: str | None = None, input_size: tuple[int, int] | None = None,
+    arch: str | None = None, input_size: tuple[int, int] | str | None = None,
 ) -> tuple[CASN, dict[str, Any]]:
     """Load a checkpoint and return ``(model in eval mode on device, checkpoint payload)``.
 
     ``arch`` (a torchreid model name) reads ``path`` as a torchreid checkpoint instead, at
-    ``input_size`` (default 256 x 128): :func:`casn_core.models.foreign.load_torchreid`.
+    ``input_size`` (``(H, W)`` or ``"HxW"``, default 256 x 128): :func:`casn_core.models.foreign.load_torchreid`.
     """
     if arch is not None:
         from casn_core.models.foreign import load_torchreid

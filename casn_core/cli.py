@@ -1,4 +1,4 @@
-"""The command line: ``casn {synth,train,eval,tune,explain,search,app}`` (also ``python -m casn_core ...``)."""
+"""The command line: ``casn {synth,train,eval,tune,explain,search,fit-head,app}`` (also ``python -m casn_core ...``)."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +9,7 @@ def build_parser() -> argparse.ArgumentParser:
     from casn_core.data.synth import add_synth_arguments
     from casn_core.engine.evaluate import add_eval_arguments
     from casn_core.engine.explain import add_explain_arguments
+    from casn_core.engine.fit_head import add_fit_head_arguments
     from casn_core.engine.train import add_train_arguments
     from casn_core.engine.tune import add_tune_arguments
     from casn_core.search import add_search_arguments
@@ -23,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
                                            "set (never the test split) and store it in the checkpoint"))
     add_explain_arguments(commands.add_parser("explain", help="explain one image pair (JSON and figure)"))
     add_search_arguments(commands.add_parser("search", help="search any folder of person crops with query images"))
+    add_fit_head_arguments(commands.add_parser("fit-head", help="train CASN's BCE head (eq. 3) on a frozen torchreid "
+                                               "model: its Siamese attention and CASN ranking"))
     commands.add_parser("app", help="the Gradio explainability app (same options as `python app.py`)",
                         add_help=False)
     return parser
@@ -60,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         from casn_core.search import run_search
 
         return run_search(args)
+    if args.command == "fit-head":
+        from casn_core.engine.fit_head import run_fit_head
+
+        return run_fit_head(args)
     from casn_core.engine.explain import run_explain
 
     return run_explain(args)

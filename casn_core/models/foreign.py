@@ -33,11 +33,11 @@ from torch import nn
 from casn_core.models.casn import ForwardOutput
 from casn_core.models.heads import ClassifierHead
 from casn_core.models.pooling import GlobalAvgPool
-from casn_core.models.torchreid_adapter import arch_entry, head_layers
+from casn_core.models.torchreid_adapter import DEFAULT_SIZE_TEXT, arch_entry, head_layers, parse_input_size
 
 log = logging.getLogger(__name__)
 
-DEFAULT_INPUT_SIZE = (256, 128)
+DEFAULT_INPUT_SIZE = parse_input_size(DEFAULT_SIZE_TEXT)
 """torchreid's default input (height, width) for person re-id."""
 
 PROBE_SIZE = (64, 32)
@@ -184,6 +184,18 @@ def probe(backbone: TorchreidBackbone) -> tuple[int, float]:
     return reference.shape[1], float((ours - reference).abs().max() / scale)
 
 
+def fresh_bce_head(model: TorchreidCASN, seed: int = 0) -> None:
+    """A newly initialised BCE head (seeded), to train from: the null head is a stationary point of SGD
+    (zero weights on both layers give zero gradients to both)."""
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        model.bce_head = ClassifierHead(model.feature_dim, 2, model.config.hidden, model.config.dropout).to(
+            next(model.parameters()).device)
+    finally:
+        torch.random.set_rng_state(generator_state)
+
+
 def null_bce_head(model: TorchreidCASN) -> None:
     """Zero the BCE head: ``p(same) = 0.5`` and an all-zero indicator (eq. 4), so the Siamese maps are
     empty and ``d_a = 0``: what a model without a trained head (before ``casn fit-head``) shows."""
@@ -197,7 +209,7 @@ NO_HEAD_RANKING = {"attention_weight": 0.0, "topk": 100,
 """The stored ranking of a plain torchreid checkpoint: w = 0, the feature ranking (the null head gives d_a = 0)."""
 
 
-def load_torchreid(path: str, arch: str, input_size: tuple[int, int] | None = None) -> tuple[TorchreidCASN, dict]:
+def load_torchreid(path: str, arch: str, input_size: tuple[int, int] | str | None = None) -> tuple[TorchreidCASN, dict]:
     """``(model in eval mode, payload)`` of a torchreid checkpoint (its ``state_dict``) for ``arch``.
 
     The model gets a null BCE head (:func:`null_bce_head`) and the payload a w = 0 ranking, so every
@@ -219,7 +231,8 @@ def load_torchreid(path: str, arch: str, input_size: tuple[int, int] | None = No
     state = state_dict_of(payload, path)
     net = build_net(arch, num_classes_of(state))
     fit_state(net, state, f"checkpoint {path}", arch)
-    config = ForeignConfig(arch, tuple(input_size or DEFAULT_INPUT_SIZE), num_classes_of(state))
+    size = DEFAULT_INPUT_SIZE if input_size is None else parse_input_size(input_size)
+    config = ForeignConfig(arch, size, num_classes_of(state))
     model = TorchreidCASN(net, config)
     null_bce_head(model)
     payload = {"format": FORMAT, "version": VERSION, "model_config": config.to_dict(),

@@ -18,6 +18,7 @@ nothing. torchreid checkpoints are ``{"state_dict", "epoch", "rank1", "optimizer
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib
 import io
@@ -40,6 +41,33 @@ log = logging.getLogger(__name__)
 
 INSTALL_HINT = ('pip install -e ".[torchreid]" (torchreid==0.2.5 from PyPI with scipy, gdown and tensorboard), '
                 "or a source install of deep-person-reid")
+
+
+DEFAULT_SIZE_TEXT = "256x128"
+"""torchreid's default input size (height x width) for person re-id."""
+
+
+def parse_input_size(text: str | tuple[int, int]) -> tuple[int, int]:
+    """``"256x128"`` (height x width) -> ``(256, 128)``; a pair passes through."""
+    if isinstance(text, (tuple, list)):
+        height, width = (int(v) for v in text)
+    else:
+        parts = str(text).lower().replace(" ", "").split("x")
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            raise ValueError(f"input size must be HxW (e.g. {DEFAULT_SIZE_TEXT}), got {text!r}")
+        height, width = int(parts[0]), int(parts[1])
+    if height < 1 or width < 1:
+        raise ValueError(f"input size must be positive, got {height}x{width}")
+    return height, width
+
+
+def add_arch_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--arch`` and ``--input-size``: read ``--checkpoint`` as a torchreid checkpoint of that architecture."""
+    parser.add_argument("--arch", default=None,
+                        help="read --checkpoint as a torchreid checkpoint of this model name (e.g. osnet_x1_0, "
+                             "resnet50_fc512); needs the torchreid extra")
+    parser.add_argument("--input-size", type=parse_input_size, default=None,
+                        help=f"with --arch: HxW the model was trained at (default {DEFAULT_SIZE_TEXT}, torchreid's)")
 
 
 class TorchreidError(CheckpointError):
