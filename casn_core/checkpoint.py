@@ -173,6 +173,9 @@ class CheckpointInfo:
     num_classes: int
     attention_weight_source: str
     tuned: RankingSpec | None = None
+    has_bce_head: bool = True
+    """False for a plain torchreid checkpoint read with ``--arch``: its null BCE head gives no Siamese
+    attention (``casn fit-head`` trains one)."""
 
     def default_ranking(self) -> RankingSpec:
         """The ranking inference uses by default: the stored (w, K) pair, else the paper's (w = 1, K = all)."""
@@ -199,6 +202,7 @@ class CheckpointInfo:
             attention_weight_source="the paper's default" if weight is None else str(
                 tuned.get("source", "stored in the checkpoint")),
             tuned=ranking,
+            has_bce_head=payload.get("bce_head") != "none",
         )
 
 

@@ -18,6 +18,8 @@ from casn_core.checkpoint import CheckpointError, checkpoint_info, load_model
 from casn_core.engine.extraction import extract_tensors, resolve_device
 from casn_core.explanation import PairExplanation, explain_maps
 from casn_core.models.casn import CASN
+from casn_core.models.foreign import NO_HEAD_NOTE, require_explainable
+from casn_core.models.torchreid_adapter import add_arch_arguments
 
 
 def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +30,7 @@ def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--figure", help="write a PNG figure here")
     parser.add_argument("--threshold", type=float, default=None, help="alignment threshold (default: the checkpoint's)")
     parser.add_argument("--device", default="auto")
+    add_arch_arguments(parser)
 
 
 def explain_files(model: CASN, input_size: tuple[int, int], path1: str | Path, path2: str | Path,
@@ -52,13 +55,17 @@ def run_explain(args: argparse.Namespace) -> int:
     from casn_core.visualize import explanation_figure, figure_png
 
     try:
-        model, payload = load_model(args.checkpoint, resolve_device(args.device))
+        model, payload = load_model(args.checkpoint, resolve_device(args.device), arch=args.arch,
+                                    input_size=args.input_size)
+        require_explainable(model)
         info = checkpoint_info(payload)
         threshold = info.threshold if args.threshold is None else args.threshold
         explanation, image1, image2 = explain_files(model, info.input_size, args.image1, args.image2, threshold)
     except (CheckpointError, ImageInputError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if not info.has_bce_head:
+        print(NO_HEAD_NOTE, file=sys.stderr)
     print(f"same-person probability {explanation.same_probability:.4f}  feature distance "
           f"{explanation.feature_distance:.4f}  attention distance {explanation.attention_distance:.4f}  "
           f"similarity {explanation.similarity:.4f}")

@@ -261,3 +261,17 @@ def model_from_payload(payload: dict, path: str = "<checkpoint>") -> TorchreidCA
     except RuntimeError as exc:
         raise TorchreidError(f"checkpoint {path}: its BCE head does not fit: {str(exc).splitlines()[0]}") from None
     return model.eval()
+
+
+NO_HEAD_NOTE = ("no trained BCE head: the Siamese attention is empty (p(same) = 0.5, d_a = 0) and rankings are "
+                "torchreid's feature ranking; `casn fit-head` trains one. The similarity maps are exact.")
+"""What commands say about a plain torchreid checkpoint."""
+
+
+def require_explainable(model: nn.Module) -> None:
+    """Raise when ``model``'s maps cannot be explained exactly (a torchreid head that cannot be folded)."""
+    from casn_core.models.torchreid_adapter import TorchreidError
+
+    reason = getattr(model, "explain_refusal", None)
+    if reason:
+        raise TorchreidError(f"{reason}; the feature ranking (casn eval, casn search) still works")
