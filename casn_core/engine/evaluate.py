@@ -26,6 +26,7 @@ from casn_core.engine.evaluator import (  # noqa: F401  (evaluate_caches and sum
 )
 from casn_core.engine.pair_signals import sampled_pair_signals
 from casn_core.models.casn import CASN
+from casn_core.models.torchreid_adapter import add_arch_arguments
 from casn_core.rankings import PAPER_WEIGHT, RankingSpec, paper_ranking, parse_topk
 from casn_core.store import MAP_DTYPE_CHOICES
 
@@ -125,6 +126,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                              "<= 4 GiB, else bfloat16 (same rule on CPU and CUDA; logged when it picks bfloat16). "
                              "float32 reproduces the in-memory numbers exactly")
     parser.add_argument("--in-memory", action="store_true", help="keep all maps in RAM instead of a store")
+    add_arch_arguments(parser)
 
 
 def _init_distributed(device: torch.device):
@@ -150,8 +152,9 @@ def _init_distributed(device: torch.device):
 def eval_rankings(args: argparse.Namespace, info) -> tuple[list[RankingSpec], RankingSpec]:
     """The CASN rankings ``casn eval`` scores (paper, tuned when stored, custom when asked) and the default one."""
     threshold = info.threshold if args.threshold is None else args.threshold
-    rankings = [paper_ranking(threshold, parse_topk(args.paper_topk))]
-    default = rankings[0]
+    # without a trained BCE head (a torchreid checkpoint before fit-head) only its stored w = 0 ranking is scored
+    rankings = [paper_ranking(threshold, parse_topk(args.paper_topk))] if info.has_bce_head else []
+    default = rankings[0] if rankings else None
     if info.tuned is not None:
         default = replace(info.tuned, threshold=threshold)
         rankings.append(default)
@@ -170,7 +173,7 @@ def run_eval(args: argparse.Namespace) -> int:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         rank, world, group, device = _init_distributed(resolve_device(args.device))
-        model, payload = load_model(args.checkpoint, device)
+        model, payload = load_model(args.checkpoint, device, arch=args.arch, input_size=args.input_size)
         info = checkpoint_info(payload)
         height, width = info.input_size
         rankings, default = eval_rankings(args, info)
@@ -186,7 +189,8 @@ def run_eval(args: argparse.Namespace) -> int:
                                  batch_size=args.batch_size, workers=args.workers,
                                  store_dir=store_dir, map_dtype=args.map_dtype, checkpoint=args.checkpoint, log=log,
                                  rank=rank, world_size=world, group=group, progress=rank == 0,
-                                 signals=not args.no_pair_signals, threshold=default.threshold, rankings=rankings)
+                                 signals=not args.no_pair_signals and info.has_bce_head,
+                                 threshold=default.threshold, rankings=rankings)
     except (CheckpointError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
