@@ -17,6 +17,7 @@ from pathlib import Path
 
 from casn_core.atomic import write_text_atomic
 from casn_core.search.features import DEFAULT_CACHE_DIR
+from casn_core.models.torchreid_adapter import add_arch_arguments
 from casn_core.store import MAP_DTYPE_CHOICES
 from casn_core.search.index import DEFAULT_TOPK, SearchResult, open_search_index
 
@@ -46,6 +47,7 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_arch_arguments(parser)
 
 
 def format_result(result: SearchResult) -> str:
@@ -75,7 +77,8 @@ def run_search(args: argparse.Namespace) -> int:
         return 1
     log = lambda message: print(message, file=sys.stderr)  # noqa: E731 -- results go to stdout, the log to stderr
     try:
-        index = open_search_index(args.checkpoint, args.gallery, args.cache_dir, args.device,
+        index = open_search_index(args.checkpoint, args.gallery, args.cache_dir, args.device, arch=args.arch,
+                                  input_size=args.input_size,
                                   threshold=args.threshold, attention_weight=args.attention_weight,
                                   rerank_k=args.rerank_k, batch_size=args.batch_size, map_dtype=args.map_dtype,
                                   progress=not args.no_progress, log=log)

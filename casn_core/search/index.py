@@ -252,7 +252,9 @@ def build_search_index(model: CASN, payload: dict, checkpoint: str | os.PathLike
 
 
 def open_search_index(checkpoint: str | os.PathLike, gallery: str | os.PathLike,
-                      cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR, device: str = "auto", **kwargs) -> SearchIndex:
-    """Load ``checkpoint`` on ``device`` and :func:`build_search_index` of ``gallery`` (kwargs passed on)."""
-    model, payload = load_model(checkpoint, resolve_device(device))
+                      cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR, device: str = "auto", arch: str | None = None,
+                      input_size: tuple[int, int] | None = None, **kwargs) -> SearchIndex:
+    """Load ``checkpoint`` on ``device`` and :func:`build_search_index` of ``gallery`` (kwargs passed on);
+    ``arch``/``input_size``: a torchreid checkpoint (:func:`casn_core.checkpoint.load_model`)."""
+    model, payload = load_model(checkpoint, resolve_device(device), arch=arch, input_size=input_size)
     return build_search_index(model, payload, checkpoint, gallery, cache_dir, **kwargs)
