@@ -24,7 +24,7 @@ import torch
 
 from app import explain, figures
 from app.core import (
-    CASN, GalleryFeatures, GalleryImage, GalleryReport, SearchIndex, SearchResult, build_search_index,
+    CASN, CheckpointError, GalleryFeatures, GalleryImage, GalleryReport, SearchIndex, SearchResult, build_search_index,
     explain_maps, load_model, parse_market_name, unit_distance, unit_features,
 )
 from app.explain import PairView
@@ -55,9 +55,12 @@ def index_from_state(state: AppState) -> SearchIndex:
 
 def open_gallery(checkpoint: str | os.PathLike, gallery: str | os.PathLike, cache_dir: str | os.PathLike,
                  topk: int | None = None, threshold: float | None = None, attention_weight: float | None = None,
-                 map_dtype: str = "auto", progress: bool = True, log=print) -> SearchIndex:
-    """Load the checkpoint and index any folder of images (unlabelled mode)."""
-    model, payload = load_model(checkpoint, "cpu")
+                 map_dtype: str = "auto", progress: bool = True, log=print, arch: str | None = None,
+                 input_size: str | None = None) -> SearchIndex:
+    """Load the checkpoint (``arch``: a torchreid checkpoint) and index any folder of images (unlabelled mode)."""
+    model, payload = load_model(checkpoint, "cpu", arch=arch, input_size=input_size)
+    if getattr(model, "explain_refusal", None):  # a torchreid head that cannot be folded: no exact maps to show
+        raise CheckpointError(f"{model.explain_refusal}; the app needs exact maps (casn search ranks it)")
     return build_search_index(model, payload, checkpoint, gallery, Path(cache_dir) / "search", threshold=threshold,
                               attention_weight=attention_weight, rerank_k=topk, map_dtype=map_dtype,
                               progress=progress, log=log)

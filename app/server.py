@@ -32,6 +32,14 @@ def _topk_argument(text: str) -> int | str:
     return value
 
 
+def _input_size_argument(text: str) -> str:
+    """``--input-size HxW`` checked here (casn_core parses it again; importing it here would import torch)."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"must be HxW with positive integers (e.g. 256x128), got {text!r}")
+    return text
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="app.py", description="CASN explainability app (Gradio).")
     parser.add_argument("--checkpoint", default=None,
@@ -43,6 +51,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source.add_argument("--gallery", default=None,
                         help="any folder of person crops (searched recursively; jpg, png, bmp, webp; no naming "
                              "convention needed): search it with an uploaded image or one of its own images")
+    parser.add_argument("--arch", default=None,
+                        help="read --checkpoint as a torchreid checkpoint of this model name (e.g. osnet_x1_0); "
+                             "needs the torchreid extra. A checkpoint of `casn fit-head` needs no --arch")
+    parser.add_argument("--input-size", type=_input_size_argument, default=None,
+                        help="with --arch: HxW the model was trained at (default 256x128, torchreid's)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--topk", type=_topk_argument, default=None,
@@ -73,7 +86,7 @@ def build_service(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_
                   topk: int | str | None = None, threshold: float | None = None, attention_weight: float | None = None,
                   max_upload_bytes: int = MAX_UPLOAD_BYTES, ranking_cache: int = 512, progress: bool = True,
                   log=print, store_dir: str | os.PathLike | None = None, map_dtype: str = "auto",
-                  background_summary: bool = True):
+                  background_summary: bool = True, arch: str | None = None, input_size: str | None = None):
     """Load the checkpoint and data: the Gradio-free :class:`app.service.AppService`.
 
     The dataset summary (every query's CASN ranking scored) comes from its cache beside the map
@@ -86,7 +99,7 @@ def build_service(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_
 
     state = load_state(checkpoint, data, cache_dir, topk=topk, threshold=threshold,
                        attention_weight=attention_weight, progress=progress, log=log, store_dir=store_dir,
-                       map_dtype=map_dtype)
+                       map_dtype=map_dtype, arch=arch, input_size=input_size)
     summary = SummaryJob(state, background=background_summary, progress=progress and not background_summary, log=log)
     return AppService(state, summary, max_upload_bytes, ranking_cache)
 
@@ -94,12 +107,13 @@ def build_service(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_
 def build_gallery(checkpoint: str | os.PathLike, gallery: str | os.PathLike, cache_dir: str | os.PathLike,
                   topk: int | str | None = None, threshold: float | None = None, attention_weight: float | None = None,
                   max_upload_bytes: int = MAX_UPLOAD_BYTES, map_dtype: str = "auto", progress: bool = True,
-                  log=print):
+                  log=print, arch: str | None = None, input_size: str | None = None):
     """Unlabelled mode: index any folder of images and build its search page: ``(gr.Blocks, SearchService)``."""
     from app.search import SearchService, open_gallery
     from app.search_ui import build_search_ui
 
-    index = open_gallery(checkpoint, gallery, cache_dir, topk, threshold, attention_weight, map_dtype, progress, log)
+    index = open_gallery(checkpoint, gallery, cache_dir, topk, threshold, attention_weight, map_dtype, progress, log,
+                         arch=arch, input_size=input_size)
     service = SearchService(index, cache_dir, max_upload_bytes)
     return build_search_ui(service), service
 
@@ -107,13 +121,14 @@ def build_gallery(checkpoint: str | os.PathLike, gallery: str | os.PathLike, cac
 def build(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_dir: str | os.PathLike, topk: int | str | None = None,
           threshold: float | None = None, attention_weight: float | None = None,
           max_upload_bytes: int = MAX_UPLOAD_BYTES, ranking_cache: int = 512, progress: bool = True, log=print,
-          store_dir: str | os.PathLike | None = None, map_dtype: str = "auto"):
-    """Load everything and build the page: ``(gr.Blocks, AppService)``."""
+          store_dir: str | os.PathLike | None = None, map_dtype: str = "auto", arch: str | None = None,
+          input_size: str | None = None):
+    """Load everything and build the page: ``(gr.Blocks, AppService)``; ``arch``: a torchreid checkpoint."""
     from app.search import SearchService, index_from_state
     from app.ui import build_ui
 
     service = build_service(checkpoint, data, cache_dir, topk, threshold, attention_weight, max_upload_bytes,
-                            ranking_cache, progress, log, store_dir, map_dtype)
+                            ranking_cache, progress, log, store_dir, map_dtype, arch=arch, input_size=input_size)
     search = SearchService(index_from_state(service.state), service.state.cache_dir, max_upload_bytes)
     return build_ui(service, search), service
 
@@ -162,12 +177,13 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
     try:
         if args.gallery:
             demo, service = build_gallery(checkpoint, args.gallery, cache_dir, args.topk, args.threshold,
-                                          args.attention_weight, map_dtype=args.map_dtype)
+                                          args.attention_weight, map_dtype=args.map_dtype, arch=args.arch,
+                                          input_size=args.input_size)
         else:
             data = Path(args.data) if args.data else ensure_demo_data(cache_dir)
             demo, service = build(checkpoint, data, cache_dir, args.topk, args.threshold, args.attention_weight,
                                   ranking_cache=args.ranking_cache, store_dir=args.store_dir,
-                                  map_dtype=args.map_dtype)
+                                  map_dtype=args.map_dtype, arch=args.arch, input_size=args.input_size)
     except (CheckpointError, DatasetError, ImageInputError, SearchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from app.core import CASN, CheckpointInfo, FeatureCache, checkpoint_info, chosen_ranking, load_market, load_model, \
-    split_stores, unit_distance, unit_features
+from app.core import CASN, CheckpointError, CheckpointInfo, FeatureCache, checkpoint_info, chosen_ranking, \
+    load_market, load_model, split_stores, unit_distance, unit_features
 
 
 class DatasetError(ValueError):
@@ -98,7 +98,7 @@ def load_state(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_dir
                topk: int | str | None = None,
                threshold: float | None = None, attention_weight: float | None = None, batch_size: int = 32,
                progress: bool = True, log=print, store_dir: str | os.PathLike | None = None,
-               map_dtype: str = "auto") -> AppState:
+               map_dtype: str = "auto", arch: str | None = None, input_size: str | None = None) -> AppState:
     """Load the model and dataset, and open (or build once) the query and gallery map stores.
 
     ``store_dir``: where the stores live (default ``<cache_dir>/store``; ``python app.py`` passes the
@@ -109,7 +109,9 @@ def load_state(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_dir
     (w = 1, K = all); with one, the other is the paper's (:func:`casn_core.rankings.chosen_ranking`).
     """
     checkpoint, root, cache_dir = Path(checkpoint).resolve(), Path(data).resolve(), Path(cache_dir).resolve()
-    model, payload = load_model(checkpoint, "cpu")
+    model, payload = load_model(checkpoint, "cpu", arch=arch, input_size=input_size)  # arch: a torchreid checkpoint
+    if getattr(model, "explain_refusal", None):  # a torchreid head that cannot be folded: no exact maps to show
+        raise CheckpointError(f"{model.explain_refusal}; the app needs exact maps (casn eval/search rank it)")
     info = checkpoint_info(payload)
     ranking = chosen_ranking(info.default_ranking(), attention_weight, topk, threshold)
     query_records, gallery_records = load_dataset(root)  # a clear DatasetError before any extraction
