@@ -1,6 +1,6 @@
 """The dataset summary off the app's start path (issue 13): block-wise scoring equals scoring eval's whole
-CASN matrix; the disk cache beside the map stores is used only when its key matches; the background job
-gives the same summary."""
+CASN matrix (with blocks forced small, so that the 12 queries span several, one of them partial); the disk
+cache beside the map stores is used only when its key matches; the background job gives the same summary."""
 from __future__ import annotations
 
 import json
@@ -10,6 +10,7 @@ import pytest
 
 import app.offline  # noqa: F401  (before gradio)
 from app_helpers import make_checkpoint, make_dataset
+from reference import reference_per_query
 
 
 @pytest.fixture(scope="module")
@@ -26,20 +27,39 @@ def _per_query(summary) -> list:
     return [(s.first_true_rank, s.ap) for s in summary.per_query]
 
 
-def test_blocks_equal_the_whole_matrix(state):
+@pytest.mark.numeric
+def test_blocks_equal_the_whole_matrix(state, monkeypatch):
+    import casn_core.engine.rerank as rerank
     from app.core import casn_distmat
-    from app.ranking import query_scores, summarise_dataset
+    from app.ranking import summarise_dataset
 
+    whole = casn_distmat(state.model, state.query, state.gallery, state.topk, state.attention_weight,
+                         state.threshold, progress=False)  # default blocks: one for this tiny set
+    expected = reference_per_query(whole, state.query.pids, state.gallery.pids, state.query.camids,
+                                   state.gallery.camids)  # a plain loop, not the app's scorer
+
+    block_rows = 5  # 12 queries: blocks of 5, 5 and 2 rows
+    monkeypatch.setattr(rerank, "query_chunk", lambda num_gallery, block_bytes=None: block_rows)
+    blocks = []
+    original = rerank.feature_distance_blocks
+
+    def spy(*args, **kwargs):
+        for start, block in original(*args, **kwargs):
+            blocks.append(block.shape[0])
+            yield start, block
+
+    monkeypatch.setattr(rerank, "feature_distance_blocks", spy)
     summary = summarise_dataset(state)
-    whole = query_scores(state, np.arange(len(state.query)),
-                         casn_distmat(state.model, state.query, state.gallery, state.topk, state.attention_weight,
-                                      state.threshold, progress=False))
+    assert len(state.query) == 12 and blocks[:3] == [5, 5, 2], blocks  # several blocks, the last one partial
     for i, (first, ap) in enumerate(_per_query(summary)):
-        if whole.valid[i]:
-            assert first == int(whole.first_true_rank[i]) and ap == pytest.approx(float(whole.ap[i]), abs=1e-12)
+        if expected[i] is not None:
+            assert first == expected[i][0] and ap == pytest.approx(expected[i][1], abs=1e-12), i
         else:
             assert first is None and ap is None
-    assert summary.casn["mAP"] == pytest.approx(float(whole.summary(min(50, len(state.gallery)))["mAP"]), abs=1e-12)
+    valid = [e for e in expected if e is not None]
+    assert summary.casn["mAP"] == pytest.approx(sum(e[1] for e in valid) / len(valid), abs=1e-12)
+    assert summary.casn["mINP"] == pytest.approx(sum(e[2] for e in valid) / len(valid), abs=1e-12)
+    assert summary.casn["rank1"] == pytest.approx(sum(e[0] == 1 for e in valid) / len(valid), abs=1e-12)
 
 
 def test_cache_is_used_only_when_its_key_matches(state):

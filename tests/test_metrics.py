@@ -1,9 +1,9 @@
 """CMC / mAP / mINP (casn_core.metrics.evaluate_rank) against an independent plain-loop implementation.
 
-The reference below follows the Market-1501 protocol (DESIGN.md section 5) literally, one query at a
-time with Python loops: rank the gallery with a stable sort on (distance, gallery index), drop the
-entries with the query's id and camera, skip queries without a remaining true match, then compute
-the CMC curve, AP and INP by walking the ranking.
+The reference (``tests/reference.py``) follows the Market-1501 protocol (DESIGN.md section 5) literally,
+one query at a time with Python loops: rank the gallery with a stable sort on (distance, gallery index),
+drop the entries with the query's id and camera, skip queries without a remaining true match, then
+compute the CMC curve, AP and INP by walking the ranking.
 """
 from __future__ import annotations
 
@@ -16,49 +16,7 @@ import torch
 
 from casn_core import metrics
 from casn_core.metrics import evaluate_rank
-
-
-def reference_evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50) -> dict:
-    """Plain-loop Market-1501 evaluation (no numpy vectorisation), ties broken by gallery index."""
-    dist = [[float(v) for v in row] for row in np.asarray(distmat)]
-    q_pids = [int(v) for v in q_pids]
-    g_pids = [int(v) for v in g_pids]
-    q_camids = [int(v) for v in q_camids]
-    g_camids = [int(v) for v in g_camids]
-    num_gallery = len(g_pids)
-    cmc_sum = [0.0] * max_rank
-    ap_list: list[float] = []
-    inp_list: list[float] = []
-    for q in range(len(q_pids)):
-        order = sorted(range(num_gallery), key=lambda g: (dist[q][g], g))  # Python's sort is stable
-        hits = []
-        for g in order:
-            if g_pids[g] == q_pids[q] and g_camids[g] == q_camids[q]:
-                continue  # same person, same camera: dropped
-            hits.append(1 if g_pids[g] == q_pids[q] else 0)
-        if sum(hits) == 0:
-            continue  # no true match left: the query is skipped
-        first = hits.index(1)  # 0-based position of the first true match
-        for k in range(max_rank):
-            if first <= k:
-                cmc_sum[k] += 1.0
-        found = 0
-        precisions = []
-        last = 0
-        for position, hit in enumerate(hits):
-            if hit:
-                found += 1
-                precisions.append(found / (position + 1))
-                last = position
-        ap_list.append(sum(precisions) / len(precisions))
-        inp_list.append(found / (last + 1))
-    num_valid = len(ap_list)
-    return {
-        "cmc": [v / num_valid for v in cmc_sum],
-        "mAP": sum(ap_list) / num_valid,
-        "mINP": sum(inp_list) / num_valid,
-        "num_valid_queries": num_valid,
-    }
+from reference import reference_evaluate
 
 
 def assert_same(result: dict, expected: dict) -> None:
