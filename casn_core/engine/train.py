@@ -23,7 +23,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -33,159 +33,20 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from casn_core.atomic import write_json_atomic, write_text_atomic
-from casn_core.attention.siamese import DEFAULT_THRESHOLD
 from casn_core.checkpoint import (
     CheckpointError, load_checkpoint, model_from_checkpoint, remove_stale_temporaries, save_checkpoint,
 )
 from casn_core.engine.extraction import autocast_context, extract_tensors, resolve_device
-from casn_core.losses import LOSS_CHOICES, LossConfig, LossTerms, casn_loss
-from casn_core.models.backbones import BACKBONES
+from casn_core.losses import LossConfig, LossTerms, casn_loss
+from casn_core.engine.train_config import (  # noqa: F401  (add_train_arguments, config_from_args re-exported)
+    TrainConfig, add_train_arguments, config_from_args,
+)
+from casn_core.engine.train_state import (  # noqa: F401  (TrainResult, relabel re-exported)
+    NonFiniteLossError, RunContext, TrainData, TrainResult, TrainState, relabel,
+)
 from casn_core.models.casn import CASN, ModelConfig
 
 log = logging.getLogger("casn_core.train")
-
-
-def _option(default, help: str, **cli):
-    """A :class:`TrainConfig` field with its command-line help (each option is declared once)."""
-    return field(default=default, metadata={"help": help, **cli})
-
-
-def _topk(text: str) -> int | None:
-    return None if str(text).lower() == "all" else int(text)
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run depends on; stored in every checkpoint. ``python -m casn_core train``'s options
-    are built from these fields (:func:`add_train_arguments`)."""
-
-    data: str = field(metadata={"help": "Market-1501-layout dataset root (bounding_box_train/ ...)"})
-    out: str = field(metadata={"help": "run directory (checkpoints, metrics.jsonl, train.log)"})
-    backbone: str = _option("resnet50", "backbone", choices=BACKBONES)
-    losses: str = _option("ide,ia,sa", "the paper's ablation rows", choices=LOSS_CHOICES)
-    epochs: int = _option(40, "training epochs")
-    batch_size: int = _option(16, "pairs per step (2x images)")
-    height: int | None = _option(None, "input height (default: the paper's, 384 for pcb, else 288)")
-    width: int | None = _option(None, "input width (default: the paper's, 128 for pcb, else 144)")
-    pretrained: str = _option("imagenet", "imagenet, none, or a weight file path")
-    seed: int = _option(0, "seed of initialisation, pairs and augmentation")
-    lr: float = _option(0.03, "SGD learning rate")
-    momentum: float = _option(0.9, "SGD momentum")
-    weight_decay: float = _option(5e-4, "ours (the paper names none): SGD weight decay, the usual re-id value")
-    lr_step_fraction: float = _option(0.75, "lr x0.1 after this fraction of the epochs", cli=False)
-    lambda1: float = _option(0.5, "weight of L_ia (eq. 6)")
-    lambda2: float = _option(0.05, "weight of L_sa (eq. 6); with --bce-weight, of its consistency part only")
-    alpha: float = _option(0.2, "weight of the consistency distance inside L_sa (eq. 5)")
-    threshold: float = _option(DEFAULT_THRESHOLD, "alignment threshold t")
-    positive_fraction: float = _option(0.5, "share of positive pairs")
-    pairs_per_epoch: int | None = _option(None, "default: one pair per training image")
-    last_stride: int = _option(1, "stride of the backbone's last stage", choices=(1, 2))
-    dropout: float = _option(0.5, "dropout of both classifier heads")
-    # ours, each defaulting to the paper's behaviour:
-    bce_weight: float | None = _option(
-        None, "ours: weight of L_bce on its own (default: the paper's, L_bce inside lambda2 L_sa, i.e. "
-              "lambda2); the head then learns at this rate and lambda2 weighs the consistency only")
-    consistency_margin: float | None = _option(
-        None, "ours: also push the consistency distance of negative pairs above this margin "
-              "(alpha * ReLU(m - d_a)); default: the paper's, positives only")
-    hard_negatives: float = _option(
-        0.0, "ours: fraction of negative pairs drawn from the nearest other identities in feature space, "
-             "re-mined at every epoch start (default 0: the paper's random negatives)")
-    hard_negative_pool: int = _option(10, "ours: how many nearest identities a hard negative is drawn from")
-    head_steps: int = _option(
-        0, "ours: after the last epoch, train only the BCE head for this many steps of --batch-size pairs on "
-           "frozen, unaugmented features of the training images (classifier re-training, Kang et al., ICLR "
-           "2020); the joint head lags the moving features. 0 = off, the paper's")
-    init_checkpoint: str | None = _option(
-        None, "ours: start from the model weights of this CASN checkpoint (same backbone and identity count; "
-              "fresh optimizer and schedule), e.g. to fine-tune a paper-default run with the options above")
-    val_ids: int = _option(
-        0, "ours: hold out N training identities as validation query/gallery and choose the ranking weight "
-           "w and K on them after training (stored in the checkpoint); 0 = off, the paper's protocol")
-    val_rule: str = _option("one-se", "ours: how --val-ids picks w: one-se (smallest w within one standard error "
-                                      "of the best validation mAP) or best", choices=("one-se", "best"))
-    device: str = _option("auto", "auto, cpu, cuda, cuda:N")
-    amp: str = _option("none", "mixed precision", choices=("none", "bf16", "fp16"))
-    channels_last: bool = _option(False, "channels-last memory format")
-    compile: bool = _option(False, "torch.compile the backbone")
-    workers: int = _option(0, "DataLoader worker processes")
-    decode_cache: str | None = _option(
-        None, "ours: decode and resize the training images once into a uint8 .npy in this folder (memory-mapped, "
-              "rebuilt when the files or size change) instead of decoding every image at every step; the same "
-              "augmented tensors, faster on CPUs")
-    eval_every: int = _option(0, "evaluate on query/gallery every N epochs and keep best.pt (off by default)")
-    eval_topk: int | None = _option(100, "CASN re-ranking depth during evaluation, or 'all'", parse=_topk)
-    max_steps_per_epoch: int | None = _option(None, "cap steps per epoch (smoke tests)")
-    skip_bad_images: bool = _option(False, "drop unreadable images instead of stopping")
-    extra: dict = field(default_factory=dict, metadata={"cli": False})
-
-    def __post_init__(self) -> None:
-        # the paper's input sizes (sec. 4, "Implementation Details"): 288 x 144, and PCB's 384 x 128
-        default = PAPER_INPUT_SIZES.get(self.backbone, PAPER_INPUT_SIZES["resnet50"])
-        if self.height is None:
-            self.height = default[0]
-        if self.width is None:
-            self.width = default[1]
-
-    def loss_config(self) -> LossConfig:
-        return LossConfig.from_names(
-            self.losses, lambda1=self.lambda1, lambda2=self.lambda2, alpha=self.alpha, threshold=self.threshold,
-            bce_weight=self.bce_weight, consistency_margin=self.consistency_margin,
-        )
-
-    def resume_key(self) -> dict:
-        """The settings that must not change between a run and its ``--resume``."""
-        keys = ("backbone", "losses", "epochs", "batch_size", "height", "width", "seed", "lr", "momentum",
-                "weight_decay", "lr_step_fraction", "lambda1", "lambda2", "alpha", "threshold",
-                "positive_fraction", "pairs_per_epoch", "last_stride", "dropout", "max_steps_per_epoch",
-                "bce_weight", "consistency_margin", "hard_negatives", "hard_negative_pool", "val_ids",
-                "init_checkpoint")
-        return {k: getattr(self, k) for k in keys}
-
-
-PAPER_INPUT_SIZES = {"resnet50": (288, 144), "pcb": (384, 128)}
-"""Input (height, width) by backbone, paper sec. 4; other backbones take the IDE size."""
-
-_TYPES = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float, "str | None": str}
-
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``python -m casn_core train``, one per :class:`TrainConfig` field (defaults are the
-    paper's, sec. 4), plus ``--resume``."""
-    for f in fields(TrainConfig):
-        meta = dict(f.metadata)
-        if not meta.pop("cli", True):
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        help_text = meta.pop("help")
-        if f.default is MISSING:
-            parser.add_argument(flag, required=True, help=help_text)
-        elif f.type == "bool":
-            parser.add_argument(flag, action="store_true", help=help_text)
-        else:
-            parse = meta.pop("parse", None) or _TYPES[f.type]
-            parser.add_argument(flag, type=parse, default=f.default, help=help_text, **meta)
-    parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
-    parser.epilog = ("Augmentation is ours (the paper states only the resize): random horizontal flip and a 10-pixel "
-                     "zero pad with a random crop back to the input size, as the IDE and PCB baselines' public code.")
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The :class:`TrainConfig` of parsed ``train`` arguments."""
-    names = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
-
-
-@dataclass
-class TrainResult:
-    """What :func:`train` returns: the last epoch's metrics record and the trained model."""
-
-    record: dict
-    model: CASN
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; training stopped without overwriting the last good checkpoint."""
 
 
 class TrainStep(nn.Module):
@@ -260,59 +121,6 @@ def _trim_metrics(path: Path, completed_epochs: int) -> None:
         except json.JSONDecodeError:  # a line cut short by the crash
             continue
     write_text_atomic(path, "".join(line + "\n" for line in kept))
-
-
-def relabel(records: list) -> tuple[list, int]:
-    """Identity labels 0..C-1 in sorted pid order (after any images were dropped)."""
-    pids = sorted({r.pid for r in records})
-    index = {pid: i for i, pid in enumerate(pids)}
-    return [replace(r, label=index[r.pid]) for r in records], len(pids)
-
-
-@dataclass
-class RunContext:
-    """Where and how this process trains: rank, world size, device, run folder."""
-
-    rank: int
-    world: int
-    device: torch.device
-    run_dir: Path
-    owns_group: bool
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def last_path(self) -> Path:
-        return self.run_dir / "last.pt"
-
-
-@dataclass
-class TrainData:
-    """Training pairs, their records and identity count, and the validation split (``--val-ids``)."""
-
-    pairs: object
-    records: list
-    num_classes: int
-    val_query: list
-    val_gallery: list
-
-
-@dataclass
-class TrainState:
-    """What an epoch updates: model, optimizer, scheduler, the next epoch and the best test mAP."""
-
-    model: CASN
-    model_config: ModelConfig
-    optimizer: torch.optim.Optimizer
-    scheduler: object
-    start_epoch: int = 0
-    best_map: float = -1.0
-    head_done: bool = False  # --head-steps already applied to the weights in last.pt
-    scaler: torch.amp.GradScaler | None = None
-    """Loss scaling for ``--amp fp16`` (fp16 gradients underflow without it); disabled otherwise, where
-    its ``scale``/``step`` are the plain ``backward``/``optimizer.step``."""
 
 
 def setup_run(config: TrainConfig) -> RunContext:
