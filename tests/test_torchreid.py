@@ -27,7 +27,7 @@ from casn_core.attention import oracle_pair_attention, pair_attention_grid  # no
 from casn_core.attention.similarity import contrastive_map, correspondence, similarity_grid  # noqa: E402
 from casn_core.checkpoint import CheckpointError, checkpoint_info, load_model  # noqa: E402
 from casn_core.models.casn import randomise_bce_head  # noqa: E402
-from casn_core.models.foreign import ForeignConfig, TorchreidCASN, fold_head  # noqa: E402
+from casn_core.models.foreign import ForeignConfig, TorchreidCASN, fold_head, require_explainable  # noqa: E402
 from casn_core.models.torchreid_adapter import (  # noqa: E402
     TorchreidError, build_net, read_payload, save_torchreid_checkpoint,
 )
@@ -245,6 +245,8 @@ def test_a_head_that_cannot_be_folded_is_refused_by_name_and_features_still_rank
     model = TorchreidCASN(net.eval(), ForeignConfig("osnet_x0_25"))
     assert model.explain_refusal is not None
     assert re.search(message, model.explain_refusal), model.explain_refusal
+    with pytest.raises(CheckpointError, match="the feature ranking .* still works"):
+        require_explainable(model)  # what casn explain, fit-head and the app call
     images = _images(2, 5)
     with torch.no_grad():
         maps = model.feature_map(images)
