@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from casn_core.attention.identification import gradcam, mask_images
+from casn_core.attention.gradcam import GradCAM, class_score_target
+from casn_core.attention.identification import mask_images
 from casn_core.attention.siamese import DEFAULT_THRESHOLD, PairAttention, attention_from_indicator, indicator_per_pair
 
 LOSS_CHOICES = ("ide", "ide,ia", "ide,sa", "ide,ia,sa")
@@ -106,8 +107,7 @@ def identification_attention_loss(
     map. docs/design.md, sec. 2: the score is the softmax probability, bounded below by 0 (a raw logit can
     be pushed to minus infinity without learning anything). Returns ``(loss, cam)``.
     """
-    true_scores = logits.float().gather(1, labels[:, None]).squeeze(1)
-    cam = gradcam(feature_map, true_scores, create_graph=True)
+    cam = GradCAM(create_graph=True)(feature_map, class_score_target(logits, labels))
     masked = mask_images(images, cam, omega, sigma)
     masked_logits = model(masked).logits.float()
     probability = torch.softmax(masked_logits, dim=1).gather(1, labels[:, None]).squeeze(1)

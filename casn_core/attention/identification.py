@@ -9,18 +9,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from casn_core.attention.gradcam import GradCAM
 from casn_core.numeric import unit_range
 
 
 def gradcam(feature_map: torch.Tensor, class_scores: torch.Tensor, create_graph: bool = True) -> torch.Tensor:
-    """Grad-CAM ``M = ReLU(sum_k GAP(d y_c / d A_k) A_k)`` for (N, K, H, W) maps -> (N, H, W).
+    """Grad-CAM ``M = ReLU(sum_k GAP(d y_c / d A_k) A_k)`` for (N, K, H, W) maps -> (N, H, W)
+    (:class:`casn_core.attention.gradcam.GradCAM` with the class-score target).
 
     ``class_scores`` (N,) must have been computed from ``feature_map``; with ``create_graph`` the
     map is differentiable with respect to the parameters that produced both.
     """
-    (grads,) = torch.autograd.grad(class_scores.sum(), feature_map, create_graph=create_graph, retain_graph=True)
-    weights = grads.float().mean(dim=(2, 3), keepdim=True)
-    return F.relu((weights * feature_map.float()).sum(dim=1))
+    return GradCAM(create_graph)(feature_map, class_scores)
 
 
 def upsample_unit_range(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from casn_core.attention.gradcam import GradCAM, importance_target
 from casn_core.attention.alignment import DEFAULT_THRESHOLD
 from casn_core.numeric import unit_range
 
@@ -50,14 +51,10 @@ def oracle_pair_attention(
         logits = model.bce_head(diff)
         (grad_diff,) = torch.autograd.grad(logits[0, 1], diff, retain_graph=True)
         indicator = (grad_diff > 0).to(dtype)  # eq. 4, a constant
-        s1 = (indicator * f1).sum()
-        s2 = (indicator * f2).sum()
-        (g1,) = torch.autograd.grad(s1, a1, create_graph=True)
-        (g2,) = torch.autograd.grad(s2, a2, create_graph=True)
-        w1 = g1.mean(dim=(2, 3), keepdim=True)  # GAP of the gradients (Grad-CAM weights)
-        w2 = g2.mean(dim=(2, 3), keepdim=True)
-        map1 = F.relu((w1 * a1).sum(dim=1))[0]
-        map2 = F.relu((w2 * a2).sum(dim=1))[0]
+        # Grad-CAM of s_j = <a, f_j> by autograd through the pooling (no closed form)
+        cam = GradCAM(create_graph=True)
+        map1 = cam(a1, importance_target(indicator, f1))[0]
+        map2 = cam(a2, importance_target(indicator, f2))[0]
         rows1, rows2 = map1.max(dim=1).values, map2.max(dim=1).values
         aligned1, span1 = _align_one(rows1, threshold, length)
         aligned2, span2 = _align_one(rows2, threshold, length)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
+from casn_core.attention.gradcam import SiameseCAM, cam_from_weights
 from casn_core.attention.alignment import DEFAULT_THRESHOLD, align_rows, consistency_distance, row_importance
 from casn_core.models.heads import ClassifierHead
 
@@ -120,11 +121,9 @@ def siamese_maps(
 
     Differentiable with respect to the feature maps; the weights are constants (docs/design.md, sec. 4).
     """
-    height, width = feature_map1.shape[-2:]
-    weights = pool.channel_weights(indicator, height, width).to(feature_map1.dtype)  # (P, K)
-    map1 = torch.einsum("pk,pkhw->phw", weights, feature_map1).clamp_min(0)
-    map2 = torch.einsum("pk,pkhw->phw", weights, feature_map2).clamp_min(0)
-    return map1, map2
+    cam = SiameseCAM(pool)
+    weights = cam.channel_weights(feature_map1, indicator)  # (P, K), the same for both images
+    return cam_from_weights(weights, feature_map1), cam_from_weights(weights, feature_map2)
 
 
 def attention_from_indicator(
@@ -205,7 +204,7 @@ def pair_attention_grid(
     fq = model.pool(query_maps.float()) if query_features is None else query_features
     fg = model.pool(gallery_maps.float()) if gallery_features is None else gallery_features
     indicator, same = indicator_closed_form(model.bce_head, fq, fg)  # (N, M, D), (N, M)
-    weights = model.pool.channel_weights(indicator, h, w).to(query_maps.dtype)  # (N, M, K)
+    weights = SiameseCAM(model.pool).channel_weights(query_maps, indicator).to(query_maps.dtype)  # (N, M, K)
     map_q = torch.bmm(weights, query_maps.reshape(n, k, h * w)).float().clamp_min(0)  # (N, M, HW)
     map_g = torch.bmm(weights.transpose(0, 1), gallery_maps.reshape(m, k, h * w))  # (M, N, HW)
     map_g = map_g.transpose(0, 1).float().clamp_min(0)
