@@ -122,3 +122,31 @@ def reference_casn_distances(model, query_maps, gallery_maps, query_features, ga
             distance[q, rest] = combined.max() + 1 + _unit_range(feature[q, rest])
         distance[q, candidates[q]] = combined
     return {"distance": distance, "feature": feature, "candidates": candidates, "attention": attention}
+
+
+def reference_similarity(map1, map2, weights) -> dict:
+    """The exact decomposition of the cosine similarity of two pooled features, in float64 with einsum.
+
+    ``map1``, ``map2``: feature maps (K, H, W); ``weights``: the pooling's (P, H*W) weights written out
+    from its definition (GAP: one row of 1/HW). With ``f_p = sum_i w_p(i) A(:, i)`` and ``f`` the
+    concatenation over parts: ``s = f1 . f2 / (|f1| |f2|)``; the similarity maps are
+    ``sum_p w_p(i) A1(:, i) . f2_p / (|f1| |f2|)`` (and the other way round), which sum to ``s``; rows are
+    their sums over the width. Returns ``{"similarity", "map1", "map2", "rows1", "rows2"}`` (numpy).
+    """
+    a1 = np.asarray(map1, dtype=np.float64)
+    a2 = np.asarray(map2, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    k, h, width = a1.shape
+    q, g = a1.reshape(k, h * width), a2.reshape(k, h * width)
+    f1 = np.einsum("pi,ki->pk", w, q)
+    f2 = np.einsum("pi,ki->pk", w, g)
+    norm = np.linalg.norm(f1) * np.linalg.norm(f2)
+    m1 = np.einsum("pi,ki,pk->i", w, q, f2).reshape(h, width) / norm
+    m2 = np.einsum("pi,ki,pk->i", w, g, f1).reshape(h, width) / norm
+    return {"similarity": float((f1 * f2).sum() / norm), "map1": m1, "map2": m2,
+            "rows1": m1.sum(axis=1), "rows2": m2.sum(axis=1)}
+
+
+def gap_weights(height: int, width: int) -> np.ndarray:
+    """Global average pooling's weights from its definition: (1, H*W), every position 1 / (H W)."""
+    return np.full((1, height * width), 1.0 / (height * width))
