@@ -6,7 +6,7 @@ module that defines them (and are listed in the app's report as candidates for e
 """
 from __future__ import annotations
 
-from casn_core import CASN, CheckpointError, explain_maps, load_model, pair_attention
+from casn_core import CASN, CheckpointError, explain_maps, load_model, pair_attention, pair_attention_grid
 from casn_core.atomic import write_bytes_atomic, write_json_atomic
 from casn_core.attention import DEFAULT_THRESHOLD
 from casn_core.attention.similarity import contrastive_map, correspondence, similarity_decomposition
@@ -14,7 +14,7 @@ from casn_core.checkpoint import CheckpointInfo, checkpoint_info
 from casn_core.explanation import explain_similarity
 from casn_core.data import ImageDataset, build_test_transform, generate_dataset, load_market
 from casn_core.engine.evaluate import split_stores
-from casn_core.engine.rerank import casn_candidates, iter_casn_distmat
+from casn_core.engine.rerank import casn_attention, casn_candidates, combine_block, iter_casn_distmat
 from casn_core.engine.inference import (
     FeatureCache, casn_distmat, extract_tensors, feature_distance,
     rank_query_casn, unit_distance, unit_features,
@@ -23,7 +23,7 @@ from casn_core.images import MAX_PIXELS, ImageInputError, load_rgb
 from casn_core.metrics import QueryResults, evaluate_rank_per_query
 from casn_core.metrics import junk_mask as metrics_junk_mask
 from casn_core.numeric import unit_range
-from casn_core.rankings import RankingSpec, chosen_ranking, parse_topk, topk_to_json
+from casn_core.rankings import PAPER_WEIGHT, RankingSpec, chosen_ranking, paper_ranking, parse_topk, topk_to_json
 from casn_core.data.market import parse_market_name
 from casn_core.search import (
     GalleryFeatures, GalleryImage, GalleryReport, SearchError, SearchIndex, SearchResult, build_search_index,
@@ -40,5 +40,6 @@ __all__ = [
     "unit_range", "GalleryFeatures", "GalleryImage", "GalleryReport", "SearchError", "SearchIndex", "SearchResult",
     "build_search_index", "parse_market_name", "scan_gallery", "casn_candidates", "iter_casn_distmat",
     "explain_similarity", "unit_distance", "unit_features", "write_bytes_atomic", "write_json_atomic",
-    "RankingSpec", "chosen_ranking", "parse_topk", "topk_to_json",
+    "RankingSpec", "chosen_ranking", "parse_topk", "topk_to_json", "PAPER_WEIGHT", "paper_ranking",
+    "pair_attention_grid", "casn_attention", "combine_block",
 ]

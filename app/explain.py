@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from app import figures
+from app import figures, plots
 from app.core import build_test_transform, explain_maps, extract_tensors
 from app.markdown import pair_markdown
 from app.ranking import QueryRanking, rank_query
@@ -54,9 +54,12 @@ def _score_part(state: AppState, ranking: QueryRanking, gallery_index: int) -> d
     if position is None:
         return {"rank": None, "reranked_with_attention": False,
                 "note": "left out of the ranking: same identity seen by the query's camera (Market-1501 protocol)"}
+    weight = ranking.attention_weight if ranking.ranking is not None else state.attention_weight
     part = {"rank": position + 1, "of": len(ranking.order), "reranked_with_attention": ranking.reranked(position),
-            "topk": ranking.topk, "attention_weight": state.attention_weight}
-    if ranking.reranked(position):
+            "topk": ranking.topk, "attention_weight": weight}
+    if weight == 0 and not ranking.reranked(position):
+        part["note"] = "w = 0: ranked by the feature distance d_f alone"
+    elif ranking.reranked(position):
         part.update(feature_part=float(ranking.feature_part[position]),
                     attention_part=float(ranking.attention_part[position]),
                     total=float(ranking.score[position]))
@@ -96,10 +99,15 @@ def explain_cached(state: AppState, query_index: int, gallery_index: int, rankin
 
 
 @torch.no_grad()
+def pair_tensors(model, input_size: tuple[int, int], image1: Image.Image, image2: Image.Image):
+    """Maps (2, K, H, W) and features (2, D) of two images, one backbone pass for both."""
+    transform = build_test_transform(*input_size)
+    return extract_tensors(model, torch.stack([transform(image1), transform(image2)]))
+
+
 def explain_images(state: AppState, image1: Image.Image, image2: Image.Image) -> dict:
     """Explanation of two arbitrary images (one backbone pass for both)."""
-    transform = build_test_transform(*state.input_size)
-    maps, features = extract_tensors(state.model, torch.stack([transform(image1), transform(image2)]))
+    maps, features = pair_tensors(state.model, state.input_size, image1, image2)
     result = explain_maps(state.model, maps[0], maps[1], state.threshold, features[0], features[1]).to_json()
     result["kind"] = "uploaded pair"
     return result
@@ -113,12 +121,12 @@ def render(explanation: dict, image1: np.ndarray, image2: np.ndarray, labels: tu
         frame = figures.GREEN if explanation["true_match"] else figures.RED
     overlays = figures.overlay_panel(image1, image2, np.asarray(explanation["map1"]), np.asarray(explanation["map2"]),
                                      labels, frame)
-    vectors = figures.vectors_figure(explanation, labels)
+    vectors = plots.vectors_figure(explanation, labels)
     view = PairView(explanation, overlays, vectors, pair_markdown(explanation, labels), name)
     if "similarity" in explanation:
         view.similarity = figures.similarity_panel(image1, image2, np.asarray(explanation["similarity_map1"]),
                                                    np.asarray(explanation["similarity_map2"]), labels)
-        view.similarity_rows = figures.similarity_rows_figure(explanation, labels)
+        view.similarity_rows = plots.similarity_rows_figure(explanation, labels)
     return view
 
 

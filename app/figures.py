@@ -1,24 +1,29 @@
-"""Pictures for the app: bordered thumbnails, attention overlays, importance vectors, the CMC curve.
+"""Pictures for the app drawn with PIL: thumbnails, attention and similarity overlays with colour bars,
+correspondence marks, previews, and the export sheet. (Plots with axes are in :mod:`app.plots`.)
 
-Figures are drawn on their own ``Figure`` + Agg canvas (no pyplot state), so concurrent requests
-do not share anything.
+Every heat map carries a colour bar that says how it is normalised: the Siamese attention maps
+each min-max to their own range (as the paper's figures 5-8 show them; ``overlay_heatmap``), the
+similarity maps of a pair on one shared scale (both sum to the same s, so their colours compare).
 """
 from __future__ import annotations
 
 import io
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 
-from app.core import overlay_heatmap, plot_aligned, plot_rows
+from app.core import overlay_heatmap
 
 GREEN = (34, 160, 60)
 RED = (215, 38, 38)
 GREY = (150, 150, 150)
 DARK = (60, 60, 60)
-DISPLAY_HEIGHT = 256
+GOLD = (240, 180, 0)
+DISPLAY_HEIGHT = 220
+"""Pixel height of the explanation panels' images (four of them and a colour bar fit the page's wider column)."""
+OVERLAY_ALPHA = 0.5
+"""The weight of the colour map over the image (``overlay_heatmap``'s default)."""
 
 
 def _font(size: int) -> ImageFont.ImageFont:
@@ -42,39 +47,116 @@ def bordered(image: Image.Image | np.ndarray, colour: tuple[int, int, int] | Non
     return np.asarray(canvas)
 
 
+def faded(image: np.ndarray, amount: float = 0.5) -> np.ndarray:
+    """``image`` blended towards white (the strip's tail: entries not re-ranked with attention)."""
+    pixels = np.asarray(image, dtype=np.float32)
+    return np.uint8(np.clip(pixels + amount * (255 - pixels), 0, 255))
+
+
+def ringed(image: np.ndarray, colour: tuple[int, int, int] = GOLD, width: int = 5) -> np.ndarray:
+    """``image`` inside an outer ring (the strip's first true match)."""
+    pil = Image.fromarray(np.asarray(image))
+    canvas = Image.new("RGB", (pil.width + 2 * width, pil.height + 2 * width), colour)
+    canvas.paste(pil, (width, width))
+    return np.asarray(canvas)
+
+
+def preview(image: Image.Image, height: int = 192) -> np.ndarray:
+    """An uploaded image as the user sent it (its own aspect ratio), ``height`` pixels tall, for the page."""
+    pil = image.convert("RGB")
+    width = max(1, min(4 * height, round(pil.width * height / max(pil.height, 1))))
+    return np.asarray(pil.resize((width, height), Image.BILINEAR))
+
+
 def _panel(image: np.ndarray, height: int) -> Image.Image:
     pil = Image.fromarray(image)
     width = max(1, round(pil.width * height / pil.height))
     return pil.resize((width, height), Image.BILINEAR)
 
 
+def _wrapped(draw: ImageDraw.ImageDraw, text: str, font, width: float) -> list[str]:
+    """``text`` in lines no wider than ``width`` (words kept whole; a word wider than ``width`` gets its own line)."""
+    lines, current = [], ""
+    for word in text.split():
+        trial = f"{current} {word}".strip()
+        if current and draw.textlength(trial, font=font) > width:
+            lines.append(current)
+            current = word
+        else:
+            current = trial
+    return lines + ([current] if current else [])
+
+
 def _captioned_row(tiles: list[tuple[Image.Image, str]], height: int, framed_from: int | None = None,
-                   frame: tuple | None = None) -> np.ndarray:
-    """Tiles side by side under their captions; ``frame`` outlines the tiles from index ``framed_from`` on."""
-    gap, caption, pad = 10, 22, 4
-    width = sum(t.width for t, _ in tiles) + gap * (len(tiles) - 1) + 2 * pad
-    canvas = Image.new("RGB", (width, height + caption + 2 * pad), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
+                   frame: tuple | None = None, bar: Image.Image | None = None, footer: str = "") -> np.ndarray:
+    """Tiles side by side under their captions (wrapped to the tile's width, never cut), then ``bar``, and
+    ``footer`` (wrapped) under them all; ``frame`` outlines the tiles from index ``framed_from`` on."""
+    gap, pad, line = 10, 4, 16
     font = _font(13)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    wrapped = [_wrapped(probe, text, font, tile.width + gap - 2) for tile, text in tiles]
+    caption = line * max(len(lines) for lines in wrapped) + 6
+    width = sum(t.width for t, _ in tiles) + gap * (len(tiles) - 1) + 2 * pad + (bar.width + gap if bar else 0)
+    footer_lines = _wrapped(probe, footer, font, width - 2 * pad) if footer else []
+    body = max(height, bar.height if bar else 0)
+    canvas = Image.new("RGB", (width, body + caption + 2 * pad + line * len(footer_lines) + (4 if footer else 0)),
+                       (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
     x = pad
-    for i, (tile, text) in enumerate(tiles):
+    for i, ((tile, _), lines) in enumerate(zip(tiles, wrapped)):
         if frame is not None and framed_from is not None and i >= framed_from:
             draw.rectangle([x - 3, pad + caption - 3, x + tile.width + 2, pad + caption + height + 2], outline=frame,
                            width=3)
         canvas.paste(tile, (x, pad + caption))
-        text_width = draw.textlength(text, font=font)
-        draw.text((x + max(0, (tile.width - text_width) / 2), pad + 2), text, fill=(30, 30, 30), font=font)
+        for j, text in enumerate(lines):
+            text_width = draw.textlength(text, font=font)
+            draw.text((x + (tile.width - text_width) / 2, pad + 2 + line * j), text, fill=(30, 30, 30), font=font)
         x += tile.width + gap
+    if bar is not None:
+        canvas.paste(bar, (x, pad + caption))
+    for j, text in enumerate(footer_lines):
+        draw.text((pad, pad + caption + body + 4 + line * j), text, fill=(70, 70, 70), font=font)
     return np.asarray(canvas)
+
+
+def _jet(values: np.ndarray) -> np.ndarray:
+    """RGB uint8 of values in [0, 1] through the JET colour map (the one ``overlay_heatmap`` uses)."""
+    return np.uint8(255 * colormaps["jet"](np.clip(values, 0, 1))[..., :3])
+
+
+def colour_bar(height: int, top: str, bottom: str) -> Image.Image:
+    """A vertical JET colour bar ``height`` pixels tall with its end values beside it."""
+    font = _font(12)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    width = 20 + int(max(probe.textlength(top, font=font), probe.textlength(bottom, font=font))) + 2
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    strip = _jet(np.linspace(1, 0, height)[:, None].repeat(14, axis=1))
+    canvas.paste(Image.fromarray(strip), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    draw.rectangle([0, 0, 13, height - 1], outline=(80, 80, 80))
+    draw.text((18, 0), top, fill=(30, 30, 30), font=font)
+    draw.text((18, height - 14), bottom, fill=(30, 30, 30), font=font)
+    return canvas
+
+
+def overlay_on_scale(image: np.ndarray, values: np.ndarray, low: float, high: float,
+                     alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    """``image`` under the JET map of ``values`` scaled from ``low`` (blue) to ``high`` (red), bilinear."""
+    span = high - low if high > low else 1.0
+    scaled = (np.asarray(values, dtype=np.float32) - low) / span
+    heat = np.asarray(Image.fromarray(scaled.astype(np.float32)).resize(
+        (image.shape[1], image.shape[0]), Image.BILINEAR))
+    return np.uint8(np.clip((1 - alpha) * image.astype(np.float32) + alpha * _jet(heat).astype(np.float32), 0, 255))
 
 
 def overlay_panel(image1: np.ndarray, image2: np.ndarray, map1: np.ndarray, map2: np.ndarray,
                   labels: tuple[str, str] = ("query", "gallery"), frame: tuple | None = None,
                   height: int = DISPLAY_HEIGHT) -> np.ndarray:
-    """``image 1 | its attention | image 2's attention | image 2``, the paper's figure 7 layout.
+    """``image 1 | its attention | image 2's attention | image 2`` and a colour bar: the paper's figure 7 layout.
 
     Images are RGB uint8 at the model's input size (what the network saw); maps are (h, w) Siamese
-    attention maps. ``frame`` colours the border around image 2 (green/red for true/wrong match).
+    attention maps, each min-max normalised to its own range. ``frame`` colours the border around
+    image 2 (green/red for true/wrong match).
     """
     tiles = [
         (_panel(image1, height), labels[0]),
@@ -82,35 +164,23 @@ def overlay_panel(image1: np.ndarray, image2: np.ndarray, map1: np.ndarray, map2
         (_panel(overlay_heatmap(image2, np.asarray(map2)), height), f"{labels[1]} attention"),
         (_panel(image2, height), labels[1]),
     ]
-    return _captioned_row(tiles, height, framed_from=2, frame=frame)
+    return _captioned_row(tiles, height, framed_from=2, frame=frame, bar=colour_bar(height, "max", "min"),
+                          footer="colour: each attention map min-max normalised on its own (min blue, max red)")
 
 
 def similarity_panel(image1: np.ndarray, image2: np.ndarray, map1: np.ndarray, map2: np.ndarray,
                      labels: tuple[str, str] = ("query", "gallery"), height: int = DISPLAY_HEIGHT) -> np.ndarray:
-    """Both images with their similarity maps ``m_q``, ``m_g`` (each sums to the cosine similarity s)."""
+    """Both images with their similarity maps ``m_q``, ``m_g`` (each sums to the cosine similarity s), on
+    one shared scale from 0 (or the most negative cell) to the largest cell of either map."""
+    values = [np.asarray(map1, dtype=np.float32), np.asarray(map2, dtype=np.float32)]
+    low = min(0.0, *(float(v.min()) for v in values))
+    high = max(float(v.max()) for v in values)
     tiles = [
-        (_panel(overlay_heatmap(image1, np.asarray(map1)), height), f"{labels[0]}: similarity map"),
-        (_panel(overlay_heatmap(image2, np.asarray(map2)), height), f"{labels[1]}: similarity map"),
+        (_panel(overlay_on_scale(image1, values[0], low, high), height), f"{labels[0]}: similarity map"),
+        (_panel(overlay_on_scale(image2, values[1], low, high), height), f"{labels[1]}: similarity map"),
     ]
-    return _captioned_row(tiles, height)
-
-
-def similarity_rows_figure(explanation: dict, labels: tuple[str, str] = ("query", "gallery")) -> np.ndarray:
-    """Row contributions to the similarity (sum over the width of each map): which body rows make s."""
-    fig = Figure(figsize=(4.5, 3.0), dpi=100)
-    ax = fig.subplots()
-    for key, label, colour in (("similarity_rows1", labels[0], "tab:blue"), ("similarity_rows2", labels[1],
-                                                                             "tab:orange")):
-        rows = np.asarray(explanation[key], dtype=np.float64)
-        ax.plot(np.arange(len(rows)), rows, marker="o", ms=3, color=colour, label=f"{label} (sum {rows.sum():.3f})")
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xlabel("feature-map row (top to bottom)")
-    ax.set_ylabel("contribution to s")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper right")
-    ax.set_title(f"row contributions to s = {explanation['similarity']:.3f} (d_f² = 2 − 2s)", fontsize=9)
-    fig.tight_layout()
-    return _render(fig)
+    return _captioned_row(tiles, height, bar=colour_bar(height, f"{high:.3f}", f"{low:.3f}"),
+                          footer="colour: each cell's share of s, one scale for both maps")
 
 
 def magnified(image: np.ndarray, scale: int) -> np.ndarray:
@@ -133,84 +203,19 @@ def marked(image: np.ndarray, x: int, y: int, cell: tuple[int, int], map_size: t
 
 
 def heat(image: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """``image`` with ``values`` (h, w) as a heat map (where a clicked location's features match)."""
-    return overlay_heatmap(np.asarray(image), np.asarray(values))
+    """``image`` with ``values`` (h, w) as a heat map from 0 to their largest value (where a clicked
+    location's features match; the page's colour bar states this scale)."""
+    values = np.asarray(values, dtype=np.float32)
+    return overlay_on_scale(np.asarray(image), values, min(0.0, float(values.min())), float(values.max()))
 
 
-def contrastive_figure(image: np.ndarray, gap_map: np.ndarray, gap: float, height: int = DISPLAY_HEIGHT) -> np.ndarray:
-    """The query beside its contrastive map (red: closer to the wrong match; blue: closer to the true one)."""
-    values = np.asarray(gap_map, dtype=np.float64)
-    limit = float(np.abs(values).max())
-    fig = Figure(figsize=(4.2, 3.6), dpi=100)
-    left, right = fig.subplots(1, 2)
-    left.imshow(image)
-    left.set_title("query", fontsize=9)
-    right.imshow(image, alpha=0.55)
-    h, w = image.shape[:2]
-    shown = right.imshow(values, cmap="bwr", vmin=-limit if limit > 0 else -1, vmax=limit if limit > 0 else 1,
-                         alpha=0.6, extent=(0, w, h, 0), interpolation="bilinear")
-    right.set_title(f"s(q, wrong) − s(q, true) = {gap:.3f}", fontsize=8)
-    for ax in (left, right):
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.colorbar(shown, ax=right, fraction=0.08)
-    fig.tight_layout()
-    return _render(fig)
-
-
-def distance_histogram(distances: np.ndarray, no_match: float, shown: list[float] | None = None) -> np.ndarray:
-    """The query's feature distances to the whole gallery, the "no match" threshold, and the results shown."""
-    values = np.asarray(distances, dtype=np.float64)
-    fig = Figure(figsize=(5.0, 2.6), dpi=100)
-    ax = fig.subplots()
-    ax.hist(values, bins=min(50, max(5, len(values) // 4)), color="0.6", label=f"gallery ({len(values)} images)")
-    for i, value in enumerate(shown or []):
-        ax.axvline(value, color="tab:blue", lw=0.8, alpha=0.6, label="shown results" if i == 0 else None)
-    within = int((values <= no_match).sum())
-    ax.axvline(no_match, color="tab:red", lw=2, label=f"no-match threshold {no_match:.2f} ({within} within)")
-    ax.set_xlabel("feature distance d_f to the query")
-    ax.set_ylabel("gallery images")
-    ax.legend(fontsize=7, loc="upper left")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return _render(fig)
-
-
-def _render(fig: Figure) -> np.ndarray:
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[:, :, :3].copy()
-
-
-def vectors_figure(explanation: dict, labels: tuple[str, str] = ("query", "gallery")) -> np.ndarray:
-    """Row max-pooled importance vectors with threshold and kept spans, and the aligned vectors."""
-    fig = Figure(figsize=(9.0, 3.0), dpi=100)
-    left, right = fig.subplots(1, 2)
-    plot_rows(left, explanation, labels)
-    plot_aligned(right, explanation, labels)
-    left.set_title("row importance M_m (normalised), threshold, kept spans", fontsize=9)
-    right.set_title(f"aligned vectors M*_m, consistency distance {explanation['attention_distance']:.3f}", fontsize=9)
-    fig.tight_layout()
-    return _render(fig)
-
-
-def cmc_figure(summary) -> np.ndarray:
-    """CMC curves of CASN ranking and feature-only ranking."""
-    fig = Figure(figsize=(5.0, 3.2), dpi=100)
-    ax = fig.subplots()
-    for key, label, style in (("casn", "CASN (feature + attention)", "-"), ("feature", "feature only", "--")):
-        cmc = getattr(summary, key)["cmc"]
-        if cmc:
-            ax.plot(np.arange(1, len(cmc) + 1), 100 * np.asarray(cmc), style, marker="o", ms=3,
-                    label=f"{label}: R-1 {100 * cmc[0]:.1f}%")
-    ax.set_xlabel("rank")
-    ax.set_ylabel("matching rate (%)")
-    ax.set_ylim(0, 101)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    ax.set_title(f"CMC over {summary.num_valid} valid queries, {summary.num_gallery} gallery images", fontsize=9)
-    fig.tight_layout()
-    return _render(fig)
+def correspondence_pair(query_image: np.ndarray, gallery_image: np.ndarray, found) -> tuple[np.ndarray, np.ndarray]:
+    """The clicked image marked and the other lit up by ``found.values`` (:class:`app.similarity.Correspondence`)."""
+    if found.direction == "query":
+        return (marked(query_image, found.x, found.y, found.cell, found.source_map_size),
+                heat(gallery_image, found.values))
+    return (heat(query_image, found.values),
+            marked(gallery_image, found.x, found.y, found.cell, found.source_map_size))
 
 
 def export_png(panels: list[np.ndarray], header: str) -> bytes:
@@ -230,3 +235,12 @@ def export_png(panels: list[np.ndarray], header: str) -> bytes:
     buffer = io.BytesIO()
     canvas.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def colour_bar_html(low: str, high: str, note: str) -> str:
+    """A horizontal JET colour bar as HTML, for heat maps the user clicks on (a bar drawn into the picture
+    would move the pixels a click names)."""
+    stops = ", ".join(f"rgb{tuple(int(c) for c in _jet(np.array([v]))[0])}" for v in np.linspace(0, 1, 7))
+    return (f'<div style="display:flex;align-items:center;gap:0.5em;font-size:0.85em">{low}'
+            f'<span style="display:inline-block;width:10em;height:0.8em;border:1px solid #666;'
+            f'background:linear-gradient(to right, {stops})"></span>{high} <span>{note}</span></div>')

@@ -21,6 +21,11 @@ class LRUCache(Generic[Value]):
     def __len__(self) -> int:
         return len(self._items)
 
+    def peek(self, key: Hashable) -> Value | None:
+        """The memoised value of ``key`` or None, without computing or reordering."""
+        with self._lock:
+            return self._items.get(key)
+
     def get_or_compute(self, key: Hashable, compute: Callable[[], Value]) -> Value:
         """The memoised value of ``key``, computing it (outside the lock) when absent."""
         with self._lock:

@@ -5,16 +5,15 @@ from pathlib import Path
 
 import numpy as np
 
-from app.ranking import DatasetSummary, QueryRanking, QueryStats
+from app import figures
+from app.ranking import QueryRanking
+from app.scoring import DatasetSummary, QueryStats
 from app.state import AppState
 
 INTRO = """# CASN explainability: why does this gallery image rank here?
-Consistent Attentive Siamese Network (Zheng et al., CVPR 2019). Pick a query to see its ranked gallery
-(<span class="legend-dot" style="background:#22a03c"></span>true match
-<span class="legend-dot" style="background:#d72626"></span>wrong identity), then click any gallery image to see
-**where each image looks** (Siamese attention, sec. 3.2.2), the **row max-pooled importance vectors** with the
-threshold and kept spans, the **aligned vectors** whose distance is the attention-consistency term of the ranking,
-and the **BCE same-person probability**."""
+Consistent Attentive Siamese Network (Zheng et al., CVPR 2019): pick a query, choose the ranking (w, K), click a
+result (<span class="legend-dot" style="background:#22a03c"></span>true match
+<span class="legend-dot" style="background:#d72626"></span>wrong identity) to see where each image looks."""
 
 
 def _num(value: float, digits: int = 3) -> str:
@@ -38,10 +37,23 @@ def query_caption(index: int, stats: QueryStats | None) -> str:
     return f"q{index} {mark} AP {stats.ap:.2f}"
 
 
-def query_markdown(state: AppState, ranking: QueryRanking) -> str:
+def moved_text(previous: tuple | None, query_index: int, described: str, first_true_rank: int | None) -> str:
+    """Where the first true match moved since the ranking shown before (same query, another ranking)."""
+    if not previous or previous[0] != query_index or previous[1] == described or first_true_rank is None:
+        return ""
+    before = previous[2]
+    if before is None or before == first_true_rank:
+        return f"First true match: still rank **{first_true_rank}** (was {previous[1]})."
+    way = "up" if first_true_rank < before else "down"
+    return (f"First true match moved **{way}**: rank {before} → **{first_true_rank}** "
+            f"({previous[1]} → {described}).")
+
+
+def query_markdown(state: AppState, ranking: QueryRanking, moved: str = "") -> str:
     q = ranking.query_index
     head = (f"### Query q{q}: `{state.relative(state.query.paths[q])}`\n"
-            f"identity **{int(state.query.pids[q])}**, camera **{int(state.query.camids[q])}**\n\n")
+            f"identity **{int(state.query.pids[q])}**, camera **{int(state.query.camids[q])}**; "
+            f"{ranking.excluded} same-camera image(s) of this identity left out (Market-1501 protocol)\n\n")
     if ranking.first_true_rank is None:
         body = "No true match of this identity from another camera is in the gallery: no AP for this query."
     else:
@@ -50,16 +62,14 @@ def query_markdown(state: AppState, ranking: QueryRanking) -> str:
         body = (f"| first true match | AP | matches in gallery | rank-1 |\n|---|---|---|---|\n"
                 f"| **rank {ranking.first_true_rank}** | **{ranking.ap:.3f}** | {int(ranking.matches.sum())} | "
                 f"{verdict} |")
-    note = (f"\n\nRanked by d = norm(d_f) + {state.attention_weight:g}·norm(d_a) on the top {ranking.topk} by "
-            f"feature distance (paper sec. 4); {ranking.excluded} same-camera image(s) of this identity left out "
-            f"(Market-1501 protocol).")
-    return head + body + note
+    return head + body + (f"\n\n{moved}" if moved else "")
 
 
-def ranking_table(state: AppState, ranking: QueryRanking, length: int) -> str:
+def ranking_table(state: AppState, ranking: QueryRanking, start: int, stop: int) -> str:
+    """The entries ``start`` to ``stop`` (0-based) of a ranking with their distances and score parts."""
     rows = ["| rank | gallery | id | cam | match | d_f | d_a | feature part | attention part | d |",
             "|---:|---|---:|---:|:---:|---:|---:|---:|---:|---:|"]
-    for pos in range(min(length, len(ranking.order))):
+    for pos in range(max(0, start), min(stop, len(ranking.order))):
         g = int(ranking.order[pos])
         total = ranking.score[pos] if ranking.reranked(pos) else float("nan")
         rows.append(f"| {pos + 1} | g{g} `{Path(state.gallery.paths[g]).name}` | {int(state.gallery.pids[g])} | "
@@ -69,15 +79,20 @@ def ranking_table(state: AppState, ranking: QueryRanking, length: int) -> str:
     return "\n".join(rows)
 
 
-def summary_markdown(summary: DatasetSummary | None, topk: int) -> str:
+def summary_markdown(summary: DatasetSummary | None, label: str, others: tuple = ()) -> str:
+    """The dataset numbers: the ranking ``label`` names, the feature ranking, and ``others``
+    (``(label, DatasetSummary)`` pairs whose CASN row is added, e.g. the app's default ranking)."""
     if summary is None:
         return PENDING
     rows = ["| ranking | rank-1 | rank-5 | rank-10 | mAP | mINP |", "|---|---:|---:|---:|---:|---:|"]
-    for key, label in (("casn", f"**CASN**: feature + Siamese attention (top {topk})"),
-                       ("feature", "feature distance only")):
-        r = getattr(summary, key)
-        rows.append(f"| {label} | {_pct(r['rank1'])} | {_pct(r['rank5'])} | {_pct(r['rank10'])} | {_pct(r['mAP'])} | "
-                    f"{_pct(r['mINP'])} |")
+
+    def row(name: str, r: dict) -> str:
+        return (f"| {name} | {_pct(r['rank1'])} | {_pct(r['rank5'])} | {_pct(r['rank10'])} | {_pct(r['mAP'])} | "
+                f"{_pct(r['mINP'])} |")
+
+    rows.append(row(f"**{label}**", summary.casn))
+    rows += [row(name, other.casn) for name, other in others]
+    rows.append(row("feature (d_f only)", summary.feature))
     return (f"**{summary.num_query}** queries ({summary.num_valid} with a true match), **{summary.num_gallery}** "
             f"gallery images. Scored by `casn_core.metrics` exactly as `python -m casn_core eval` scores them.\n\n"
             + "\n".join(rows))
@@ -94,24 +109,32 @@ def ranking_choice(state: AppState) -> str:
     return f"ranking shown: feature distance + w x attention distance on the top {state.topk}, w = {w:g} ({source}){note}"
 
 
-def model_line(state: AppState, summary: DatasetSummary | None) -> str:
-    head = (f"model: `{state.checkpoint_path.name}` ({state.backbone}, input {state.input_size[0]}x"
-            f"{state.input_size[1]}, threshold t = {state.threshold:g}) · data: `{state.data_root.name}` · "
-            f"{ranking_choice(state)} · ")
+def model_line(state: AppState, summary: DatasetSummary | None, described: str = "") -> str:
+    """One short line: checkpoint, data, the default ranking and its numbers (details: :func:`model_info`)."""
+    head = (f"`{state.checkpoint_path.name}` ({state.backbone}) on `{_short(state.data_root.name)}` · "
+            f"default ranking {described or f'w = {state.attention_weight:g}, K = {state.topk}'}")
     if summary is None:
-        return head + "rank-1 and mAP: being computed in the background (the *Dataset* tab shows them when ready)"
-    return head + (f"CASN rank-1 **{_pct(summary.casn['rank1'])}** / mAP **{_pct(summary.casn['mAP'])}**, "
-                   f"feature ranking rank-1 {_pct(summary.feature['rank1'])} / mAP {_pct(summary.feature['mAP'])} "
-                   f"(details in the *Dataset* tab)")
+        return head + " · rank-1 / mAP: being computed"
+    return head + (f" · rank-1 **{_pct(summary.casn['rank1'])}** / mAP **{_pct(summary.casn['mAP'])}** "
+                   f"(feature: {_pct(summary.feature['rank1'])} / {_pct(summary.feature['mAP'])})")
+
+
+def _short(name: str, limit: int = 28) -> str:
+    return name if len(name) <= limit else name[:limit - 1] + "…"
 
 
 def model_info(state: AppState) -> str:
+    """The model and settings in full (the header's folded box and the Dataset tab)."""
     cache = "opened from the map store" if state.cache_hit else "extracted at this start into the map store"
-    return (f"Checkpoint `{state.checkpoint_path.name}`: backbone **{state.backbone}**, input "
-            f"{state.input_size[0]}x{state.input_size[1]}, alignment threshold t = {state.threshold:g}, "
-            f"attention weight w = {state.attention_weight:g}, attention re-ranking depth K = {state.topk}.\n\n"
-            f"Features: {cache} (`{state.cache_file.name if state.cache_file else '-'}`, {state.map_dtype} maps on "
-            f"disk, read per request).")
+    height, width = state.input_size
+    rows = [
+        ("checkpoint", f"`{state.checkpoint_path.name}`"), ("backbone", state.backbone),
+        ("input (width x height)", f"{width} x {height}"), ("alignment threshold t", f"{state.threshold:g}"),
+        ("default ranking", ranking_choice(state)), ("data", f"`{state.data_root.name}`"),
+        ("features", f"{cache} (`{state.cache_file.name if state.cache_file else '-'}`, {state.map_dtype} maps "
+                     f"on disk, read per request)"),
+    ]
+    return "| setting | value |\n|---|---|\n" + "\n".join(f"| {name} | {value} |" for name, value in rows)
 
 
 def pair_markdown(explanation: dict, labels: tuple[str, str] = ("query", "gallery")) -> str:
@@ -130,6 +153,8 @@ def pair_markdown(explanation: dict, labels: tuple[str, str] = ("query", "galler
     if score is not None:
         if score.get("rank") is None:
             rows.append(f"| ranking | {score['note']} |")
+        elif score.get("attention_weight") == 0:
+            rows.append(f"| ranking (rank {score['rank']} of {score['of']}) | by d_f alone (w = 0: the feature ranking) |")
         elif score.get("reranked_with_attention"):
             rows.append(
                 f"| ranking score d (rank {score['rank']} of {score['of']}) | **{score['total']:.3f}** = "
@@ -147,9 +172,10 @@ def pair_markdown(explanation: dict, labels: tuple[str, str] = ("query", "galler
     return head + "| quantity | value |\n|---|---|\n" + "\n".join(rows)
 
 
-def why_message(query_index: int, failed: bool, message: str) -> str:
+def why_message(query_index: int, failed: bool, message: str, described: str = "") -> str:
     colour = "#d72626" if failed else "#555"
-    return f'<span style="color:{colour}">**q{query_index}**: {message}</span>'
+    under = f" (ranking: {described})" if described else ""
+    return f'<span style="color:{colour}">**q{query_index}**{under}: {message}</span>'
 
 
 def contrastive_markdown(gap: float) -> str:
@@ -159,9 +185,10 @@ def contrastive_markdown(gap: float) -> str:
             f"**{gap:.4f}** (d_f(q, true)² − d_f(q, wrong)² = {2 * gap:.4f}).")
 
 
-def correspondence_markdown(found) -> str:
-    source, target = ("query", "gallery") if found.direction == "query" else ("gallery", "query")
+def correspondence_markdown(found, names: tuple[str, str] = ("query", "gallery")) -> str:
+    source, target = names if found.direction == "query" else names[::-1]
     return (f"Clicked the **{source}** image at pixel (x={found.x}, y={found.y}): feature cell row {found.cell[0]}, "
             f"column {found.cell[1]} of {found.source_map_size[0]}x{found.source_map_size[1]}. The **{target}** image "
             f"lights up where that location's features match (one row of C; it sums to this cell's share of the "
-            f"similarity, {found.location_share:.4f} of s = {found.similarity:.4f}).")
+            f"similarity, {found.location_share:.4f} of s = {found.similarity:.4f}).\n\n"
+            + figures.colour_bar_html("0", f"{float(found.values.max()):.4f}", "(0 to the largest cell of this row)"))

@@ -21,21 +21,69 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
-from app import explain, figures
+from app import explain, figures, markdown, plots, similarity
+from app.domain import domain_note
 from app.core import (
     CASN, CheckpointError, GalleryFeatures, GalleryImage, GalleryReport, SearchIndex, SearchResult, build_search_index,
     explain_maps, load_model, parse_market_name, unit_distance, unit_features,
 )
 from app.explain import PairView
-from app.markdown import pair_markdown
 from app.state import AppState
 from app.uploads import MAX_UPLOAD_BYTES, read_upload, upload_name
 from app.validation import RequestError, whole_number
+from app.views import CorrespondenceView
 
 MAX_TOPK = 100
 DEFAULT_NO_MATCH = 1.0
-"""Default "no match" threshold on the feature distance d_f of L2-normalised features (range 0..2)."""
+"""The "no match" threshold on the feature distance d_f of L2-normalised features (range 0..2) when the gallery
+is too small to derive one from (:func:`no_match_threshold`)."""
+UNLABELLED_PERCENTILE = 2.0
+"""Unlabelled galleries: the default threshold is this percentile of the distances between gallery images."""
+SAMPLE = 2000
+"""Gallery images (evenly spaced) whose pairwise distances the default threshold is derived from."""
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """The default no-match threshold on d_f and where it comes from (shown beside the slider)."""
+
+    value: float
+    source: str
+
+
+def no_match_threshold(index: SearchIndex) -> Threshold:
+    """A default "no match" threshold from the gallery's own distances, d_f between its images.
+
+    Labelled galleries (Market-style names): the d_f at which as many same-identity pairs lie above it
+    as different-identity pairs below it (the equal-error point of the two distributions). Unlabelled
+    ones: the :data:`UNLABELLED_PERCENTILE` percentile of all pairs, i.e. results closer than 98% of
+    pairs of gallery images count as matches.
+    """
+    count = len(index.images)
+    if count < 3:
+        return Threshold(DEFAULT_NO_MATCH, "fixed default (gallery too small to derive one)")
+    rows = np.unique(np.linspace(0, count - 1, min(count, SAMPLE)).round().astype(int))
+    unit = index.gallery_unit[torch.as_tensor(rows)]
+    distances = unit_distance(unit, unit).numpy()
+    upper = np.triu_indices(len(rows), k=1)
+    values = distances[upper]
+    pids = np.array([index.images[r].pid if index.images[r].pid is not None else -1 for r in rows])
+    if (pids >= 0).all():
+        same = (pids[:, None] == pids[None, :])[upper]
+        if same.any() and (~same).any():
+            candidates = np.unique(np.quantile(values, np.linspace(0.001, 0.5, 500)))
+            miss = np.array([(values[same] > t).mean() for t in candidates])
+            false = np.array([(values[~same] <= t).mean() for t in candidates])
+            best = int(np.argmin(np.abs(miss - false)))
+            return Threshold(float(round(candidates[best], 2)),
+                             f"equal-error point of same- vs different-identity gallery pairs (labels from file "
+                             f"names; {100 * miss[best]:.0f}% of same-identity pairs lie beyond it, "
+                             f"{100 * false[best]:.0f}% of different-identity pairs within it)")
+    value = float(round(np.percentile(values, UNLABELLED_PERCENTILE), 2))
+    return Threshold(value, f"{UNLABELLED_PERCENTILE:g}th percentile of the d_f between gallery images (a result "
+                            f"within it is closer than {100 - UNLABELLED_PERCENTILE:g}% of pairs of gallery images)")
 
 
 def index_from_state(state: AppState) -> SearchIndex:
@@ -77,17 +125,21 @@ class SearchView:
     query_ref: tuple[str, str, tuple[str, ...]]
     """``(kind, value, shown)``: the query (``"upload"`` or ``"gallery"`` and the file) and the gallery
     names in the strip, in order, so a click on the strip needs no second search."""
+    query_preview: np.ndarray | None = None
+    """The query as the user gave it (its own aspect ratio), shown above the results."""
 
 
 class SearchService:
     """Search requests over one :class:`SearchIndex` (thread-safe: read-only after construction)."""
 
     def __init__(self, index: SearchIndex, cache_dir: str | os.PathLike,
-                 max_upload_bytes: int = MAX_UPLOAD_BYTES) -> None:
+                 max_upload_bytes: int = MAX_UPLOAD_BYTES, payload: dict | None = None) -> None:
         self.index = index
+        self.domain_note = domain_note(index.checkpoint, payload or {})
         self.cache_dir = Path(cache_dir).resolve()
         self.max_upload_bytes = int(max_upload_bytes)
         self.labelled = sum(image.pid is not None for image in index.images)
+        self.no_match = no_match_threshold(index)
 
     @property
     def served_folders(self) -> list[Path]:
@@ -144,8 +196,13 @@ class SearchService:
         return result, self.index.gallery.features[self.gallery_position(value)]
 
     def api_search_upload(self, file, topk) -> dict:
-        """The JSON of ``casn search`` for an uploaded query."""
-        return self.search("upload", file, topk).to_json()
+        """The JSON of ``casn search`` for an uploaded query, each result's gallery path (relative to the
+        folder) under ``"name"``: ``gradio_client`` takes any ``{"path": ...}`` object in an answer for a file
+        to download, and would fetch (and be refused) every result."""
+        answer = self.search("upload", file, topk).to_json()
+        for entry in answer["results"]:
+            entry["name"] = entry.pop("path")
+        return answer
 
     # ---- page -----------------------------------------------------------------------------------------
     def search_view(self, kind: str, value: str, topk, no_match: float) -> SearchView:
@@ -172,8 +229,13 @@ class SearchService:
                 f"attention on the top {result.rerank_k}, w = {result.attention_weight:g}). {within} of "
                 f"{len(distances)} gallery images are within the no-match threshold d_f ≤ {no_match:.2f}; results "
                 f"beyond it are marked *no match*.")
-        plot = figures.distance_histogram(distances, no_match, [h.feature_distance for h in result.results])
-        return SearchView(result, strip, plot, text, (kind, str(value), tuple(hit.path for hit in result.results)))
+        if abs(float(no_match) - self.no_match.value) < 1e-9:
+            text += f" (The default threshold {self.no_match.value:.2f} is the {self.no_match.source}.)"
+        plot = plots.distance_histogram(distances, no_match, [h.feature_distance for h in result.results])
+        query, _ = self._query(kind, value)
+        preview = figures.preview(query if isinstance(query, Image.Image) else Image.open(query))
+        return SearchView(result, strip, plot, text, (kind, str(value), tuple(hit.path for hit in result.results)),
+                          preview)
 
     # ---- explanations ---------------------------------------------------------------------------------
     def explain(self, kind: str, value: str, gallery_name: str) -> tuple[dict, np.ndarray, np.ndarray, str]:
@@ -196,5 +258,30 @@ class SearchService:
         result, image1, image2, name = self.explain(kind, value, gallery_name)
         view = explain.render(result, image1, image2, ("query", "gallery"),
                               f"{Path(name).stem}_vs_{Path(gallery_name).stem}")
-        view.markdown = f"**query** `{name}` vs **gallery** `{gallery_name}`\n\n" + pair_markdown(result)
+        view.markdown = f"**query** `{name}` vs **gallery** `{gallery_name}`\n\n" + markdown.pair_markdown(result)
+        if kind == "upload" and self.domain_note:
+            view.markdown = f"{self.domain_note}\n\n{view.markdown}"
         return view
+
+    # ---- point correspondence ---------------------------------------------------------------------------
+    def shown_pair(self, kind: str, value: str, gallery_name: str) -> tuple[np.ndarray, np.ndarray]:
+        """The query and a gallery image at the model input, magnified (where correspondences are clicked)."""
+        query, _ = self._query(kind, value)
+        row = self.gallery_position(gallery_name)
+        scale = similarity.scale_for(self.index.info.input_size)
+        return (figures.magnified(explain.input_image(query, self.index.info), scale),
+                figures.magnified(explain.input_image(self.index.images[row].path, self.index.info), scale))
+
+    def correspondence_view(self, kind: str, value: str, gallery_name: str, x, y,
+                            direction: str = "query") -> CorrespondenceView:
+        """Where the features at a clicked pixel of one image match in the other (one row or column of C)."""
+        query, _ = self._query(kind, value)
+        qmap, qfeat = self._tensors(kind, value, query)
+        row = self.gallery_position(gallery_name)
+        input_size = self.index.info.input_size
+        found = similarity.correspondence_of_maps(self.model, (qmap, self.index.gallery.maps[row]),
+                                                  (qfeat, self.index.gallery.features[row]), input_size, x, y,
+                                                  direction)
+        first, second = figures.correspondence_pair(*self.shown_pair(kind, value, gallery_name), found)
+        return CorrespondenceView(first, second, markdown.correspondence_markdown(found),
+                                  found.to_json(-1, row, similarity.size_for(input_size)))

@@ -129,7 +129,8 @@ def build(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_dir: str
 
     service = build_service(checkpoint, data, cache_dir, topk, threshold, attention_weight, max_upload_bytes,
                             ranking_cache, progress, log, store_dir, map_dtype, arch=arch, input_size=input_size)
-    search = SearchService(index_from_state(service.state), service.state.cache_dir, max_upload_bytes)
+    search = SearchService(index_from_state(service.state), service.state.cache_dir, max_upload_bytes,
+                           payload=service.state.payload)
     return build_ui(service, search), service
 
 
@@ -140,7 +141,7 @@ def launch_kwargs(service, host: str = "127.0.0.1", port: int = 7860, share: boo
     return {
         "server_name": host, "server_port": port, "share": bool(share), "show_error": True, "ssr_mode": False,
         "allowed_paths": [str(folder) for folder in service.served_folders],
-        "max_file_size": int(service.max_upload_bytes * 1.25) + 2**20, "css": CSS,
+        "max_file_size": int(service.max_upload_bytes), "css": CSS,
         "footer_links": ["api"],
     }
 

@@ -26,15 +26,25 @@ SHOWN_HEIGHT = 256
 """Correspondence images are shown about this tall (an integer multiple of the model input)."""
 
 
+def scale_for(input_size: tuple[int, int]) -> int:
+    """Integer magnification of a model input of ``input_size`` (H, W) for the correspondence images."""
+    return max(1, round(SHOWN_HEIGHT / input_size[0]))
+
+
+def size_for(input_size: tuple[int, int]) -> tuple[int, int]:
+    """``(height, width)`` of the correspondence images of a model input of ``input_size`` (H, W)."""
+    scale = scale_for(input_size)
+    return input_size[0] * scale, input_size[1] * scale
+
+
 def shown_scale(state: AppState) -> int:
     """Integer magnification of the model input for the correspondence images."""
-    return max(1, round(SHOWN_HEIGHT / state.input_size[0]))
+    return scale_for(state.input_size)
 
 
 def shown_size(state: AppState) -> tuple[int, int]:
     """``(height, width)`` of the correspondence images in pixels."""
-    scale = shown_scale(state)
-    return state.input_size[0] * scale, state.input_size[1] * scale
+    return size_for(state.input_size)
 
 
 @dataclass
@@ -58,26 +68,34 @@ class Correspondence:
                 "similarity": self.similarity}
 
 
-def point_correspondence(state: AppState, query_index: int, gallery_index: int, x, y, direction: str) -> Correspondence:
-    """Row ``C(i, :)`` (``direction="query"``: clicked on the query image) or column ``C(:, j)``.
+def correspondence_of_maps(model, maps: tuple[torch.Tensor, torch.Tensor], features: tuple[torch.Tensor, torch.Tensor],
+                           input_size: tuple[int, int], x, y, direction: str) -> Correspondence:
+    """Row ``C(i, :)`` (``direction="query"``: clicked on the query image) or column ``C(:, j)`` of the pair
+    whose maps (K, H, W) and features are ``maps`` and ``features`` (query first).
 
-    ``x, y`` are pixels of the shown image (:func:`shown_size`). ``values`` is the other image's map
-    (it sums to ``location_share``, the clicked cell's entry of its similarity map).
+    ``x, y`` are pixels of the shown image (:func:`size_for` of ``input_size``). ``values`` is the
+    other image's map (it sums to ``location_share``, the clicked cell's entry of its similarity map).
     """
     direction = choice(direction, DIRECTIONS, "direction")
-    height, width = shown_size(state)
+    height, width = size_for(input_size)
     px, py = pixel(x, y, width, height)
-    maps_q, maps_g = state.query.maps[query_index], state.gallery.maps[gallery_index]
+    maps_q, maps_g = maps
     source = maps_q if direction == "query" else maps_g
     h, w = source.shape[-2:]
     cell = (min(py * h // height, h - 1), min(px * w // width, w - 1))
     with torch.no_grad():
-        values = correspondence(maps_q, maps_g, cell, state.model.pool, direction).numpy()
-    pair = explain_similarity(state.model, maps_q, maps_g, state.query.features[query_index],
-                              state.gallery.features[gallery_index])
+        values = correspondence(maps_q, maps_g, cell, model.pool, direction).numpy()
+    pair = explain_similarity(model, maps_q, maps_g, *features)
     own_map = (pair.map1 if direction == "query" else pair.map2).float().cpu().numpy()
     return Correspondence(direction, px, py, cell, (int(h), int(w)), values, float(pair.similarity),
                           float(own_map[cell]))
+
+
+def point_correspondence(state: AppState, query_index: int, gallery_index: int, x, y, direction: str) -> Correspondence:
+    """:func:`correspondence_of_maps` of a dataset pair (its stored maps and features)."""
+    return correspondence_of_maps(state.model, (state.query.maps[query_index], state.gallery.maps[gallery_index]),
+                                  (state.query.features[query_index], state.gallery.features[gallery_index]),
+                                  state.input_size, x, y, direction)
 
 
 def contrastive(state: AppState, query_index: int, wrong_index: int, true_index: int) -> dict:

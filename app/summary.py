@@ -1,11 +1,11 @@
 """The dataset summary off the start path: scored in query blocks, cached on disk, computed in the background.
 
-:func:`app.ranking.summarise_dataset` scores every query's CASN ranking (paper sec. 4, "Evaluation
+:func:`app.scoring.score_dataset` scores every query's CASN ranking (paper sec. 4, "Evaluation
 Protocol") and feature ranking. At Market size that is ~30 s of re-ranking and, done on whole
 (query x gallery) matrices, ~1 GB of RAM; doing it before the page is served made the app's warm
 start (and its memory) grow with the gallery. Here:
 
-- :func:`score_dataset` computes the same per-query results as ``python -m casn_core eval`` does
+- :func:`app.scoring.score_dataset` computes the same per-query results as ``python -m casn_core eval`` does
   (:func:`casn_core.engine.evaluate.evaluate_caches`'s way: ``casn_candidates`` and
   ``iter_casn_distmat`` blocks of ~32 MB, each scored by :func:`casn_core.metrics.evaluate_rank_per_query`
   and dropped), so no query x gallery matrix is held;
@@ -22,12 +22,11 @@ import hashlib
 import json
 import threading
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from app.core import QueryResults, casn_candidates, evaluate_rank_per_query, iter_casn_distmat, write_json_atomic
-from app.ranking import MAX_RANK, DatasetSummary, QueryStats, _optional, scores_dict
+from app.core import QueryResults, write_json_atomic
+from app.scoring import MAX_RANK, DatasetSummary, build_summary, score_dataset
 from app.state import AppState
 
 FORMAT = "casn-app-summary"
@@ -48,46 +47,6 @@ def cache_path(state: AppState, key: dict) -> Path:
     """``<store_dir>/app-summary/<hash of the key>.json`` (one file per checkpoint, data and settings)."""
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     return Path(state.store_dir) / CACHE_FOLDER / f"{digest}.json"
-
-
-def _results(parts: list[QueryResults]) -> QueryResults:
-    return QueryResults(*(np.concatenate([getattr(p, name) for p in parts])
-                          for name in ("first_true_rank", "ap", "inp", "valid")))
-
-
-def score_dataset(state: AppState, progress: bool = False) -> tuple[QueryResults, QueryResults]:
-    """``(casn, feature)`` per-query results of every query, computed and scored in query blocks.
-
-    The rows are the ones :func:`casn_core.engine.inference.casn_distmat` returns (the same
-    ``iter_casn_distmat`` blocks), so the numbers equal scoring the whole matrix.
-    """
-    q_pids, q_camids = np.asarray(state.query.pids), np.asarray(state.query.camids)
-    g_pids, g_camids = np.asarray(state.gallery.pids), np.asarray(state.gallery.camids)
-
-    def scorer(into: list) -> Callable:
-        def score(start: int, block) -> None:
-            stop = start + block.shape[0]
-            into.append(evaluate_rank_per_query(block, q_pids[start:stop], g_pids, q_camids[start:stop], g_camids))
-        return score
-
-    feature_parts: list[QueryResults] = []
-    casn_parts: list[QueryResults] = []
-    candidates = casn_candidates(state.query.features, state.gallery.features, state.topk,
-                                 on_block=scorer(feature_parts))
-    score = scorer(casn_parts)
-    for start, block in iter_casn_distmat(state.model, state.query, state.gallery, state.topk, state.attention_weight,
-                                          state.threshold, progress=progress, candidates=candidates):
-        score(start, block)
-    return _results(casn_parts), _results(feature_parts)
-
-
-def build_summary(state: AppState, casn: QueryResults, feature: QueryResults) -> DatasetSummary:
-    max_rank = min(MAX_RANK, len(state.gallery))
-    return DatasetSummary(
-        num_query=len(state.query), num_gallery=len(state.gallery), num_valid=int(casn.valid.sum()),
-        casn=scores_dict(casn, max_rank), feature=scores_dict(feature, max_rank),
-        per_query=[QueryStats(*_optional(casn, i)) for i in range(len(casn))],
-    )
 
 
 def _to_json(results: QueryResults) -> dict:

@@ -9,7 +9,20 @@ from PIL import Image
 from app.core import MAX_PIXELS, ImageInputError, load_rgb
 
 MAX_UPLOAD_BYTES = 50 * 2**20
-"""Uploads larger than this are refused before they are read (Gradio's own limit is set just above)."""
+"""Uploads larger than this are refused before they are read; Gradio's own limit is the same number, so the
+page, Gradio's refusal and ours name one limit (:func:`limit_text`)."""
+
+MIN_SIDE = 16
+"""Images with a side under this many pixels cannot hold a person crop (the smallest model input, 128 x 64,
+would magnify them over 8 times) and are refused."""
+
+ASPECT_TOLERANCE = 2.0
+"""An image whose height:width differs from the model input's by more than this factor gets a warning."""
+
+
+def limit_text(max_bytes: int = MAX_UPLOAD_BYTES) -> str:
+    """The upload limit as the page, Gradio's refusal and ours state it (Gradio's browser side divides by 2^20)."""
+    return f"{max_bytes / 2**20:.1f} MB"
 
 
 class UploadError(ValueError):
@@ -36,7 +49,7 @@ def read_upload(upload, label: str, max_bytes: int = MAX_UPLOAD_BYTES, max_pixel
     """
     path = _path_of(upload)
     if not path:
-        raise UploadError(f"{label}: no file uploaded; choose an image file")
+        raise UploadError(f"{label}: no file uploaded; choose an image file (at most {limit_text(max_bytes)})")
     file = Path(path)
     name = f"{label} ({file.name})"
     try:
@@ -44,16 +57,32 @@ def read_upload(upload, label: str, max_bytes: int = MAX_UPLOAD_BYTES, max_pixel
     except OSError:
         raise UploadError(f"{name}: the uploaded file could not be read") from None
     if size > max_bytes:
-        raise UploadError(f"{name}: the file is {size / 2**20:.1f} MiB, over the {max_bytes / 2**20:.0f} MiB upload "
+        raise UploadError(f"{name}: the file is {size / 2**20:.1f} MB, over the {limit_text(max_bytes)} upload "
                           f"limit; it was not decoded")
     try:
-        return load_rgb(file, name=name, max_pixels=max_pixels)
+        image = load_rgb(file, name=name, max_pixels=max_pixels)
     except ImageInputError as exc:
         raise UploadError(str(exc)) from None
     except MemoryError:
         raise UploadError(f"{name}: not enough memory to decode this image") from None
     except Exception as exc:  # never let a hostile file take a request down with a traceback
         raise UploadError(f"{name}: could not be read as an image ({type(exc).__name__})") from None
+    if min(image.size) < MIN_SIDE:
+        raise UploadError(f"{name}: the image is {image.width} x {image.height} pixels, too small to hold a person "
+                          f"(each side needs at least {MIN_SIDE} pixels)")
+    return image
+
+
+def aspect_warning(image: Image.Image, input_size: tuple[int, int], name: str) -> str:
+    """A warning when ``image`` (W x H) is far from the model input's height:width (H x W), else ""."""
+    height, width = input_size
+    ratio = (image.height / image.width) / (height / width)
+    if 1 / ASPECT_TOLERANCE <= ratio <= ASPECT_TOLERANCE:
+        return ""
+    return (f"{name} is {image.width} x {image.height} pixels (height:width {image.height / image.width:.2f}); the model "
+            f"input is {width} x {height} ({height / width:.2f}), so it is {'squashed' if ratio > 1 else 'stretched'} "
+            f"{max(ratio, 1 / ratio):.1f}x vertically to fit. Person crops are about {height / width:.0f}:1 "
+            f"(height:width); crop the person first for a faithful explanation.")
 
 
 def upload_name(upload) -> str:
