@@ -279,8 +279,6 @@ def _good_uploads(folder: Path) -> dict[str, Path]:
         "wide.jpg": _png_bytes(Image.fromarray(rng.integers(0, 255, (50, 700, 3), dtype=np.uint8)), format="JPEG"),
         "sixteen.png": _png_bytes(Image.fromarray(rgb[:, :, 0].astype(np.uint16) * 257)),
         "cmyk.jpg": _png_bytes(Image.fromarray(rgb).convert("CMYK"), format="JPEG"),
-        "one.png": _png_bytes(Image.new("RGB", (1, 1), (200, 10, 10))),
-        "strip.png": _png_bytes(Image.new("RGB", (10000, 10), (10, 200, 10))),
     }
     frames = [Image.fromarray(rng.integers(0, 255, (64, 32, 3), dtype=np.uint8)) for _ in range(3)]
     buffer = io.BytesIO()
@@ -323,7 +321,11 @@ def _bad_uploads(folder: Path) -> dict[str, tuple[Path, str]]:
         "truncated.png": (good[: len(good) // 2], "truncated or corrupted"),
         "empty.png": (b"", "empty"),
         "huge.png": (huge, "megapixel limit"),
-        "big.png": (good + rng.bytes(UPLOAD_LIMIT + 1000), "upload limit"),
+        # over the upload limit: Gradio's own limit is the same number, so the client refuses it before sending
+        # (test_app_load checks the server's refusal, test_hardening_loaders the handler's message)
+        # under 16 pixels on a side: too small to hold a person, refused with the size
+        "one.png": (_png_bytes(Image.new("RGB", (1, 1), (200, 10, 10))), "1 x 1 pixels, too small"),
+        "strip.png": (_png_bytes(Image.new("RGB", (10000, 10), (10, 200, 10))), "10000 x 10 pixels, too small"),
     }
     out = {}
     for name, (data, message) in cases.items():
