@@ -133,13 +133,16 @@ def indicator_margins(model, query_features, gallery_features):
     """
     import torch
 
+    def f64(t):
+        return torch.as_tensor(t).detach().cpu().double()
+
     head = model.bce_head
-    scale, shift = (t.detach().double() for t in head.eval_affine())
-    weight = head.fc1.weight.detach().double()
-    q = torch.as_tensor(query_features).detach().double() @ (weight.t() * scale)
-    g = torch.as_tensor(gallery_features).detach().double() @ (weight.t() * scale)
-    pre = q[:, None, :] - g[None, :, :] + (head.fc1.bias.detach().double() * scale + shift)
-    grad = ((pre > 0) * (scale * head.fc2.weight.detach().double()[1])) @ weight
+    scale, shift = (f64(t) for t in head.eval_affine())
+    weight = f64(head.fc1.weight)
+    q = f64(query_features) @ (weight.t() * scale)
+    g = f64(gallery_features) @ (weight.t() * scale)
+    pre = q[:, None, :] - g[None, :, :] + (f64(head.fc1.bias) * scale + shift)
+    grad = ((pre > 0) * (scale * f64(head.fc2.weight)[1])) @ weight
     def margin(x):
         return (x.abs().amin(dim=-1) / x.abs().amax(dim=-1).clamp_min(1e-300)).numpy()
     return margin(pre), margin(grad)

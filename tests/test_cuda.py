@@ -9,8 +9,17 @@ Stated tolerances:
   rank-1 leads its rank-2 by more than 1e-3 has the same rank-1. bfloat16 maps: distances to 0.05
   (the same bf16 products, rounded and summed in another order on each device).
 - ``eval`` extracting on CUDA (TF32 convolutions switched off in the test; cuDNN allows them by
-  default, which changes the features in their low bits): features to 1e-4, metrics within 0.02.
-- Pair explanations of the same maps: every number and array to 1e-4.
+  default, which changes the features in their low bits): features to 1e-4 of their largest value
+  (this random-init model's features and maps are of size ~1e-8, so an absolute tolerance would accept
+  anything, all zeros included), metrics within 0.02.
+- Pair explanations of the same maps: every array to 1e-4 of its largest value (the same reason), every
+  number (probabilities and distances of size ~1) to 1e-4.
+
+The Siamese-attention indicator is a step function of the features: a pair with a BCE-head unit or a
+channel gradient within float32 rounding of its switch may get another indicator on the GPU (another
+summation order), and with it other maps and d_a; no tolerance covers that. Such pairs, found in float64
+(``helpers.indicator_decided``), are left out: queries with one among their candidates are not compared
+row by row, and the explained pair is the first decided one.
 """
 from __future__ import annotations
 
@@ -28,8 +37,9 @@ from casn_core.engine.inference import extract, feature_distance, rank_query_cas
 from casn_core.engine.rerank import casn_distmat
 from casn_core.models import build_model
 from casn_core.engine.store_build import open_or_build_store
+from helpers import assert_close_scaled, indicator_decided
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"), pytest.mark.numeric]
 
 SIZE = (64, 32)
 
@@ -56,7 +66,22 @@ def _stores(model, data: Path, folder: Path, map_dtype: str = "float32"):
             for split, records in (("query", dataset.query), ("gallery", dataset.gallery))]
 
 
-def _same_clear_rank1(cpu: np.ndarray, gpu: np.ndarray, margin: float = 1e-3) -> None:
+PRE_MARGIN = 3e-5  # 10x the float32 rounding of the BCE head's pre-activations (helpers.indicator_decided)
+
+
+def _decided(model, query, gallery, k: int = 10) -> np.ndarray:
+    """(Q,) bool: queries none of whose ``k`` feature-nearest candidates has an indicator float32 rounding
+    could switch (module docstring)."""
+    decided = indicator_decided(model, query.features, gallery.features, pre_margin=PRE_MARGIN)
+    order = np.argsort(feature_distance(query.features, gallery.features).numpy(), axis=1, kind="stable")[:, :k]
+    mask = np.take_along_axis(decided, order, axis=1).all(axis=1)
+    assert mask.sum() >= len(mask) // 2, f"only {mask.sum()} of {len(mask)} queries are decided"
+    return mask
+
+
+def _same_clear_rank1(cpu: np.ndarray, gpu: np.ndarray, margin: float = 1e-3, rows=None) -> None:
+    if rows is not None:
+        cpu, gpu = cpu[rows], gpu[rows]
     order = np.argsort(cpu, axis=1, kind="stable")
     rows = np.arange(cpu.shape[0])
     clear = cpu[rows, order[:, 1]] - cpu[rows, order[:, 0]] > margin
@@ -74,10 +99,11 @@ def test_reranking_on_cuda_equals_the_cpu(data, model, tmp_path, monkeypatch, re
         on_device = rerank.maps_on_device(gallery.maps, "cuda")
         assert isinstance(on_device, torch.Tensor) and on_device.device.type == "cuda"
         torch.testing.assert_close(on_device.cpu(), gallery.maps[:], rtol=0, atol=0)
+    decided = _decided(model, query, gallery)
     gpu = casn_distmat(model.cuda(), query, gallery, 10, 1.0, progress=False, device="cuda",
                        max_batch_bytes=3 * gallery.maps.row_bytes)
-    np.testing.assert_allclose(gpu, cpu, rtol=0, atol=1e-4)
-    _same_clear_rank1(cpu, gpu)
+    np.testing.assert_allclose(gpu[decided], cpu[decided], rtol=0, atol=1e-4)
+    _same_clear_rank1(cpu, gpu, rows=decided)
 
 
 def test_bfloat16_reranking_on_cuda_is_within_the_16_bit_tolerance(data, model, tmp_path):
@@ -104,18 +130,21 @@ def test_eval_on_cuda_matches_the_cpu(data, model, tmp_path, monkeypatch):
     dataset = ImageDataset(records, build_test_transform(*SIZE))
     on_cpu = extract(model.cpu(), dataset, records, batch_size=8, progress=False)
     on_gpu = extract(model.cuda(), dataset, records, batch_size=8, progress=False)
-    torch.testing.assert_close(on_gpu.features.cpu(), on_cpu.features.cpu(), rtol=0, atol=1e-4)
+    assert float(on_cpu.features.abs().max()) > 0
+    assert_close_scaled(on_gpu.features.cpu().numpy(), on_cpu.features.cpu().numpy(), rtol=1e-4, err_msg="features")
 
 
 def test_pair_explanation_on_cuda_equals_the_cpu(data, model, tmp_path):
     query, gallery = _stores(model, data, tmp_path)
-    args = (query.maps[0], gallery.maps[3])
-    features = {"feature1": query.features[0], "feature2": gallery.features[3]}
+    decided = indicator_decided(model, query.features, gallery.features, pre_margin=PRE_MARGIN)
+    q, g = (int(i) for i in np.argwhere(decided)[0])  # the first pair no rounding can switch (docstring)
+    args = (query.maps[q], gallery.maps[g])
+    features = {"feature1": query.features[q], "feature2": gallery.features[g]}
     cpu = explain_maps(model, *args, **features)
     gpu = explain_maps(model.cuda(), *(a.cuda() for a in args), **{k: v.cuda() for k, v in features.items()})
     for name, value in vars(cpu).items():
         if isinstance(value, np.ndarray):
-            np.testing.assert_allclose(getattr(gpu, name), value, rtol=0, atol=1e-4, err_msg=name)
+            assert_close_scaled(getattr(gpu, name), value, rtol=1e-4, err_msg=name)
         elif isinstance(value, float):
             assert abs(getattr(gpu, name) - value) <= 1e-4, name
         else:
@@ -126,12 +155,18 @@ def test_per_query_ranking_with_a_cuda_model_equals_the_cpu(data, model, tmp_pat
     """rank_query_casn (the app's and casn search's path) with the model on CUDA and maps on the host."""
     query, gallery = _stores(model, data, tmp_path)
     dist = feature_distance(query.features, gallery.features)
-    args = (query.maps[2], gallery.maps, dist[2], 10, 1.0)
-    kwargs = {"query_feature": query.features[2], "gallery_features": gallery.features}
+    q = int(np.flatnonzero(_decided(model, query, gallery))[0])  # no candidate's indicator decided by rounding
+    args = (query.maps[q], gallery.maps, dist[q], 10, 1.0)
+    kwargs = {"query_feature": query.features[q], "gallery_features": gallery.features}
     cpu = rank_query_casn(model, *args, **kwargs)
     gpu = rank_query_casn(model.cuda(), *args, **kwargs)
-    np.testing.assert_allclose(gpu.attention_distance, cpu.attention_distance, rtol=0, atol=1e-4)
-    np.testing.assert_allclose(gpu.distance[:10], cpu.distance[:10], rtol=0, atol=1e-4)
+    # by gallery image, not by position: two candidates within rounding of each other may swap places
+    for name in ("attention_distance", "distance"):
+        on_cpu = dict(zip(np.asarray(cpu.order[:10]).tolist(), np.asarray(getattr(cpu, name))[:10]))
+        on_gpu = dict(zip(np.asarray(gpu.order[:10]).tolist(), np.asarray(getattr(gpu, name))[:10]))
+        assert on_gpu.keys() == on_cpu.keys(), name
+        for index, value in on_cpu.items():
+            assert abs(on_gpu[index] - value) <= 1e-4, (name, index)
 
 
 
