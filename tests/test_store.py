@@ -36,6 +36,7 @@ from casn_core.store import (
     store_path,
     try_open_store,
 )
+from helpers import indicator_decided
 
 SIZE = (64, 32)
 REPO = Path(__file__).resolve().parents[1]
@@ -194,8 +195,16 @@ def test_sigkill_during_extraction_leaves_no_trusted_store(data, model, tmp_path
     assert torch.equal(store.read_maps(np.arange(len(records))), _in_memory(model, records).maps)
 
 
+@pytest.mark.numeric
 def test_batched_reranking_from_the_store_equals_the_per_query_path(data, model, tmp_path):
-    """Same distance matrix (to 1e-6) and metrics as rank_query_casn query by query on in-memory maps."""
+    """Same distance matrix (to 2e-5) and metrics as rank_query_casn query by query on in-memory maps.
+
+    Both paths are float32 with the same operations, but their products need not share a summation order
+    (batch shapes, memory alignment, thread count), so not bit for bit: 2e-5 is about twice what float32
+    rounding moves these unit-range distances against a float64 computation (8e-6, test_app_client). Only
+    queries whose candidates' indicators float32 rounding cannot switch are compared (helpers), since a
+    switched indicator changes a whole row; at least half of them must remain.
+    """
     query_records, gallery_records = _records(data, "query"), _records(data, "gallery")
     query, gallery = _in_memory(model, query_records), _in_memory(model, gallery_records)
     dist = feature_distance(query.features, gallery.features)
@@ -209,14 +218,19 @@ def test_batched_reranking_from_the_store_equals_the_per_query_path(data, model,
     g_store = _build(model, gallery_records, tmp_path / "g", messages)
     # tiny byte budget: many batches in both passes
     batched = casn_distmat(model, q_store.as_cache(), g_store.as_cache(), 10, 1.0, progress=False,
-                                   device="cpu", max_batch_bytes=3 * g_store.maps.row_bytes)
-    # same indicator call and same product shapes as the per-query path: the same float32 numbers
+                           device="cpu", max_batch_bytes=3 * g_store.maps.row_bytes)
     assert batched.dtype == np.float32
-    np.testing.assert_array_equal(batched, reference.astype(np.float32))
-    assert np.array_equal(reference.astype(np.float32), reference)  # the per-query values are float32 too
-    assert np.array_equal(np.argsort(batched, axis=1, kind="stable"), np.argsort(reference, axis=1, kind="stable"))
-    labels = (query.pids, gallery.pids, query.camids, gallery.camids)
-    a, b = evaluate_rank(batched, *labels, max_rank=10), evaluate_rank(reference, *labels, max_rank=10)
+    candidates = np.argsort(dist.numpy(), axis=1, kind="stable")[:, :10]
+    decided = np.take_along_axis(indicator_decided(model, query.features, gallery.features, pre_margin=3e-5),
+                                 candidates, axis=1).all(axis=1)
+    assert decided.sum() >= len(decided) // 2, decided
+    np.testing.assert_allclose(batched[decided], reference[decided], rtol=0, atol=2e-5)
+    # no two distances of a compared query within 2 x 2e-5: the same rankings, hence the same metrics
+    assert np.diff(np.sort(reference[decided], axis=1), axis=1).min() > 4e-5
+    assert np.array_equal(np.argsort(batched[decided], axis=1, kind="stable"),
+                          np.argsort(reference[decided], axis=1, kind="stable"))
+    labels = (query.pids[decided], gallery.pids, query.camids[decided], gallery.camids)
+    a, b = evaluate_rank(batched[decided], *labels, max_rank=10), evaluate_rank(reference[decided], *labels, max_rank=10)
     np.testing.assert_allclose(a["cmc"], b["cmc"], rtol=0, atol=1e-9)
     assert abs(a["mAP"] - b["mAP"]) <= 1e-9 and abs(a["mINP"] - b["mINP"]) <= 1e-9
     # K = all gallery images: every candidate re-scored
