@@ -1,5 +1,6 @@
-"""``python -m casn_core``: see :mod:`casn_core.cli`."""
-from casn_core.cli import main
+"""``python -m casn_core COMMAND``: the library's commands (:mod:`casn_core.commands`); ``casn app`` or
+``python app.py`` starts the app."""
+from casn_core.commands import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

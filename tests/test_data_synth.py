@@ -14,7 +14,9 @@ import pytest
 from casn_core.data import load_market
 from casn_core.data.pedestrian import PLAIN_BACKGROUND, make_identity
 from casn_core.data.scene import make_camera, mask_bbox, render_image
-from casn_core.data.synth import add_synth_arguments, generate_dataset, plan_dataset, run_synth
+from casn_core.commands.synth import add_arguments as add_synth_arguments
+from casn_core.commands.synth import run as run_synth
+from casn_core.data.synth import generate_dataset, plan_dataset
 
 SMALL = dict(num_ids=6, num_cameras=3, images_per_id=5, height=64, width=32)
 

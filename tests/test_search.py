@@ -20,9 +20,10 @@ from casn_core import build_model
 from casn_core.checkpoint import load_checkpoint, model_payload, save_checkpoint
 from casn_core.data import generate_dataset, parse_market_name
 from casn_core.images import ImageInputError
+from casn_core.commands.search import add_arguments as add_search_arguments
+from casn_core.commands.search import run as run_search
 from casn_core.search import (
-    EmptyGalleryError, GalleryNotFoundError, SearchError, add_search_arguments, build_search_index,
-    open_search_index, run_search, scan_gallery,
+    EmptyGalleryError, GalleryNotFoundError, SearchError, build_search_index, open_search_index, scan_gallery,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

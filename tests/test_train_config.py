@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from casn_core.engine.train import TrainConfig, add_train_arguments, config_from_args
+from casn_core.commands.train import add_arguments as add_train_arguments
+from casn_core.commands.train import config_from_args
+from casn_core.engine.train_config import TrainConfig
 
 
 def _parsed(*argv: str) -> TrainConfig:

@@ -10,8 +10,9 @@ import torch
 from casn_core.checkpoint import checkpoint_info, load_checkpoint, save_checkpoint
 from casn_core.data import ImageRecord
 from casn_core.engine.inference import FeatureCache
+from casn_core.commands.tune import add_arguments as add_tune_arguments
 from casn_core.engine.tune import (
-    TuneResult, add_tune_arguments, parse_grid, pick_best, pick_one_se, tune_ranking, validation_split,
+    TuneResult, parse_grid, pick_best, pick_one_se, tune_ranking, validation_split,
 )
 from casn_core.models import build_model
 

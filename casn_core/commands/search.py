@@ -1,4 +1,4 @@
-"""``casn search`` / ``python -m casn_core search``: rank any folder of person crops for query images.
+"""``casn search``: rank any folder of person crops for query images.
 
 JSON output (``--json``): for one ``--query`` an object ``{"query", "results", "gallery",
 "num_gallery", "rerank_k", "attention_weight", "threshold"}`` (plus ``query_pid``/``query_camid``
@@ -16,13 +16,13 @@ import sys
 from pathlib import Path
 
 from casn_core.atomic import write_text_atomic
-from casn_core.search.features import DEFAULT_CACHE_DIR
 from casn_core.models.torchreid_adapter import add_arch_arguments
-from casn_core.store import MAP_DTYPE_CHOICES
+from casn_core.search.features import DEFAULT_CACHE_DIR
 from casn_core.search.index import DEFAULT_TOPK, SearchResult, open_search_index
+from casn_core.store import MAP_DTYPE_CHOICES
 
 
-def add_search_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``casn search``."""
     parser.add_argument("--checkpoint", required=True, help="CASN checkpoint (.pt)")
     parser.add_argument("--gallery", required=True,
@@ -38,7 +38,7 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attention-weight", type=float, default=None,
                         help="w in d = norm(d_f) + w norm(d_a) (see --rerank-k for the default)")
     parser.add_argument("--threshold", type=float, default=None, help="alignment threshold (default: the checkpoint's)")
-    parser.add_argument("--json", default=None, help="write the results as JSON (see casn_core.search.cli)")
+    parser.add_argument("--json", default=None, help="write the results as JSON (see casn_core.commands.search)")
     parser.add_argument("--figure", default=None, help="write a ranked strip PNG (one row per query)")
     parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR),
                         help="feature cache folder, outside the gallery (default .cache/search)")
@@ -67,7 +67,7 @@ def write_json(payload: object, path: str | os.PathLike) -> Path:
     return write_text_atomic(path, json.dumps(payload, indent=1) + "\n")
 
 
-def run_search(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Entry point of ``casn search``; returns the exit status (1 with a message naming the bad input)."""
     from casn_core.checkpoint import CheckpointError
     from casn_core.images import ImageInputError

@@ -6,29 +6,22 @@ attention distance on the top K, and both rankings are scored with the Market-15
 """
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from casn_core.atomic import write_json_atomic
 from casn_core.attention.siamese import DEFAULT_THRESHOLD
-from casn_core.checkpoint import CheckpointError, checkpoint_info, load_model
-from casn_core.engine.extraction import extract_split, resolve_device  # noqa: F401  (extract_split re-exported)
+from casn_core.engine.extraction import extract_split
 from casn_core.engine.store_build import split_stores  # noqa: F401  (re-exported)
 from casn_core.engine.evaluator import (  # noqa: F401  (evaluate_caches and summarise re-exported)
     evaluate_caches, evaluate_rankings, summarise,
 )
 from casn_core.engine.pair_signals import sampled_pair_signals
 from casn_core.models.casn import CASN
-from casn_core.models.torchreid_adapter import add_arch_arguments
-from casn_core.rankings import PAPER_WEIGHT, RankingSpec, paper_ranking, parse_topk
-from casn_core.store import MAP_DTYPE_CHOICES
+from casn_core.rankings import RankingSpec
 
 
 log = logging.getLogger(__name__)
@@ -83,127 +76,3 @@ def evaluate_model(model: CASN, data: str, height: int, width: int, device: torc
         results["pair_signals"] = sampled_pair_signals(model, query, gallery, threshold)
     model.train(was_training)
     return results
-
-
-def format_table(results: dict, rankings: Sequence[RankingSpec] = ()) -> str:
-    """A readable table of the evaluation results (percentages), one row per ranking named with its w and K."""
-    rows = [("feature", results["feature"])] + [(spec.label(), results[spec.name]) for spec in rankings]
-    width = max(len(name) for name, _ in rows) + 2
-    lines = [f"query {results['num_query']}  gallery {results['num_gallery']}",
-             f"{'ranking':<{width}}{'R-1':>8}{'R-5':>8}{'R-10':>8}{'mAP':>8}{'mINP':>8}"]
-    for name, r in rows:
-        lines.append(f"{name:<{width}}" + "".join(f"{100 * r[k]:>7.1f}%" for k in ("rank1", "rank5", "rank10", "mAP", "mINP")))
-    if "casn" in results and "ranking" in results["casn"]:
-        lines.append(f"default ranking (the app's and search's, JSON 'casn'): {results['casn']['ranking']}")
-    return "\n".join(lines)
-
-
-def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--data", required=True, help="dataset root with query/ and bounding_box_test/")
-    parser.add_argument("--json", help="write the results here")
-    parser.add_argument("--attention-weight", type=float, default=None,
-                        help="add a 'custom' ranking with this w in d = norm(d_f) + w norm(d_a) (with --topk; the "
-                             "one not given is the paper's: w = 1, K = all). Every run also reports 'feature', "
-                             "'paper' (w = 1, K = all) and, when the checkpoint stores one, 'tuned' (the validated "
-                             "(w, K) of `casn tune` or `train --val-ids`)")
-    parser.add_argument("--topk", default=None, help="K of the 'custom' ranking: an integer or 'all' (see --attention-weight)")
-    parser.add_argument("--paper-topk", default="all",
-                        help="bound the paper's ranking to the top K by feature distance (default all, the paper's: "
-                             "one pair attention per query-gallery pair, 53.6 M for Market-1501; the row says the K)")
-    parser.add_argument("--threshold", type=float, default=None, help="alignment threshold (default: the checkpoint's)")
-    parser.add_argument("--no-pair-signals", action="store_true",
-                        help="skip the pair signals (AUCs of d_f, d_a and p(same); sampled on large sets)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
-    parser.add_argument("--store-dir", default=str(Path(".cache") / "store"),
-                        help="map stores on disk (one per split; reused while checkpoint, files, size and dtype "
-                             "match; shared with the app); default .cache/store under the working directory")
-    parser.add_argument("--map-dtype", choices=MAP_DTYPE_CHOICES, default="auto",
-                        help="dtype of the stored maps; auto = float32 while the gallery's float32 maps take "
-                             "<= 4 GiB, else bfloat16 (same rule on CPU and CUDA; logged when it picks bfloat16). "
-                             "float32 reproduces the in-memory numbers exactly")
-    parser.add_argument("--in-memory", action="store_true", help="keep all maps in RAM instead of a store")
-    add_arch_arguments(parser)
-
-
-def _init_distributed(device: torch.device):
-    """``(rank, world_size, coordination group, device)`` under torchrun; ``(0, 1, None, device)`` otherwise."""
-    import os
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, None, device
-    import torch.distributed as dist
-
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    # object broadcasts and barriers of the store go through a CPU group whatever the backend
-    group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
-    return dist.get_rank(), dist.get_world_size(), group, device
-
-
-def eval_rankings(args: argparse.Namespace, info) -> tuple[list[RankingSpec], RankingSpec]:
-    """The CASN rankings ``casn eval`` scores (paper, tuned when stored, custom when asked) and the default one."""
-    threshold = info.threshold if args.threshold is None else args.threshold
-    # without a trained BCE head (a torchreid checkpoint before fit-head) only its stored w = 0 ranking is scored
-    rankings = [paper_ranking(threshold, parse_topk(args.paper_topk))] if info.has_bce_head else []
-    default = rankings[0] if rankings else None
-    if info.tuned is not None:
-        default = replace(info.tuned, threshold=threshold)
-        rankings.append(default)
-    if args.attention_weight is not None or args.topk is not None:
-        weight = PAPER_WEIGHT if args.attention_weight is None else args.attention_weight
-        default = RankingSpec("custom", weight, parse_topk(args.topk), threshold)
-        rankings.append(default)
-    return rankings, default
-
-
-def run_eval(args: argparse.Namespace) -> int:
-    """Entry point of ``python -m casn_core eval`` (and ``torchrun -m casn_core eval``: sharded extraction)."""
-    rank, world = 0, 1
-    rankings: list[RankingSpec] = []
-    if not logging.getLogger().handlers:  # the pair-attention estimate and store messages reach stderr
-        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    try:
-        rank, world, group, device = _init_distributed(resolve_device(args.device))
-        model, payload = load_model(args.checkpoint, device, arch=args.arch, input_size=args.input_size)
-        info = checkpoint_info(payload)
-        height, width = info.input_size
-        rankings, default = eval_rankings(args, info)
-        store_dir = None if args.in_memory else args.store_dir
-        if store_dir is None and world > 1:
-            raise ValueError("--in-memory cannot be sharded across processes; drop it to use the map store")
-        log = (lambda message: print(message, file=sys.stderr)) if rank == 0 else (lambda message: None)
-        if rank == 0:
-            for spec in rankings:
-                log(f"ranking {spec.label()}: d = norm(d_f) + w norm(d_a) on the top K by d_f"
-                    + (" (the default)" if spec is default else ""))
-        results = evaluate_model(model, args.data, height, width, next(model.parameters()).device, args.amp,
-                                 batch_size=args.batch_size, workers=args.workers,
-                                 store_dir=store_dir, map_dtype=args.map_dtype, checkpoint=args.checkpoint, log=log,
-                                 rank=rank, world_size=world, group=group, progress=rank == 0,
-                                 signals=not args.no_pair_signals and info.has_bce_head,
-                                 threshold=default.threshold, rankings=rankings)
-    except (CheckpointError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        if world > 1:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
-    if results is None:
-        return 0
-    results["casn"] = {**results[default.name], "ranking": default.name}
-    print(format_table(results, rankings))
-    if args.json:
-        write_json_atomic(args.json, results, indent=2)
-    return 0

@@ -28,6 +28,7 @@ import torch
 from casn_core.atomic import write_json_atomic
 from casn_core.data import ImageDataset, build_test_transform, load_market
 from casn_core.engine.extraction import extract_batches, extract_tensors
+from casn_core.models.casn import CASN
 from casn_core.store import (
     BUILD_PREFIX, FILES, HEADER, MAP_DTYPES, STORE_FORMAT, STORE_VERSION, TMP_PREFIX, Log, MapStore, StoreKey,
     files_sha256, float32_map_bytes, load_store, model_sha256, resolve_map_dtype, sha256_file, store_path,

@@ -17,10 +17,8 @@ epoch (:mod:`casn_core.engine.tune`) and stored as ``payload["ranking"]``.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import os
 import sys
 import time
 from dataclasses import asdict
@@ -36,11 +34,10 @@ from casn_core.atomic import write_json_atomic, write_text_atomic
 from casn_core.checkpoint import (
     CheckpointError, load_checkpoint, model_from_checkpoint, remove_stale_temporaries, save_checkpoint,
 )
+from casn_core.dist import init_distributed, launch_environment
 from casn_core.engine.extraction import autocast_context, extract_tensors, resolve_device
 from casn_core.losses import LossConfig, LossTerms, casn_loss
-from casn_core.engine.train_config import (  # noqa: F401  (add_train_arguments, config_from_args re-exported)
-    TrainConfig, add_train_arguments, config_from_args,
-)
+from casn_core.engine.train_config import TrainConfig
 from casn_core.engine.train_state import (  # noqa: F401  (TrainResult, relabel re-exported)
     NonFiniteLossError, RunContext, TrainData, TrainResult, TrainState, relabel,
 )
@@ -59,12 +56,6 @@ class TrainStep(nn.Module):
 
     def forward(self, images1, images2, labels1, labels2, same) -> LossTerms:  # noqa: D401
         return casn_loss(self.model, images1, images2, labels1, labels2, same, self.loss_config)
-
-
-def _distributed() -> tuple[int, int, int]:
-    """``(rank, world_size, local_rank)`` from torchrun's environment (0, 1, 0 without it)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def _setup_logging(run_dir: Path, is_main: bool) -> None:
@@ -126,23 +117,15 @@ def _trim_metrics(path: Path, completed_epochs: int) -> None:
 def setup_run(config: TrainConfig) -> RunContext:
     """Step 1: rank/world from torchrun, the device, the process group (created here only when the
     caller has none), the run folder and the log."""
-    rank, world, local_rank = _distributed()
+    rank = launch_environment()[0]
     run_dir = Path(config.out)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
     _setup_logging(run_dir, rank == 0)
-    device = resolve_device(config.device)
-    owns_group = False
-    if world > 1:
-        if device.type == "cuda":
-            device = torch.device("cuda", local_rank)
-            torch.cuda.set_device(device)
-        owns_group = not dist.is_initialized()
-        if owns_group:
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if rank == 0:
+    launch = init_distributed(resolve_device(config.device))
+    if launch.is_main:
         remove_stale_temporaries(run_dir)
-    return RunContext(rank, world, device, run_dir, owns_group)
+    return RunContext(launch.rank, launch.world_size, launch.device, run_dir, launch.owns_group)
 
 
 def build_data(config: TrainConfig) -> TrainData:
@@ -452,15 +435,3 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
     if ctx.world > 1 and ctx.owns_group:
         dist.destroy_process_group()
     return TrainResult(record, state.model)
-
-
-def run_train(args: argparse.Namespace) -> int:
-    """Entry point of ``python -m casn_core train``."""
-    config = config_from_args(args)
-    try:
-        train(config, resume=args.resume)
-    except (NonFiniteLossError, CheckpointError, ValueError, FileNotFoundError) as exc:
-        log.error("%s", exc)
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0

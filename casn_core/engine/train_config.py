@@ -6,8 +6,7 @@ paper's behaviour (docs/design.md, sec. 2).
 """
 from __future__ import annotations
 
-import argparse
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field
 
 from casn_core.attention.siamese import DEFAULT_THRESHOLD
 from casn_core.losses import LOSS_CHOICES, LossConfig
@@ -114,33 +113,3 @@ class TrainConfig:
 
 PAPER_INPUT_SIZES = {"resnet50": (288, 144), "pcb": (384, 128)}
 """Input (height, width) by backbone, paper sec. 4; other backbones take the IDE size."""
-
-
-_TYPES = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float, "str | None": str}
-
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``python -m casn_core train``, one per :class:`TrainConfig` field (defaults are the
-    paper's, sec. 4), plus ``--resume``."""
-    for f in fields(TrainConfig):
-        meta = dict(f.metadata)
-        if not meta.pop("cli", True):
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        help_text = meta.pop("help")
-        if f.default is MISSING:
-            parser.add_argument(flag, required=True, help=help_text)
-        elif f.type == "bool":
-            parser.add_argument(flag, action="store_true", help=help_text)
-        else:
-            parse = meta.pop("parse", None) or _TYPES[f.type]
-            parser.add_argument(flag, type=parse, default=f.default, help=help_text, **meta)
-    parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
-    parser.epilog = ("Augmentation is ours (the paper states only the resize): random horizontal flip and a 10-pixel "
-                     "zero pad with a random crop back to the input size, as the IDE and PCB baselines' public code.")
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The :class:`TrainConfig` of parsed ``train`` arguments."""
-    names = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})

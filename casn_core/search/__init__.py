@@ -4,7 +4,7 @@
 - :mod:`casn_core.search.features` -- features and maps extracted once, cached outside the folder.
 - :mod:`casn_core.search.index` -- :class:`SearchIndex`: feature ranking, then CASN on the top K.
 - :mod:`casn_core.search.figure` -- the ranked strip picture.
-- :mod:`casn_core.search.cli` -- ``casn search`` (:func:`add_search_arguments`, :func:`run_search`).
+- ``casn search`` is :mod:`casn_core.commands.search`.
 
 Example::
 
@@ -14,7 +14,6 @@ Example::
     result = index.search("me.jpg", topk=10)
     print(result.to_json()["results"][0])   # {"path": ..., "rank": 1, "feature_distance": ..., ...}
 """
-from casn_core.search.cli import add_search_arguments, format_result, run_search
 from casn_core.search.features import DEFAULT_CACHE_DIR, GalleryFeatures, file_list_key, load_or_extract_gallery
 from casn_core.search.index import (
     SearchHit, SearchIndex, SearchResult, build_search_index, open_search_index,
@@ -27,6 +26,6 @@ from casn_core.search.scan import (
 __all__ = [
     "DEFAULT_CACHE_DIR", "SEARCH_EXTENSIONS", "EmptyGalleryError", "GalleryFeatures", "GalleryImage",
     "GalleryNotFoundError", "GalleryReport", "SearchError", "SearchHit", "SearchIndex", "SearchResult",
-    "SkippedFile", "add_search_arguments", "build_search_index", "check_images", "file_list_key", "format_result",
-    "load_or_extract_gallery", "open_search_index", "run_search", "scan_gallery",
+    "SkippedFile", "build_search_index", "check_images", "file_list_key", "load_or_extract_gallery",
+    "open_search_index", "scan_gallery",
 ]
