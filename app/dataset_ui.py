@@ -50,7 +50,7 @@ class DatasetTab:
             with gr.Column():
                 text = gr.Markdown(markdown.summary_markdown(summary, label), elem_id="dataset-summary",
                                    elem_classes=["casn-table"])
-                gr.Markdown(markdown.model_info(state), elem_id="model-info", elem_classes=["casn-table"])
+                gr.Markdown(markdown.model_info(state), elem_id="model-info", elem_classes=["casn-info"])
             with gr.Column():
                 plot = picture("cmc-plot", "CMC curve",
                                value=None if summary is None else plots.cmc_figure(summary, label))

@@ -241,6 +241,7 @@ def colour_bar_html(low: str, high: str, note: str) -> str:
     """A horizontal JET colour bar as HTML, for heat maps the user clicks on (a bar drawn into the picture
     would move the pixels a click names)."""
     stops = ", ".join(f"rgb{tuple(int(c) for c in _jet(np.array([v]))[0])}" for v in np.linspace(0, 1, 7))
-    return (f'<div style="display:flex;align-items:center;gap:0.5em;font-size:0.85em">{low}'
-            f'<span style="display:inline-block;width:10em;height:0.8em;border:1px solid #666;'
-            f'background:linear-gradient(to right, {stops})"></span>{high} <span>{note}</span></div>')
+    return (f'<div style="display:flex;flex-wrap:wrap;align-items:center;gap:0.4em;font-size:0.85em">'
+            f'<span style="white-space:nowrap">{low} <span style="display:inline-block;width:8em;height:0.8em;'
+            f'border:1px solid #666;vertical-align:middle;background:linear-gradient(to right, {stops})"></span> '
+            f'{high}</span><span>{note}</span></div>')

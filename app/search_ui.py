@@ -11,6 +11,7 @@ your image* tab in labelled mode. Endpoints (stable names):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import app.offline  # noqa: F401  (before gradio)
 import gradio as gr
@@ -52,7 +53,7 @@ def _search_panel(service: SearchService) -> SearchPanel:
             images = service.index.images[:MAX_PICKER]
             gr.Markdown("or pick a gallery image", elem_classes=["compact-note"])
             picker = gallery("search-picker", "or pick a gallery image", 4, 320,
-                             value=[(i.path, i.relpath) for i in images])
+                             value=[(i.path, Path(i.relpath).name) for i in images])
             topk = gr.Slider(1, min(MAX_TOPK, len(service.index)), value=min(10, len(service.index)), step=1,
                              label="results shown", elem_id="search-topk")
             no_match = gr.Slider(0.0, 2.0, value=threshold.value, step=0.01,

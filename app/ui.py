@@ -43,7 +43,7 @@ def build_ui(service: AppService, search=None) -> gr.Blocks:
         with gr.Accordion("model and settings", open=False, elem_id="model-box"):
             model_line = gr.Markdown(markdown.model_line(state, service.summary_if_ready(), described),
                                      elem_id="model-line")
-            gr.Markdown(markdown.model_info(state), elem_classes=["casn-table"])
+            gr.Markdown(markdown.model_info(state), elem_classes=["casn-info"])
         controls = RankingControls.build(service)
         with gr.Tabs():
             with gr.Tab("Rankings", elem_id="tab-rankings") as rankings_tab:

@@ -19,7 +19,7 @@ from app.widgets import PRIVATE, CorrespondencePanel, ExportControls, PairPanel,
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
 """Generated people (``casn_core.data.synth``, unseen identities) for the one-click example pairs."""
-EXAMPLE_PAIRS = (("same_person_cam1.jpg", "same_person_cam3.jpg"),
+EXAMPLE_PAIRS = (("same_person_a.jpg", "same_person_b.jpg"),
                  ("lookalike_a.jpg", "lookalike_b.jpg"),
                  ("different_a.jpg", "different_b.jpg"))
 
@@ -60,13 +60,15 @@ class UploadTab:
                                 "Explain)", elem_id="upload-examples", examples_per_page=len(pairs))
                 with gr.Row():
                     preview1 = gr.Image(label="image 1 as uploaded", type="numpy", format="png", interactive=False,
-                                        elem_id="upload-preview-1", height=200, buttons=[], min_width=100)
+                                        elem_id="upload-preview-1", height=200, buttons=[], min_width=100,
+                                        visible=False)
                     preview2 = gr.Image(label="image 2 as uploaded", type="numpy", format="png", interactive=False,
-                                        elem_id="upload-preview-2", height=200, buttons=[], min_width=100)
+                                        elem_id="upload-preview-2", height=200, buttons=[], min_width=100,
+                                        visible=False)
             with gr.Column(scale=5):
                 status = gr.Markdown(elem_id="upload-status")
                 pair = PairPanel.build("upload")
-                correspondence = CorrespondencePanel.build("upload-corr")
+                correspondence = CorrespondencePanel.build("upload-corr", ("image 1", "image 2"))
                 export = ExportControls.build("upload-export")
         return cls(file1, file2, button, (preview1, preview2), status, pair, correspondence, export, gr.State(None))
 
@@ -83,10 +85,11 @@ class UploadTab:
                 # what the request would have replaced is cleared, so no earlier pair stays on screen under it
                 gr.Warning(str(exc), title="Upload refused" if isinstance(exc, UploadError) else "Not explained")
                 cleared = f'<span style="color:#d72626">**Refused:** {exc}</span>'
-                return [cleared, *PairPanel.values(None, ""), gr.update(interactive=False), None, None, None,
+                hidden = gr.update(value=None, visible=False)
+                return [cleared, *PairPanel.values(None, ""), gr.update(interactive=False), None, hidden, hidden,
                         None, None]
             return [view.status, *PairPanel.values(view.pair), gr.update(interactive=True), view.ref,
-                    *view.previews, *view.shown]
+                    *(gr.update(value=image, visible=True) for image in view.previews), *view.shown]
 
         (self.button.click(show, [self.file1, self.file2], self.outputs, **PRIVATE)
              .then(None, None, None, js=scroll_js("upload-status"), **PRIVATE))

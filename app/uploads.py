@@ -16,8 +16,9 @@ MIN_SIDE = 16
 """Images with a side under this many pixels cannot hold a person crop (the smallest model input, 128 x 64,
 would magnify them over 8 times) and are refused."""
 
-ASPECT_TOLERANCE = 2.0
-"""An image whose height:width differs from the model input's by more than this factor gets a warning."""
+ASPECT_TOLERANCE = 1.5
+"""An image whose height:width differs from the model input's by this factor or more gets a warning (a square
+photo into a 2:1 person crop is stretched 2x)."""
 
 
 def limit_text(max_bytes: int = MAX_UPLOAD_BYTES) -> str:
@@ -77,7 +78,7 @@ def aspect_warning(image: Image.Image, input_size: tuple[int, int], name: str) -
     """A warning when ``image`` (W x H) is far from the model input's height:width (H x W), else ""."""
     height, width = input_size
     ratio = (image.height / image.width) / (height / width)
-    if 1 / ASPECT_TOLERANCE <= ratio <= ASPECT_TOLERANCE:
+    if 1 / ASPECT_TOLERANCE < ratio < ASPECT_TOLERANCE:
         return ""
     return (f"{name} is {image.width} x {image.height} pixels (height:width {image.height / image.width:.2f}); the model "
             f"input is {width} x {height} ({height / width:.2f}), so it is {'squashed' if ratio > 1 else 'stretched'} "

@@ -28,11 +28,14 @@ CSS = """
   width: 100% !important; height: 100% !important;}
 .casn-gallery .caption-label {font-size: 0.72em; white-space: normal !important; overflow: visible !important;
   text-overflow: clip !important; max-width: 100% !important; line-height: 1.15; position: static !important;
-  word-break: keep-all; overflow-wrap: normal;}
+  word-break: normal; overflow-wrap: anywhere;}
 .casn-gallery .thumbnail-item.selected {outline: 3px solid #1f6feb !important; outline-offset: 1px;}
 .casn-table table {font-size: 0.88em;}
 .casn-table th, .casn-table td {white-space: nowrap; word-break: keep-all; overflow-wrap: normal;}
 .casn-table {overflow-x: auto;}
+.casn-info table {font-size: 0.88em;}
+.casn-info td {white-space: normal; overflow-wrap: anywhere;}
+.casn-info td:first-child {white-space: nowrap;}
 .legend-dot {display:inline-block; width:0.8em; height:0.8em; border-radius:2px; margin:0 0.25em 0 0.6em;}
 #ranking-controls {padding: 0 0.4em;}
 #ranking-controls fieldset, #ranking-controls .block {padding-top: 0.25em !important; padding-bottom: 0.25em !important;}
@@ -92,12 +95,14 @@ class PairPanel:
         with gr.Row(equal_height=False):
             with gr.Column(scale=3):
                 gr.Markdown("**Siamese attention** (the paper's BCE head: what it compares)")
-                overlays = picture(f"{prefix}-overlays", "Siamese attention maps")
-                vectors = picture(f"{prefix}-vectors", "importance vectors and their alignment")
+                # hidden until a pair is explained: empty frames would only push the page down
+                overlays = picture(f"{prefix}-overlays", "Siamese attention maps", visible=False)
+                vectors = picture(f"{prefix}-vectors", "importance vectors and their alignment", visible=False)
             with gr.Column(scale=2):
                 gr.Markdown("**Similarity decomposition** (exact: what makes d_f small)")
-                similarity = picture(f"{prefix}-similarity", "similarity maps")
-                similarity_rows = picture(f"{prefix}-similarity-rows", "row contributions to the similarity")
+                similarity = picture(f"{prefix}-similarity", "similarity maps", visible=False)
+                similarity_rows = picture(f"{prefix}-similarity-rows", "row contributions to the similarity",
+                                          visible=False)
         return cls(numbers, overlays, vectors, similarity, similarity_rows)
 
     @property
@@ -147,12 +152,12 @@ class CorrespondencePanel:
     info: gr.Markdown
 
     @classmethod
-    def build(cls, prefix: str = "corr") -> "CorrespondencePanel":
+    def build(cls, prefix: str = "corr", names: tuple[str, str] = ("query", "gallery")) -> "CorrespondencePanel":
         gr.Markdown("#### Point correspondence: click a location on either image")
         with gr.Row(equal_height=False):
-            query = gr.Image(label="query: click a location", type="numpy", format="png", interactive=False,
+            query = gr.Image(label=f"{names[0]}: click a location", type="numpy", format="png", interactive=False,
                              elem_id=f"{prefix}-query", buttons=[], min_width=140, scale=1)
-            gallery = gr.Image(label="gallery: click a location", type="numpy", format="png", interactive=False,
+            gallery = gr.Image(label=f"{names[1]}: click a location", type="numpy", format="png", interactive=False,
                                elem_id=f"{prefix}-gallery", buttons=[], min_width=140, scale=1)
             info = gr.Markdown(CORRESPONDENCE_NOTE, elem_id=f"{prefix}-info")
         return cls(query, gallery, info)
