@@ -26,6 +26,11 @@ def missing(message: str) -> NoReturn:
 
     At module level a failure under CI is a collection error: pytest then reports it and runs nothing,
     which is the point (the CI install is broken)."""
+    import inspect
+
+    caller = next((f for f in inspect.stack()[1:] if Path(f.filename).resolve() != Path(__file__).resolve()), None)
+    if caller is not None:  # pytest reports a skip at this file's line; name the test's
+        message = f"{message} [{Path(caller.filename).name}:{caller.lineno}]"
     if in_ci():
         pytest.fail(f"CI=true, and a test dependency is missing: {message}", pytrace=False)
     pytest.skip(message, allow_module_level=True)

@@ -2,11 +2,11 @@
 
 Loads the page, picks a query, waits for the ranked strip and the attention views, explains another
 gallery image, opens the failure tab, uploads a pair, and saves screenshots into ``test-artifacts/``.
-Skips when Chromium is missing, except under ``CI=true`` where a missing browser fails the run.
+Skips when Chromium or Playwright is missing, except under ``CI=true`` where either fails the run
+(``helpers.missing`` / ``helpers.require``).
 """
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -14,6 +14,7 @@ import pytest
 
 import app.offline  # noqa: F401  (before gradio)
 from app_helpers import make_checkpoint, make_dataset, make_unlabelled_gallery, running_app, running_gallery_app
+from helpers import missing, require
 
 pytestmark = pytest.mark.slow
 
@@ -25,11 +26,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 def _chromium() -> str:
     path = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
     if path is None:
-        message = ("Debian's chromium is not installed (bash scripts/setup.sh --test installs it; "
-                   "never `playwright install`)")
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true: {message}")
-        pytest.skip(message)
+        missing("Debian's chromium is not installed (bash scripts/setup.sh --test installs it; "
+                "never `playwright install`)")
     return path
 
 
@@ -37,7 +35,7 @@ def _chromium() -> str:
 def chromium():
     """One headless Chromium for the module (Playwright's sync API allows one driver at a time)."""
     executable = _chromium()
-    sync_api = pytest.importorskip("playwright.sync_api")
+    sync_api = require("playwright.sync_api", "the browser test drives Chromium with Playwright")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         try:

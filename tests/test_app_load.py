@@ -15,11 +15,11 @@ import gc
 import pytest
 
 import app.offline  # noqa: F401  (before gradio)
+from helpers import load_bench, require
 
-pytest.importorskip("gradio_client")
+require("gradio_client", "the load test's clients")
 
 from app_helpers import make_checkpoint, make_dataset, running_app  # noqa: E402
-from helpers import load_bench  # noqa: E402
 
 UPLOAD_LIMIT = 2**20
 

