@@ -38,6 +38,7 @@ def test_pair_scores_keep_cross_camera_pairs_with_known_identities_only():
     assert np.all(np.isfinite(scores.attention_distance)) and np.all((scores.same_probability >= 0) & (scores.same_probability <= 1))
 
 
+@pytest.mark.numeric
 def test_gallery_blocks_and_the_lazy_sample_give_the_same_scores():
     """The gallery is scored ``max_batch_bytes`` of maps at a time and a sample reads its maps only
     when scored (eval's peak memory): the numbers equal one block over an eagerly indexed copy."""

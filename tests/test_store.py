@@ -275,9 +275,12 @@ def test_bad_dtype_and_empty_records_are_clear_errors(model, tmp_path):
     assert writer.tmp.name.startswith(".tmp-")
 
 
+@pytest.mark.numeric
 def test_chunked_scoring_equals_the_whole_matrix(data, model):
     """eval scores both rankings a few query rows at a time: the same metrics (1e-9) as evaluate_rank of
-    the whole matrices, whatever the chunk; the CASN blocks are the rows of casn_distmat."""
+    the whole matrices, whatever the chunk; the CASN blocks are the rows of casn_distmat (to 2e-5: feature
+    distances of 3 query rows and of all of them are products of other shapes, so their last bits may
+    differ, amplified by the unit-range normalisation over each query's candidates)."""
     query, gallery = _in_memory(model, _records(data, "query")), _in_memory(model, _records(data, "gallery"))
     labels = (query.pids, gallery.pids, query.camids, gallery.camids)
     whole = casn_distmat(model, query, gallery, 10, 1.0, progress=False)
@@ -286,7 +289,9 @@ def test_chunked_scoring_equals_the_whole_matrix(data, model):
                 "casn": evaluate_rank(whole, *labels, max_rank=max_rank)}
     blocks = list(iter_casn_distmat(model, query, gallery, 10, 1.0, progress=False, chunk=3))
     assert [start for start, _ in blocks] == list(range(0, len(query), 3))
-    np.testing.assert_array_equal(torch.cat([b for _, b in blocks]).numpy(), whole)
+    np.testing.assert_allclose(torch.cat([b for _, b in blocks]).numpy(), whole, rtol=0, atol=2e-5)
+    # the metrics below must then be equal: no two distances of a query within 2 x 2e-5 of each other
+    assert np.diff(np.sort(whole, axis=1), axis=1).min() > 4e-5
     for chunk in (1, 4, None):
         result = evaluate_caches(model, query, gallery, topk=10, progress=False, chunk=chunk)
         for ranking in ("feature", "casn"):
