@@ -17,6 +17,7 @@ import torch
 
 from casn_core.atomic import atomic_file
 from casn_core.attention.siamese import DEFAULT_THRESHOLD
+from casn_core.errors import CheckpointError
 from casn_core.models.casn import CASN, ModelConfig
 from casn_core.rankings import RankingSpec, paper_ranking, stored_ranking
 
@@ -24,8 +25,6 @@ FORMAT = "casn-checkpoint"
 VERSION = 1
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be read or does not fit; the message names the file."""
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
@@ -139,11 +138,9 @@ def load_model(
     """Load a checkpoint and return ``(model in eval mode on device, checkpoint payload)``.
 
     ``arch`` (a torchreid model name) reads ``path`` as a torchreid checkpoint instead, at
-    ``input_size`` (``(H, W)`` or ``"HxW"``, default 256 x 128): :func:`casn_core.models.foreign.load_torchreid`.
+    ``input_size`` (``(H, W)`` or ``"HxW"``, default 256 x 128): :func:`load_torchreid`.
     """
     if arch is not None:
-        from casn_core.models.foreign import load_torchreid
-
         model, payload = load_torchreid(str(path), arch, input_size)
         return model.to(device).eval(), payload
     payload = load_checkpoint(path)
@@ -215,3 +212,41 @@ def model_payload(model: CASN, **extra: Any) -> dict[str, Any]:
     """The minimal checkpoint content of a model: its weights and config (plus ``extra`` entries)."""
     module = model.module if hasattr(model, "module") else model
     return {"model": module.state_dict(), "model_config": module.config.to_dict(), **extra}
+
+
+NO_HEAD_RANKING = {"attention_weight": 0.0, "topk": 100,
+                   "source": "no trained BCE head (casn fit-head trains one): the feature ranking"}
+"""The stored ranking of a plain torchreid checkpoint: w = 0, the feature ranking (the null head gives d_a = 0)."""
+
+
+def load_torchreid(path: str, arch: str, input_size: tuple[int, int] | str | None = None) -> tuple[CASN, dict]:
+    """``(model in eval mode, payload)`` of a torchreid checkpoint (its ``state_dict``) for ``arch``: a
+    :class:`casn_core.models.foreign.TorchreidCASN`, which presents :class:`CASN`'s interface.
+
+    The model gets a null BCE head (:func:`null_bce_head`) and the payload a w = 0 ranking, so every
+    command ranks by torchreid's feature until ``casn fit-head`` trains a head. A CASN checkpoint
+    written by ``casn fit-head`` is accepted too when it wraps ``arch``.
+    """
+    from casn_core.models.foreign import DEFAULT_INPUT_SIZE, ForeignConfig, TorchreidCASN, null_bce_head
+    from casn_core.models.torchreid_adapter import (
+        TorchreidError, build_net, fit_state, num_classes_of, parse_input_size, read_payload, state_dict_of,
+    )
+
+    payload = read_payload(path)
+    if isinstance(payload, dict) and payload.get("format") == FORMAT:
+        model = model_from_checkpoint(payload, path)
+        wrapped = getattr(model.config, "arch", model.config.backbone)
+        if wrapped != arch:
+            raise TorchreidError(f"{path} is a CASN checkpoint of {model.config.backbone}, not of torchreid's {arch}")
+        return model.eval(), payload
+    state = state_dict_of(payload, path)
+    net = build_net(arch, num_classes_of(state))
+    fit_state(net, state, f"checkpoint {path}", arch)
+    size = DEFAULT_INPUT_SIZE if input_size is None else parse_input_size(input_size)
+    config = ForeignConfig(arch, size, num_classes_of(state))
+    model = TorchreidCASN(net, config)
+    null_bce_head(model)
+    payload = {"format": FORMAT, "version": VERSION, "model_config": config.to_dict(),
+               "input_size": list(config.input_size), "ranking": dict(NO_HEAD_RANKING), "bce_head": "none",
+               "torchreid_checkpoint": str(path)}
+    return model.eval(), payload

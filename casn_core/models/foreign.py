@@ -204,43 +204,6 @@ def null_bce_head(model: TorchreidCASN) -> None:
             parameter.zero_()
 
 
-NO_HEAD_RANKING = {"attention_weight": 0.0, "topk": 100,
-                   "source": "no trained BCE head (casn fit-head trains one): the feature ranking"}
-"""The stored ranking of a plain torchreid checkpoint: w = 0, the feature ranking (the null head gives d_a = 0)."""
-
-
-def load_torchreid(path: str, arch: str, input_size: tuple[int, int] | str | None = None) -> tuple[TorchreidCASN, dict]:
-    """``(model in eval mode, payload)`` of a torchreid checkpoint (its ``state_dict``) for ``arch``.
-
-    The model gets a null BCE head (:func:`null_bce_head`) and the payload a w = 0 ranking, so every
-    command ranks by torchreid's feature until ``casn fit-head`` trains a head. A CASN checkpoint
-    written by ``casn fit-head`` is accepted too when it wraps ``arch``.
-    """
-    from casn_core.checkpoint import FORMAT, VERSION, model_from_checkpoint
-    from casn_core.models.torchreid_adapter import (
-        TorchreidError, build_net, fit_state, num_classes_of, read_payload, state_dict_of,
-    )
-
-    payload = read_payload(path)
-    if isinstance(payload, dict) and payload.get("format") == FORMAT:
-        model = model_from_checkpoint(payload, path)
-        wrapped = getattr(model.config, "arch", model.config.backbone)
-        if wrapped != arch:
-            raise TorchreidError(f"{path} is a CASN checkpoint of {model.config.backbone}, not of torchreid's {arch}")
-        return model.eval(), payload
-    state = state_dict_of(payload, path)
-    net = build_net(arch, num_classes_of(state))
-    fit_state(net, state, f"checkpoint {path}", arch)
-    size = DEFAULT_INPUT_SIZE if input_size is None else parse_input_size(input_size)
-    config = ForeignConfig(arch, size, num_classes_of(state))
-    model = TorchreidCASN(net, config)
-    null_bce_head(model)
-    payload = {"format": FORMAT, "version": VERSION, "model_config": config.to_dict(),
-               "input_size": list(config.input_size), "ranking": dict(NO_HEAD_RANKING), "bce_head": "none",
-               "torchreid_checkpoint": str(path)}
-    return model.eval(), payload
-
-
 def model_from_payload(payload: dict, path: str = "<checkpoint>") -> TorchreidCASN:
     """The :class:`TorchreidCASN` a CASN checkpoint of a torchreid model holds (``casn fit-head``'s output)."""
     from casn_core.models.torchreid_adapter import TorchreidError, build_net, fit_state

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from casn_core.checkpoint import CheckpointError
+from casn_core.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
