@@ -390,7 +390,8 @@ def test_launch_defaults_are_local_and_private(served):
     from app.server import launch_kwargs, parse_args
 
     args = parse_args([])
-    assert args.host == "127.0.0.1" and args.share is False and args.port == 7860 and args.topk == 10
+    assert args.host == "127.0.0.1" and args.share is False and args.port == 7860
+    assert args.topk is None  # the checkpoint's stored (w, K), else the paper's (app/server.py --topk)
     assert parse_args(["--share"]).share is True
     kwargs = launch_kwargs(served["service"])
     assert kwargs["server_name"] == "127.0.0.1" and kwargs["share"] is False
@@ -418,9 +419,13 @@ def test_map_store_is_reused_and_shared_with_eval(served, reference, tmp_path):
     assert not hasattr(state, "feature_distances")  # no query x gallery matrix is kept
 
     messages.clear()
-    results = evaluate_model(state.model, str(state.data_root), *state.input_size, topk=state.topk,
-                             attention_weight=state.attention_weight, threshold=state.threshold, progress=False,
-                             store_dir=state.cache_dir / "store", map_dtype=state.map_dtype,
+    from casn_core.engine.extraction import ExtractionConfig
+    from casn_core.rankings import RankingSpec
+
+    config = ExtractionConfig(tuple(state.input_size), map_dtype=state.map_dtype, store_dir=state.cache_dir / "store",
+                              progress=False)
+    ranking = RankingSpec("casn", state.attention_weight, state.topk, state.threshold)
+    results = evaluate_model(state.model, str(state.data_root), config, [ranking],
                              checkpoint=state.checkpoint_path, log=messages.append)
     assert not any("extracting" in m for m in messages), messages
     assert sorted(results["storage"]["stores"]) == sorted(str(p) for p in state.store_paths)
