@@ -13,7 +13,8 @@ from casn_core.attention.similarity import contrastive_map, correspondence, simi
 from casn_core.checkpoint import CheckpointInfo, checkpoint_info
 from casn_core.explanation import explain_similarity
 from casn_core.data import ImageDataset, build_test_transform, generate_dataset, load_market
-from casn_core.engine.evaluate import split_stores
+from casn_core.engine.extraction import ExtractionConfig
+from casn_core.engine.store_build import split_stores
 from casn_core.engine.rerank import casn_attention, casn_candidates, combine_block, iter_casn_distmat
 from casn_core.engine.inference import (
     FeatureCache, casn_distmat, extract_tensors, feature_distance,
@@ -36,7 +37,7 @@ __all__ = [
     "ImageInputError", "MAX_PIXELS", "QueryResults", "build_test_transform", "checkpoint_info", "contrastive_map",
     "correspondence", "evaluate_rank_per_query", "metrics_junk_mask", "explain_maps", "generate_dataset", "casn_distmat",
     "extract_tensors", "feature_distance", "load_market", "load_model", "load_rgb", "overlay_heatmap",
-    "pair_attention", "plot_aligned", "plot_rows", "rank_query_casn", "similarity_decomposition", "split_stores",
+    "pair_attention", "plot_aligned", "plot_rows", "rank_query_casn", "similarity_decomposition", "split_stores", "ExtractionConfig",
     "unit_range", "GalleryFeatures", "GalleryImage", "GalleryReport", "SearchError", "SearchIndex", "SearchResult",
     "build_search_index", "parse_market_name", "scan_gallery", "casn_candidates", "iter_casn_distmat",
     "explain_similarity", "unit_distance", "unit_features", "write_bytes_atomic", "write_json_atomic",

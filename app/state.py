@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from app.core import CASN, CheckpointError, CheckpointInfo, FeatureCache, checkpoint_info, chosen_ranking, \
-    load_market, load_model, split_stores, unit_distance, unit_features
+from app.core import CASN, CheckpointError, CheckpointInfo, ExtractionConfig, FeatureCache, checkpoint_info, \
+    chosen_ranking, load_market, load_model, split_stores, unit_distance, unit_features
 
 
 class DatasetError(ValueError):
@@ -116,9 +116,10 @@ def load_state(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_dir
     ranking = chosen_ranking(info.default_ranking(), attention_weight, topk, threshold)
     query_records, gallery_records = load_dataset(root)  # a clear DatasetError before any extraction
     store_dir = Path(store_dir).resolve() if store_dir is not None else cache_dir / "store"
-    query_store, gallery_store = split_stores(model, str(root), *info.input_size, store_dir, checkpoint=checkpoint,
-                                              map_dtype=map_dtype, batch_size=batch_size, progress=progress,
-                                              log=log, records=(query_records, gallery_records))
+    extraction = ExtractionConfig(tuple(info.input_size), batch_size=batch_size, map_dtype=map_dtype,
+                                  store_dir=store_dir, progress=progress)
+    query_store, gallery_store = split_stores(model, str(root), extraction, checkpoint=checkpoint, log=log,
+                                              records=(query_records, gallery_records))
     built = query_store.built_now or gallery_store.built_now
     log(f"features: {len(query_store)} query and {len(gallery_store)} gallery images "
         f"({'extracted now' if built else 'opened'}; map store {query_store.map_dtype} in {store_dir})")

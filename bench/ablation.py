@@ -155,7 +155,8 @@ def run_dir(args, dataset: str, losses: str, seed: int) -> Path:
 def run_one(args, spec: dict, losses: str, seed: int) -> dict:
     """Train one row with one seed, evaluate it, measure attention quality (synth); returns the run record."""
     from casn_core.data import load_market
-    from casn_core.engine.evaluate import evaluate_caches, extract_split
+    from casn_core.engine.evaluator import evaluate_caches
+    from casn_core.engine.extraction import ExtractionConfig, extract_split
     from casn_core.engine.train import TrainConfig, train
     from casn_core.attention.quality import attention_quality
 
@@ -176,9 +177,9 @@ def run_one(args, spec: dict, losses: str, seed: int) -> dict:
 
     started = time.perf_counter()
     data = load_market(spec["test"], splits=("query", "gallery"))
-    query = extract_split(model, list(data.query), args.height, args.width, amp=args.amp, progress=False, desc="query")
-    gallery = extract_split(model, list(data.gallery), args.height, args.width, amp=args.amp, progress=False,
-                            desc="gallery")
+    extraction = ExtractionConfig((args.height, args.width), amp=args.amp, progress=False)
+    query = extract_split(model, list(data.query), extraction, "query")
+    gallery = extract_split(model, list(data.gallery), extraction, "gallery")
     evaluation = evaluate_caches(model, query, gallery, topk, args.attention_weight, args.threshold, casn=True,
                                  progress=False)
     eval_s = time.perf_counter() - started

@@ -18,9 +18,6 @@ import torch
 from casn_core.checkpoint import checkpoint_info, load_model
 from casn_core.engine.pair_signals import dataset_caches, pair_scores, ranking_numbers, signal_summary
 
-APP_TOPK = 10
-"""The app's re-ranking depth; used when the checkpoint stores no K."""
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -28,7 +25,7 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="Market-layout root with query/ and bounding_box_test/")
     parser.add_argument("--attention-weight", type=float, action="append",
                         help="w of the combined ranking (repeatable; default: the checkpoint's, else 1)")
-    parser.add_argument("--topk", type=int, default=None, help=f"K (default: the checkpoint's, else {APP_TOPK})")
+    parser.add_argument("--topk", type=int, default=None, help="K (default: the checkpoint's stored K, else all, the paper's)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -37,7 +34,7 @@ def main() -> None:
     info = checkpoint_info(payload)
     query, gallery = dataset_caches(model, args.data, info.input_size)
     weights = args.attention_weight or [info.attention_weight]
-    topk = args.topk if args.topk is not None else (info.topk or APP_TOPK)
+    topk = args.topk if args.topk is not None else info.default_ranking().topk  # None: all
     signals = signal_summary(pair_scores(model, query, gallery, info.threshold))  # the same for every w
     for weight in weights:
         line = {**signals, **ranking_numbers(model, query, gallery, info.threshold, weight, topk)}

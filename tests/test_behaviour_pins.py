@@ -48,7 +48,11 @@ def test_eval_numbers_are_unchanged(tiny):
 
     checkpoint, data = tiny
     model, _ = load_model(checkpoint)
-    result = evaluate_model(model, str(data), 128, 64, topk=10, attention_weight=1.0, threshold=0.3, progress=False)
+    from casn_core.engine.extraction import ExtractionConfig
+    from casn_core.rankings import RankingSpec
+
+    result = evaluate_model(model, str(data), ExtractionConfig((128, 64), progress=False),
+                            [RankingSpec("casn", 1.0, 10, 0.3)])
     expected = PINS["eval"]
     assert (result["num_query"], result["num_gallery"]) == (expected["num_query"], expected["num_gallery"])
     for ranking in ("feature", "casn"):

@@ -36,7 +36,9 @@ from casn_core.engine.evaluate import evaluate_model
 from casn_core.engine.inference import extract, feature_distance, rank_query_casn
 from casn_core.engine.rerank import casn_distmat
 from casn_core.models import build_model
+from casn_core.engine.extraction import ExtractionConfig
 from casn_core.engine.store_build import open_or_build_store
+from casn_core.rankings import RankingSpec
 from helpers import assert_close_scaled, indicator_decided
 
 pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"), pytest.mark.numeric]
@@ -61,8 +63,8 @@ def model():
 
 def _stores(model, data: Path, folder: Path, map_dtype: str = "float32"):
     dataset = load_market(data, splits=("query", "gallery"))
-    return [open_or_build_store(model, list(records), folder / split, input_size=SIZE, map_dtype=map_dtype,
-                                batch_size=8, progress=False, log=lambda message: None).as_cache()
+    config = ExtractionConfig(SIZE, batch_size=8, map_dtype=map_dtype, progress=False)
+    return [open_or_build_store(model, list(records), folder / split, config, log=lambda message: None).as_cache()
             for split, records in (("query", dataset.query), ("gallery", dataset.gallery))]
 
 
@@ -116,10 +118,14 @@ def test_bfloat16_reranking_on_cuda_is_within_the_16_bit_tolerance(data, model, 
 def test_eval_on_cuda_matches_the_cpu(data, model, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    kwargs = {"topk": 10, "batch_size": 8, "progress": False, "map_dtype": "float32", "log": lambda message: None,
-              "signals": True}
-    cpu = evaluate_model(model, str(data), *SIZE, device="cpu", store_dir=tmp_path / "cpu", **kwargs)
-    gpu = evaluate_model(model.cuda(), str(data), *SIZE, device="cuda", store_dir=tmp_path / "gpu", **kwargs)
+    rankings = [RankingSpec("casn", 1.0, 10)]
+
+    def evaluate(on_model, folder):  # on the model's device
+        config = ExtractionConfig(SIZE, batch_size=8, map_dtype="float32", store_dir=folder, progress=False)
+        return evaluate_model(on_model, str(data), config, rankings, signals=True, log=lambda message: None)
+
+    cpu = evaluate(model, tmp_path / "cpu")
+    gpu = evaluate(model.cuda(), tmp_path / "gpu")
     for ranking in ("feature", "casn"):
         for name, value in cpu[ranking].items():
             assert abs(gpu[ranking][name] - value) <= 0.02, (ranking, name, gpu[ranking], cpu[ranking])
@@ -128,8 +134,9 @@ def test_eval_on_cuda_matches_the_cpu(data, model, tmp_path, monkeypatch):
             assert abs(gpu["pair_signals"][name] - value) <= 0.02, (name, gpu["pair_signals"], cpu["pair_signals"])
     records = list(load_market(data, splits=("gallery",)).gallery)
     dataset = ImageDataset(records, build_test_transform(*SIZE))
-    on_cpu = extract(model.cpu(), dataset, records, batch_size=8, progress=False)
-    on_gpu = extract(model.cuda(), dataset, records, batch_size=8, progress=False)
+    config = ExtractionConfig(batch_size=8, progress=False)
+    on_cpu = extract(model.cpu(), dataset, records, config)
+    on_gpu = extract(model.cuda(), dataset, records, config)
     assert float(on_cpu.features.abs().max()) > 0
     assert_close_scaled(on_gpu.features.cpu().numpy(), on_cpu.features.cpu().numpy(), rtol=1e-4, err_msg="features")
 

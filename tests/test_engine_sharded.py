@@ -13,7 +13,8 @@ import torch
 
 from casn_core.checkpoint import load_model, model_payload, save_checkpoint
 from casn_core.cli import main as cli_main
-from casn_core.engine.evaluate import split_stores
+from casn_core.engine.extraction import ExtractionConfig
+from casn_core.engine.store_build import Shard, split_stores
 from casn_core.models import build_model
 from helpers import torch_threads
 
@@ -60,10 +61,8 @@ def test_two_gloo_processes_extract_the_same_store_as_one(setup, tmp_path):
 
     model, _ = load_model(ckpt, "cpu")
     logs: list[str] = []
-    for a, b in zip(split_stores(model, str(data), *SIZE, sharded_dir, checkpoint=ckpt, map_dtype="float32",
-                                 progress=False, log=logs.append),
-                    split_stores(model, str(data), *SIZE, single_dir, checkpoint=ckpt, map_dtype="float32",
-                                 progress=False, log=logs.append)):
+    for a, b in zip(split_stores(model, str(data), _config(sharded_dir, "float32"), checkpoint=ckpt, log=logs.append),
+                    split_stores(model, str(data), _config(single_dir, "float32"), checkpoint=ckpt, log=logs.append)):
         assert logs == []  # both stores are committed and trusted: nothing extracted again
         assert torch.equal(a.read_maps(np.arange(len(a))), b.read_maps(np.arange(len(b))))
         assert torch.equal(a.features, b.features)
@@ -83,15 +82,18 @@ def test_sharded_store_api_with_two_processes_in_one_test(setup, tmp_path):
                        start_method="spawn", join=True)
     model, _ = load_model(ckpt, "cpu")
     logs: list[str] = []
-    two = split_stores(model, str(data), *SIZE, tmp_path / "two", checkpoint=ckpt, map_dtype="bfloat16",
-                       progress=False, log=logs.append)
+    two = split_stores(model, str(data), _config(tmp_path / "two"), checkpoint=ckpt, log=logs.append)
     assert logs == []
     with torch_threads(1):  # the workers' thread count: the same kernels, so the same bits per image
-        one = split_stores(model, str(data), *SIZE, tmp_path / "one", checkpoint=ckpt, map_dtype="bfloat16",
-                           batch_size=1, progress=False, log=logs.append)
+        one = split_stores(model, str(data), _config(tmp_path / "one"), checkpoint=ckpt, log=logs.append)
     for a, b in zip(two, one):
         assert torch.equal(a.read_maps(np.arange(len(a))), b.read_maps(np.arange(len(b))))
         assert torch.equal(a.features, b.features)
+
+
+def _config(store_dir, map_dtype: str = "bfloat16") -> ExtractionConfig:
+    """One image per batch (every process extracts image by image, so the bits agree) and no progress bar."""
+    return ExtractionConfig(tuple(SIZE), batch_size=1, map_dtype=map_dtype, store_dir=store_dir, progress=False)
 
 
 def _free_port() -> int:
@@ -109,7 +111,6 @@ def _worker(rank: int, data: str, ckpt: str, store_dir: str, port: int) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
         model, _ = load_model(ckpt, "cpu")
-        split_stores(model, data, *SIZE, store_dir, checkpoint=ckpt, map_dtype="bfloat16", batch_size=1,
-                     progress=False, log=lambda m: None, rank=rank, world_size=2)
+        split_stores(model, data, _config(store_dir), checkpoint=ckpt, shard=Shard(rank, 2), log=lambda m: None)
     finally:
         dist.destroy_process_group()

@@ -73,14 +73,14 @@ def test_extract_leaves_the_callers_model_in_its_memory_format(tiny):
 
     from casn_core.checkpoint import load_model
     from casn_core.data import ImageDataset, build_test_transform, load_market
-    from casn_core.engine.inference import extract
+    from casn_core.engine.extraction import ExtractionConfig, extract
 
     checkpoint, data = tiny
     model, _ = load_model(checkpoint)
     records = list(load_market(str(data), splits=("query",)).query)[:4]
     dataset = ImageDataset(records, build_test_transform(128, 64))
-    fast = extract(model, dataset, records, channels_last=True, progress=False)
+    fast = extract(model, dataset, records, ExtractionConfig(channels_last=True, progress=False))
     weight = next(p for p in model.parameters() if p.dim() == 4)
     assert weight.is_contiguous() and not weight.is_contiguous(memory_format=torch.channels_last)
-    plain = extract(model, dataset, records, progress=False)
+    plain = extract(model, dataset, records, ExtractionConfig(progress=False))
     torch.testing.assert_close(fast.features, plain.features, rtol=1e-4, atol=1e-6)

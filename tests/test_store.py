@@ -24,7 +24,9 @@ from casn_core.engine.inference import (
 from casn_core.engine.rerank import casn_distmat, iter_casn_distmat
 from casn_core.metrics import evaluate_rank
 from casn_core.models import build_model
-from casn_core.engine.store_build import StoreWriter, build_key, open_or_build_store, shard_range
+from casn_core.engine.extraction import ExtractionConfig
+from casn_core.engine.store_build import StoreSource, StoreWriter, build_key, open_or_build_store, shard_range
+from casn_core.rankings import RankingSpec
 from casn_core.store import (
     AUTO_FLOAT32_MAX_BYTES,
     StoreError,
@@ -67,12 +69,18 @@ def _records(data: Path, split: str = "gallery") -> list:
 
 def _in_memory(model, records, map_dtype=torch.float32) -> FeatureCache:
     dataset = ImageDataset(records, build_test_transform(*SIZE))
-    return extract(model, dataset, records, batch_size=8, map_dtype=map_dtype, progress=False)
+    return extract(model, dataset, records, ExtractionConfig(batch_size=8, progress=False), map_dtype=map_dtype)
 
 
-def _build(model, records, path, messages, **kw):
-    kw = {"input_size": SIZE, "map_dtype": "float32", "batch_size": 8, "progress": False, **kw}
-    return open_or_build_store(model, records, path, log=messages.append, **kw)
+def _build(model, records, path, messages, map_dtype="float32", checkpoint=None):
+    config = ExtractionConfig(SIZE, batch_size=8, map_dtype=map_dtype, progress=False)
+    return open_or_build_store(model, records, path, config, source=StoreSource(checkpoint), log=messages.append)
+
+
+def _evaluate(model, data, store_dir=None, map_dtype="auto", log=print):
+    """eval's feature ranking and the CASN ranking named ``casn`` (w = 1 on the top 10)."""
+    config = ExtractionConfig(SIZE, batch_size=8, map_dtype=map_dtype, store_dir=store_dir, progress=False)
+    return evaluate_model(model, str(data), config, [RankingSpec("casn", 1.0, 10)], log=log)
 
 
 @pytest.mark.parametrize("dtype_name,dtype", [("float32", torch.float32), ("bfloat16", torch.bfloat16),
@@ -165,8 +173,9 @@ def test_sigkill_during_extraction_leaves_no_trusted_store(data, model, tmp_path
         "store.StoreWriter.write_rows = slow\n"
         "model, _ = load_model(sys.argv[1], 'cpu')\n"
         "records = list(load_market(sys.argv[2], splits=('query', 'gallery')).gallery)\n"
-        "store.open_or_build_store(model, records, sys.argv[3], checkpoint=sys.argv[1], input_size=(64, 32),\n"
-        "                          map_dtype='float32', batch_size=4, progress=False,\n"
+        "from casn_core.engine.extraction import ExtractionConfig\n"
+        "config = ExtractionConfig((64, 32), batch_size=4, map_dtype='float32', progress=False)\n"
+        "store.open_or_build_store(model, records, sys.argv[3], config, source=store.StoreSource(sys.argv[1]),\n"
         "                          log=lambda m: print(m, file=sys.stderr))\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -240,18 +249,16 @@ def test_batched_reranking_from_the_store_equals_the_per_query_path(data, model,
 
 def test_eval_on_the_store_matches_the_in_memory_eval(data, model, tmp_path):
     """float32 store: identical metrics to 1e-9; 16-bit stores within the stated tolerance."""
-    in_memory = evaluate_model(model, str(data), *SIZE, topk=10, batch_size=8, progress=False)
+    in_memory = _evaluate(model, data)
     messages: list[str] = []
-    stored = evaluate_model(model, str(data), *SIZE, topk=10, batch_size=8, progress=False,
-                            store_dir=tmp_path / "store", map_dtype="float32", log=messages.append)
+    stored = _evaluate(model, data, tmp_path / "store", "float32", messages.append)
     assert stored["storage"]["maps"] == "store" and in_memory["storage"]["maps"] == "memory"
     for ranking in ("feature", "casn"):
         for name, value in in_memory[ranking].items():
             assert abs(stored[ranking][name] - value) <= 1e-9, (ranking, name)
     assert sorted(p.name.split("-")[0] for p in (tmp_path / "store").iterdir()) == ["gallery", "query"]
     # 16-bit maps: features stay float32 (same feature ranking); CASN metrics within 0.1 (stated in BENCHMARKS.md)
-    half = evaluate_model(model, str(data), *SIZE, topk=10, batch_size=8, progress=False,
-                          store_dir=tmp_path / "store", map_dtype="bfloat16", log=messages.append)
+    half = _evaluate(model, data, tmp_path / "store", "bfloat16", messages.append)
     assert half["storage"]["map_dtype"] == "bfloat16"
     assert half["feature"] == in_memory["feature"]
     for name, value in in_memory["casn"].items():
@@ -268,9 +275,9 @@ def test_store_path_and_shards():
 
 def test_bad_dtype_and_empty_records_are_clear_errors(model, tmp_path):
     with pytest.raises(ValueError, match="float8"):
-        open_or_build_store(model, [], tmp_path / "x", input_size=SIZE, map_dtype="float8")
+        open_or_build_store(model, [], tmp_path / "x", ExtractionConfig(SIZE, map_dtype="float8"))
     with pytest.raises(ValueError, match="no images"):
-        open_or_build_store(model, [], tmp_path / "x", input_size=SIZE, map_dtype="float32")
+        open_or_build_store(model, [], tmp_path / "x", ExtractionConfig(SIZE, map_dtype="float32"))
     writer = StoreWriter.create(tmp_path / "y")
     assert writer.tmp.name.startswith(".tmp-")
 
@@ -315,19 +322,17 @@ def test_auto_map_dtype_is_float32_up_to_4_gib(data, model, tmp_path, monkeypatc
     per_image = float32_map_bytes(model, SIZE, 1)
     assert per_image == 1280 * 4 * 2 * 4  # mobilenet_v2 at 64 x 32: 1280 channels of 4 x 2 (stride 16), float32
     assert float32_map_bytes(model, SIZE, len(records)) == per_image * len(records)
-    store = open_or_build_store(model, records, tmp_path / "g", input_size=SIZE, batch_size=8, progress=False,
+    store = open_or_build_store(model, records, tmp_path / "g", ExtractionConfig(SIZE, batch_size=8, progress=False),
                                 log=messages.append)
     assert store.map_dtype == "float32"
-    default = evaluate_model(model, str(data), *SIZE, topk=10, batch_size=8, progress=False,
-                             store_dir=tmp_path / "store", log=messages.append)
-    in_memory = evaluate_model(model, str(data), *SIZE, topk=10, batch_size=8, progress=False)
+    default = _evaluate(model, data, tmp_path / "store", log=messages.append)
+    in_memory = _evaluate(model, data)
     assert default["storage"]["map_dtype"] == "float32"
     assert default["feature"] == in_memory["feature"] and default["casn"] == in_memory["casn"]
     # a gallery over the limit: bfloat16 for both splits, with the reason logged
     monkeypatch.setattr("casn_core.store.AUTO_FLOAT32_MAX_BYTES", per_image * (len(records) - 1))
     messages.clear()
-    half = evaluate_model(model, str(data), *SIZE, topk=10, batch_size=8, progress=False,
-                          store_dir=tmp_path / "store", log=messages.append)
+    half = _evaluate(model, data, tmp_path / "store", log=messages.append)
     assert half["storage"]["map_dtype"] == "bfloat16"
     assert any("map dtype auto: bfloat16" in m for m in messages), messages
 

@@ -223,7 +223,7 @@ def attention_quality(model, data_root: str | Path, height: int, width: int, que
     ``query`` and ``gallery`` are :class:`casn_core.maps.FeatureCache` of the test splits
     (``None``: extracted here); pairs are chosen from their records, so every model sees the same pairs.
     """
-    from casn_core.engine.extraction import extract_split
+    from casn_core.engine.extraction import ExtractionConfig, extract_split
 
     started = time.perf_counter()
     was_training = model.training
@@ -231,9 +231,10 @@ def attention_quality(model, data_root: str | Path, height: int, width: int, que
     dataset = load_market(data_root, splits=("query", "gallery"))
     q_records, g_records = list(dataset.query), list(dataset.gallery)
     if query is None:
-        query = extract_split(model, q_records, height, width, amp=amp, progress=False, desc="query")
+        query = extract_split(model, q_records, ExtractionConfig((height, width), amp=amp, progress=False), "query")
     if gallery is None:
-        gallery = extract_split(model, g_records, height, width, amp=amp, progress=False, desc="gallery")
+        gallery = extract_split(model, g_records, ExtractionConfig((height, width), amp=amp, progress=False),
+                                "gallery")
     positives = positive_pairs(q_records, g_records, num_pairs, seed)
     if not positives:
         raise ValueError(f"{data_root}: no cross-camera positive query/gallery pair")

@@ -13,7 +13,8 @@ from casn_core.atomic import write_json_atomic
 from casn_core.checkpoint import CheckpointError, checkpoint_info, load_model
 from casn_core.engine.evaluate import evaluate_model
 from casn_core.dist import cpu_group, finish_distributed, init_distributed
-from casn_core.engine.extraction import resolve_device
+from casn_core.engine.extraction import ExtractionConfig, resolve_device
+from casn_core.engine.store_build import Shard
 from casn_core.models.torchreid_adapter import add_arch_arguments
 from casn_core.rankings import PAPER_WEIGHT, RankingSpec, paper_ranking, parse_topk
 from casn_core.store import MAP_DTYPE_CHOICES
@@ -97,12 +98,11 @@ def run(args: argparse.Namespace) -> int:
         for spec in rankings:
             log(f"ranking {spec.label()}: d = norm(d_f) + w norm(d_a) on the top K by d_f"
                 + (" (the default)" if spec is default else ""))
-        results = evaluate_model(model, args.data, height, width, next(model.parameters()).device, args.amp,
-                                 batch_size=args.batch_size, workers=args.workers,
-                                 store_dir=store_dir, map_dtype=args.map_dtype, checkpoint=args.checkpoint, log=log,
-                                 rank=launch.rank, world_size=launch.world_size, group=cpu_group(launch),
-                                 progress=launch.is_main, signals=not args.no_pair_signals and info.has_bce_head,
-                                 threshold=default.threshold, rankings=rankings)
+        extraction = ExtractionConfig((height, width), args.batch_size, args.workers, args.amp,
+                                      map_dtype=args.map_dtype, store_dir=store_dir, progress=launch.is_main)
+        shard = Shard(launch.rank, launch.world_size, cpu_group(launch))
+        results = evaluate_model(model, args.data, extraction, rankings, checkpoint=args.checkpoint, shard=shard,
+                                 signals=not args.no_pair_signals and info.has_bce_head, log=log)
     except (CheckpointError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -53,61 +55,65 @@ def extract_tensors(
     return maps.to(map_dtype), model.features(maps)
 
 
+@dataclass(frozen=True)
+class ExtractionConfig:
+    """How the backbone's one pass per image runs and where its maps go.
+
+    ``input_size`` (H, W) of the test transform; ``batch_size`` and ``workers`` of the loader; ``amp``
+    (none, bf16, fp16) and ``channels_last`` for the backbone; ``map_dtype`` of stored maps (``auto``:
+    the store's rule, float32 while the larger split's float32 maps take <= 4 GiB, else bfloat16);
+    ``store_dir``: map stores on disk (:mod:`casn_core.store`), or ``None`` for maps in RAM (float32);
+    ``progress``: a progress bar.
+    """
+
+    input_size: tuple[int, int] | None = None
+    batch_size: int = 64
+    workers: int = 0
+    amp: str = "none"
+    channels_last: bool = False
+    map_dtype: str = "auto"
+    store_dir: str | os.PathLike | None = None
+    progress: bool = True
+
+
 @torch.no_grad()
-def extract_batches(
-    model: CASN,
-    dataset: torch.utils.data.Dataset,
-    batch_size: int = 64,
-    workers: int = 0,
-    amp: str = "none",
-    channels_last: bool = False,
-    map_dtype: torch.dtype = torch.float32,
-    progress: bool = True,
-    desc: str = "extract",
-) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+def extract_batches(model: CASN, dataset: torch.utils.data.Dataset, config: ExtractionConfig = ExtractionConfig(),
+                    map_dtype: torch.dtype = torch.float32,
+                    desc: str = "extract") -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """Yield ``(first row, maps, features)`` per batch: maps (n, K, H, W) channels-last on the CPU in
     ``map_dtype``, features (n, D) float32. One backbone pass per image; nothing is kept here, so a
     consumer can stream the maps to disk (:mod:`casn_core.store`) or into a preallocated tensor.
 
-    ``channels_last`` runs the backbone in the channels-last memory format (faster convolutions on
-    CPUs with bf16 and on GPUs); the caller's model is switched for the extraction and switched back
+    ``config.channels_last`` runs the backbone in the channels-last memory format (faster convolutions
+    on CPUs with bf16 and on GPUs); the caller's model is switched for the extraction and switched back
     afterwards, so the call leaves no trace on it.
     """
     model.eval()
     device = next(model.parameters()).device
-    if channels_last:
+    if config.channels_last:
         model.to(memory_format=torch.channels_last)  # in place; undone in ``finally``
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=config.workers,
                         pin_memory=device.type == "cuda")
     start = 0
     try:
-        for images, *_ in tqdm(loader, desc=desc, disable=not progress, unit="batch"):
+        for images, *_ in tqdm(loader, desc=desc, disable=not config.progress, unit="batch"):
             images = images.to(device, non_blocking=True)
-            if channels_last:
+            if config.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            batch_maps, batch_feats = extract_tensors(model, images, amp, map_dtype)
+            batch_maps, batch_feats = extract_tensors(model, images, config.amp, map_dtype)
             # channels-last storage: the per-pair map products of the ranking read each gallery map as a
             # contiguous (HW, K) matrix, measured 2.2x faster than the default layout (bench/pair_attention.py)
             yield start, batch_maps.contiguous(memory_format=torch.channels_last).cpu(), batch_feats.float().cpu()
             start += images.shape[0]
     finally:
-        if channels_last:
+        if config.channels_last:
             model.to(memory_format=torch.contiguous_format)
 
 
 @torch.no_grad()
-def extract(
-    model: CASN,
-    dataset: torch.utils.data.Dataset,
-    records: Sequence,
-    batch_size: int = 64,
-    workers: int = 0,
-    amp: str = "none",
-    channels_last: bool = False,
-    map_dtype: torch.dtype = torch.float32,
-    progress: bool = True,
-    desc: str = "extract",
-) -> FeatureCache:
+def extract(model: CASN, dataset: torch.utils.data.Dataset, records: Sequence,
+            config: ExtractionConfig = ExtractionConfig(), map_dtype: torch.dtype = torch.float32,
+            desc: str = "extract") -> FeatureCache:
     """Run the backbone once over ``dataset`` (items ``(image, label, camid, index)``), maps in RAM.
 
     ``records`` (with ``pid``, ``camid``, ``path``) supplies the labels kept in the cache. Maps are
@@ -117,8 +123,7 @@ def extract(
     """
     maps = feats = None
     total = len(dataset)
-    for start, batch_maps, batch_feats in extract_batches(model, dataset, batch_size, workers, amp, channels_last,
-                                                          map_dtype, progress, desc):
+    for start, batch_maps, batch_feats in extract_batches(model, dataset, config, map_dtype, desc):
         if maps is None:
             k, h, w = batch_maps.shape[1:]
             maps = torch.empty((total, h, w, k), dtype=batch_maps.dtype).permute(0, 3, 1, 2)
@@ -136,9 +141,9 @@ def extract(
     )
 
 
-def extract_split(model: CASN, records: list, height: int, width: int, batch_size: int = 64, workers: int = 0,
-                  amp: str = "none", progress: bool = True, desc: str = "extract") -> FeatureCache:
-    """Extract the cached maps and features of a list of image records at the model's input size."""
-    dataset = ImageDataset(records, build_test_transform(height, width))
-    return extract(model, dataset, records, batch_size=batch_size, workers=workers, amp=amp,
-                   progress=progress, desc=desc)
+def extract_split(model: CASN, records: list, config: ExtractionConfig, desc: str = "extract") -> FeatureCache:
+    """The cached maps and features of a list of image records at ``config.input_size``, in RAM."""
+    if config.input_size is None:
+        raise ValueError("extract_split needs ExtractionConfig.input_size")
+    dataset = ImageDataset(records, build_test_transform(*config.input_size))
+    return extract(model, dataset, records, config, desc=desc)

@@ -23,7 +23,7 @@ import torch
 from casn_core.attention.siamese import DEFAULT_THRESHOLD, pair_attention_grid
 from casn_core.distances import feature_distance
 from casn_core.engine.evaluator import evaluate_caches
-from casn_core.engine.extraction import extract_split
+from casn_core.engine.extraction import ExtractionConfig, extract_split
 from casn_core.maps import FeatureCache
 from casn_core.engine.rerank import DEFAULT_BATCH_BYTES, map_row_bytes
 from casn_core.models.casn import CASN
@@ -184,7 +184,7 @@ def sampled_pair_signals(model: CASN, query: FeatureCache, gallery: FeatureCache
 def extract_records(model: CASN, records: list, input_size: tuple[int, int], batch_size: int = 64,
                     desc: str = "extract", progress: bool = False) -> FeatureCache:
     """Cached maps and features of image records at the model's input size (one backbone pass each)."""
-    return extract_split(model, records, *input_size, batch_size=batch_size, progress=progress, desc=desc)
+    return extract_split(model, records, ExtractionConfig(tuple(input_size), batch_size, progress=progress), desc)
 
 
 def dataset_caches(model: CASN, data: str, input_size: tuple[int, int], batch_size: int = 64,

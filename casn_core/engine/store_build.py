@@ -19,6 +19,7 @@ import secrets
 import shutil
 import socket
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -27,7 +28,7 @@ import torch
 
 from casn_core.atomic import write_json_atomic
 from casn_core.data import ImageDataset, build_test_transform, load_market
-from casn_core.engine.extraction import extract_batches, extract_tensors
+from casn_core.engine.extraction import ExtractionConfig, extract_batches, extract_tensors
 from casn_core.models.casn import CASN
 from casn_core.store import (
     BUILD_PREFIX, FILES, HEADER, MAP_DTYPES, STORE_FORMAT, STORE_VERSION, TMP_PREFIX, Log, MapStore, StoreKey,
@@ -172,46 +173,51 @@ def build_key(model: torch.nn.Module, records: Sequence, *, checkpoint: str | os
                     len(records))
 
 
-def open_or_build_store(
-    model: torch.nn.Module,
-    records: Sequence,
-    path: str | os.PathLike,
-    *,
-    checkpoint: str | os.PathLike | None = None,
-    root: str | os.PathLike | None = None,
-    input_size: tuple[int, int],
-    map_dtype: str | torch.dtype = "auto",
-    amp: str = "none",
-    batch_size: int = 64,
-    workers: int = 0,
-    progress: bool = True,
-    desc: str = "extract",
-    log: Log = print,
-    rank: int = 0,
-    world_size: int = 1,
-    group=None,
-) -> MapStore:
+@dataclass(frozen=True)
+class StoreSource:
+    """What keys a store besides its images: the ``checkpoint`` file the model came from (its sha256;
+    ``None`` hashes the model's weights) and the dataset ``root`` the file list is relative to."""
+
+    checkpoint: str | os.PathLike | None = None
+    root: str | os.PathLike | None = None
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's part of a build under torchrun: ``rank`` of ``world_size`` in process ``group``
+    (gloo works everywhere; ``None``: the default group)."""
+
+    rank: int = 0
+    world_size: int = 1
+    group: object = None
+
+
+def open_or_build_store(model: torch.nn.Module, records: Sequence, path: str | os.PathLike,
+                        config: ExtractionConfig, *, source: StoreSource = StoreSource(), shard: Shard = Shard(),
+                        desc: str = "extract", log: Log = print) -> MapStore:
     """The committed store of ``records`` at ``path``: opened when its header matches, else (re)built.
 
-    ``checkpoint``: the checkpoint file ``model`` was loaded from (its sha256 keys the store; ``None``
-    hashes the model's weights instead). ``root``: the dataset root the file-list hash is relative
-    to. ``map_dtype``: ``auto`` (:func:`default_map_dtype` of these records' float32 maps: float32 up to
-    4 GiB, else bfloat16), ``float32``, ``float16`` or ``bfloat16``.
-    With ``world_size > 1`` every rank of ``group`` (a process group; gloo works everywhere) must
-    call this; each extracts its shard (:func:`shard_range`) into the shared build and rank 0
-    commits. Every rank returns the opened store.
+    ``config``: the input size, batching, AMP and ``map_dtype`` (``auto``: :func:`default_map_dtype` of
+    these records' float32 maps, float32 up to 4 GiB, else bfloat16; or ``float32``, ``float16``,
+    ``bfloat16``) of the extraction. With ``shard.world_size > 1`` every rank of ``shard.group`` must
+    call this; each extracts its shard (:func:`shard_range`) into the shared build and rank 0 commits.
+    Every rank returns the opened store.
     """
+    rank, world_size, group = shard.rank, shard.world_size, shard.group
+    input_size, amp = config.input_size, config.amp
+    if input_size is None:
+        raise ValueError(f"{path}: the extraction needs an input size")
     device = next(model.parameters()).device
     records = list(records)
-    if map_dtype == "auto" and records:
-        dtype_name = resolve_map_dtype(map_dtype, device, float32_map_bytes(model, input_size, len(records)), log)
+    if config.map_dtype == "auto" and records:
+        dtype_name = resolve_map_dtype("auto", device, float32_map_bytes(model, input_size, len(records)), log)
     else:
-        dtype_name = resolve_map_dtype(map_dtype, device)
+        dtype_name = resolve_map_dtype(config.map_dtype, device)
     if not records:
         raise ValueError(f"{path}: no images to extract")
     path = Path(path)
-    key = build_key(model, records, checkpoint=checkpoint, root=root, input_size=input_size, map_dtype=dtype_name,
-                    amp=amp)
+    key = build_key(model, records, checkpoint=source.checkpoint, root=source.root, input_size=input_size,
+                    map_dtype=dtype_name, amp=amp)
     distributed = world_size > 1
     if distributed:
         import torch.distributed as dist
@@ -249,13 +255,12 @@ def open_or_build_store(
         writer.allocate(len(records), shapes[0], shapes[1], dtype_name)
     if distributed:
         dist.barrier(group=group)
-    for offset, maps, feats in extract_batches(model, dataset, batch_size=batch_size, workers=workers, amp=amp,
-                                               map_dtype=torch_dtype, progress=progress, desc=desc):
+    for offset, maps, feats in extract_batches(model, dataset, config, map_dtype=torch_dtype, desc=desc):
         writer.write_rows(start + offset, maps, feats)
     if distributed:
         dist.barrier(group=group)
     if rank == 0:
-        store = writer.commit(key, records, root, log)
+        store = writer.commit(key, records, source.root, log)
     if distributed:
         dist.barrier(group=group)
     store = store if store is not None else load_store(path, key)
@@ -270,21 +275,20 @@ def _probe(model: torch.nn.Module, dataset, amp: str) -> tuple[torch.Tensor, tor
     return extract_tensors(model, image, amp)
 
 
-def split_stores(model: CASN, data: str, height: int, width: int, store_dir: str | Path, *,
-                 checkpoint: str | Path | None = None, map_dtype: str = "auto", amp: str = "none",
-                 batch_size: int = 64, workers: int = 0, progress: bool = True, log=print,
-                 rank: int = 0, world_size: int = 1, group=None,
-                 records: tuple[list, list] | None = None) -> tuple[MapStore, MapStore]:
+def split_stores(model: CASN, data: str, config: ExtractionConfig, *, checkpoint: str | Path | None = None,
+                 shard: Shard = Shard(), log=print, records: tuple[list, list] | None = None) -> tuple[MapStore, MapStore]:
     """The query and gallery :class:`casn_core.store.MapStore` of the dataset at ``data`` (built once, then reused).
 
-    ``map_dtype="auto"``: float32 while the larger split's float32 maps take <= 4 GiB, else bfloat16
-    (:func:`casn_core.store.default_map_dtype`), one dtype for both splits.
-    Stores live in ``store_path(store_dir, data, split, dtype)`` and are keyed by the checkpoint's
-    bytes (or the model's weights when ``checkpoint`` is None), the file list, the input size, the
-    map dtype and AMP; the app and ``eval`` share them. Under torchrun every rank calls this and
-    extracts its shard. ``records``: the ``(query, gallery)`` records when the caller has already
-    listed the dataset (the app does, for its error messages), so the folders are not listed twice.
+    ``config.map_dtype="auto"``: float32 while the larger split's float32 maps take <= 4 GiB, else
+    bfloat16 (:func:`casn_core.store.default_map_dtype`), one dtype for both splits. Stores live in
+    ``store_path(config.store_dir, data, split, dtype)`` and are keyed by the checkpoint's bytes (or
+    the model's weights when ``checkpoint`` is None), the file list, the input size, the map dtype and
+    AMP; the app and ``eval`` share them. Under torchrun every rank calls this and extracts its shard.
+    ``records``: the ``(query, gallery)`` records when the caller has already listed the dataset (the
+    app does, for its error messages), so the folders are not listed twice.
     """
+    if config.store_dir is None:
+        raise ValueError("split_stores needs ExtractionConfig.store_dir")
     if records is None:
         dataset = load_market(data, splits=("query", "gallery"))
         records = (list(dataset.query), list(dataset.gallery))
@@ -292,13 +296,14 @@ def split_stores(model: CASN, data: str, height: int, width: int, store_dir: str
     largest = max(len(query_records), len(gallery_records))
     # auto: one dtype for both splits, the rule applied to the larger split (the gallery), so query and
     # gallery maps are multiplied in the same dtype
-    float32_bytes = float32_map_bytes(model, (height, width), largest) if map_dtype == "auto" and largest else None
-    dtype_name = resolve_map_dtype(map_dtype, next(model.parameters()).device, float32_bytes,
-                                   log if rank == 0 else None)
+    float32_bytes = (float32_map_bytes(model, config.input_size, largest)
+                     if config.map_dtype == "auto" and largest else None)
+    dtype_name = resolve_map_dtype(config.map_dtype, next(model.parameters()).device, float32_bytes,
+                                   log if shard.rank == 0 else None)
+    split_config = replace(config, map_dtype=dtype_name, progress=config.progress and shard.rank == 0)
+    source = StoreSource(checkpoint, data)
     stores = []
     for split, split_records in (("query", query_records), ("gallery", gallery_records)):
-        stores.append(open_or_build_store(
-            model, list(split_records), store_path(store_dir, data, split, dtype_name), checkpoint=checkpoint, root=data,
-            input_size=(height, width), map_dtype=dtype_name, amp=amp, batch_size=batch_size, workers=workers,
-            progress=progress and rank == 0, desc=split, log=log, rank=rank, world_size=world_size, group=group))
+        stores.append(open_or_build_store(model, list(split_records), store_path(config.store_dir, data, split, dtype_name),
+                                          split_config, source=source, shard=shard, desc=split, log=log))
     return stores[0], stores[1]

@@ -299,9 +299,12 @@ def save_epoch(config: TrainConfig, ctx: RunContext, state: TrainState, epoch: i
     payload = epoch_payload(config, state, epoch)
     if config.eval_every and (epoch + 1) % config.eval_every == 0:
         from casn_core.engine.evaluate import evaluate_model
+        from casn_core.engine.extraction import ExtractionConfig
+        from casn_core.rankings import paper_ranking
 
-        results = evaluate_model(state.model, config.data, config.height, config.width, device=ctx.device,
-                                 amp=config.amp, topk=config.eval_topk, progress=False)
+        extraction = ExtractionConfig((config.height, config.width), amp=config.amp, progress=False)
+        results = evaluate_model(state.model, config.data, extraction,
+                                 [paper_ranking(config.threshold, config.eval_topk)])
         record["eval"] = results
         if results["feature"]["mAP"] > state.best_map:
             state.best_map = results["feature"]["mAP"]

@@ -26,7 +26,8 @@ import torch
 from casn_core.atomic import write_json_atomic
 from casn_core.models.casn import CASN
 from casn_core.search.scan import GalleryImage, SearchError, SkippedFile, check_images
-from casn_core.engine.store_build import open_or_build_store
+from casn_core.engine.extraction import ExtractionConfig
+from casn_core.engine.store_build import StoreSource, open_or_build_store
 from casn_core.store import float32_map_bytes, resolve_map_dtype, store_path
 
 CHECKED_FORMAT = "casn-search-checked"
@@ -124,8 +125,9 @@ def load_or_extract_gallery(model: CASN, images: Sequence[GalleryImage], input_s
     float32_bytes = float32_map_bytes(model, input_size, len(records)) if map_dtype == "auto" else None
     dtype = resolve_map_dtype(map_dtype, next(model.parameters()).device, float32_bytes=float32_bytes, log=log)
     path = store_path(cache_dir, root, "gallery", dtype)  # the store keys itself (checkpoint, files, size, dtype)
-    store = open_or_build_store(model, records, path, checkpoint=checkpoint, root=root, input_size=input_size,
-                                map_dtype=dtype, amp=amp, batch_size=batch_size, progress=progress,
+    config = ExtractionConfig(input_size=tuple(input_size), batch_size=batch_size, amp=amp, map_dtype=dtype,
+                              progress=progress)
+    store = open_or_build_store(model, records, path, config, source=StoreSource(checkpoint, root),
                                 desc="gallery features", log=log)
     hit = not store.built_now
     if hit:

@@ -16,7 +16,11 @@ ck, data = helpers.make_pinned_checkpoint_and_data(out)
 from casn_core.checkpoint import load_model
 from casn_core.engine.evaluate import evaluate_model, explain_files
 model, payload = load_model(ck)
-res = evaluate_model(model, str(data), 128, 64, topk=10, attention_weight=1.0, threshold=0.3, progress=False)
+from casn_core.engine.extraction import ExtractionConfig
+from casn_core.rankings import RankingSpec
+
+res = evaluate_model(model, str(data), ExtractionConfig((128, 64), progress=False),
+                     [RankingSpec("casn", 1.0, 10, 0.3)])
 q = sorted((data / "query").glob("*.jpg")); g = sorted((data / "bounding_box_test").glob("*.jpg"))
 expl, _, _ = explain_files(model, payload, str(q[0]), str(g[0]), 0.3)
 from app.state import load_state
