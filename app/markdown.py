@@ -10,7 +10,7 @@ from app.ranking import QueryRanking
 from app.scoring import DatasetSummary, QueryStats
 from app.state import AppState
 
-INTRO = """# CASN explainability: why does this gallery image rank here?
+INTRO = """# CASN: why does this gallery image rank here?
 Consistent Attentive Siamese Network (Zheng et al., CVPR 2019): pick a query, choose the ranking (w, K), click a
 result (<span class="legend-dot" style="background:#22a03c"></span>true match
 <span class="legend-dot" style="background:#d72626"></span>wrong identity) to see where each image looks."""
@@ -130,7 +130,10 @@ def model_info(state: AppState) -> str:
     rows = [
         ("checkpoint", f"`{state.checkpoint_path.name}`"), ("backbone", state.backbone),
         ("input (width x height)", f"{width} x {height}"), ("alignment threshold t", f"{state.threshold:g}"),
-        ("default ranking", ranking_choice(state)), ("data", f"`{state.data_root.name}`"),
+        ("default ranking", f"w = {state.attention_weight:g}, K = {state.topk}"),
+        ("where w comes from", state.info.attention_weight_source if state.attention_weight == state.info.attention_weight
+         else "set with --attention-weight"),
+        ("data", f"`{_short(state.data_root.name, 40)}`"),
         ("features", f"{cache} (`{state.cache_file.name if state.cache_file else '-'}`, {state.map_dtype} maps "
                      f"on disk, read per request)"),
     ]

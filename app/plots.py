@@ -131,7 +131,9 @@ def cmc_figure(summary, label: str = "CASN (feature + attention)") -> np.ndarray
                     label=f"{name}: R-1 {100 * cmc[0]:.1f}%")
     ax.set_xlabel("rank", fontsize=9)
     ax.set_ylabel("matching rate (%)", fontsize=9)
-    ax.set_ylim(0, 101)
+    lowest = min((100 * getattr(summary, key)["cmc"][0] for key in ("casn", "feature") if getattr(summary, key)["cmc"]),
+                 default=0.0)
+    ax.set_ylim(max(0.0, 10 * np.floor(lowest / 10) - 5), 101)  # the curves, not empty space below them
     ax.tick_params(labelsize=8)
     ax.grid(alpha=0.3)
     _legend_above(ax, ncol=1)

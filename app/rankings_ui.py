@@ -65,7 +65,7 @@ class RankingsTab:
             with gr.Column(scale=5):
                 with gr.Row(equal_height=False):
                     query_image = gr.Image(label="query", show_label=False, type="numpy", format="png",
-                                           interactive=False, height=200, elem_id="query-image", scale=1,
+                                           interactive=False, height=170, elem_id="query-image", scale=1,
                                            min_width=110, buttons=[])
                     with gr.Column(scale=5):
                         query_info = gr.Markdown(elem_id="query-info", elem_classes=["casn-table"])

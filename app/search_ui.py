@@ -68,10 +68,10 @@ def _search_panel(service: SearchService) -> SearchPanel:
                 with gr.Column(scale=5):
                     status = gr.Markdown(elem_id="search-status")
             gr.Markdown("2. Ranked gallery: click an image to explain the pair", elem_classes=["casn-heading"])
-            strip = gallery("search-strip", "ranked gallery", 10, 250)
+            strip = gallery("search-strip", "ranked gallery", 10, 215)
             distances = gr.Image(label="where the threshold falls on this query's distances to the gallery",
-                                 type="numpy", format="png", interactive=False, elem_id="search-distances",
-                                 buttons=["fullscreen"])
+                                 show_label=False, type="numpy", format="png", interactive=False,
+                                 elem_id="search-distances", buttons=["fullscreen"])
             gr.Markdown("### 3. Explain the pair", elem_id="search-explain-heading")
             pair = PairPanel.build("search-pair")
             correspondence = CorrespondencePanel.build("search-corr")

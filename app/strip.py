@@ -73,21 +73,16 @@ def caption(ranking: QueryRanking, position: int) -> str:
 
 
 def note(ranking: QueryRanking) -> str:
-    """What the strip's score is and where the re-ranked head ends."""
-    label = score_label(ranking)
+    """What the strip's score is and where the re-ranked head ends (two lines at most)."""
     if ranking.attention_weight == 0:
-        return (f"Score: **{label}**, the feature distance, for every entry (w = 0: the feature ranking, nothing "
-                f"is re-ranked). ★ marks the first true match.")
-    w = ranking.attention_weight
+        return "Score **d_f**, the feature distance (w = 0: the feature ranking; nothing is re-ranked). ★ first true match."
     reranked = ranking.reranked_count
-    junk = (f"; {ranking.junk_in_topk} of those K are same-camera images of this identity, which the protocol "
-            f"then drops, so {reranked} shown entries are re-ranked" if ranking.junk_in_topk else "")
-    tail = ""
-    if reranked < len(ranking.order):
-        tail = (f" Ranks {reranked + 1}+ (faded) were not re-ranked: they follow in d_f order, "
-                f"d = max + 1 + norm(d_f).")
-    return (f"Score: **d** = norm(d_f) + {w:g}·norm(d_a), each part min-max normalised over the top K = {ranking.topk} "
-            f"by d_f, as `casn eval` ranks{junk}.{tail} ★ marks the first true match.")
+    junk = (f"; {ranking.junk_in_topk} of those K are same-camera images the protocol drops, so {reranked} shown "
+            f"are re-ranked" if ranking.junk_in_topk else "")
+    tail = (f" Ranks {reranked + 1}+ (faded) follow in d_f order, d = max + 1 + norm(d_f)."
+            if reranked < len(ranking.order) else "")
+    return (f"Score **d** = norm(d_f) + {ranking.attention_weight:g}·norm(d_a), each part min-max normalised over the "
+            f"top K = {ranking.topk} by d_f, as `casn eval` re-ranks them{junk}.{tail} ★ first true match.")
 
 
 def strip_page(ranking: QueryRanking, page, image: Callable[[int], np.ndarray], size: int = PAGE) -> StripPage:

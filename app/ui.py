@@ -38,12 +38,14 @@ def build_ui(service: AppService, search=None) -> gr.Blocks:
     :class:`app.search.SearchService` over the dataset's gallery) adds the *Search with your image* tab."""
     state = service.state
     with gr.Blocks(title="CASN explainability", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
-        gr.Markdown(markdown.INTRO, elem_id="header")
         described = presets.describe(state, presets.default_spec(state))
-        with gr.Accordion("model and settings", open=False, elem_id="model-box"):
-            model_line = gr.Markdown(markdown.model_line(state, service.summary_if_ready(), described),
-                                     elem_id="model-line")
-            gr.Markdown(markdown.model_info(state), elem_classes=["casn-info"])
+        with gr.Row(equal_height=False):
+            gr.Markdown(markdown.INTRO, elem_id="header", scale=3)
+            with gr.Column(scale=1, min_width=280):
+                with gr.Accordion("model and settings", open=False, elem_id="model-box"):
+                    model_line = gr.Markdown(markdown.model_line(state, service.summary_if_ready(), described),
+                                             elem_id="model-line")
+                    gr.Markdown(markdown.model_info(state), elem_classes=["casn-info"])
         controls = RankingControls.build(service)
         with gr.Tabs():
             with gr.Tab("Rankings", elem_id="tab-rankings") as rankings_tab:

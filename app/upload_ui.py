@@ -50,9 +50,8 @@ class UploadTab:
                             f"16-bit, CMYK; animated: first frame), at most **{limit_text(service.max_upload_bytes)}** "
                             f"and 25 megapixels each. Both are resized to the model's input; a far-off aspect ratio "
                             f"gets a warning.", elem_classes=["compact-note"])
-                with gr.Row():
-                    file1 = gr.File(label="image 1", type="filepath", elem_id="upload-1", height=110, min_width=120)
-                    file2 = gr.File(label="image 2", type="filepath", elem_id="upload-2", height=110, min_width=120)
+                file1 = gr.File(label="image 1", type="filepath", elem_id="upload-1", height=100)
+                file2 = gr.File(label="image 2", type="filepath", elem_id="upload-2", height=100)
                 button = gr.Button("Explain this pair", variant="primary", elem_id="upload-button")
                 pairs = example_pairs()
                 if pairs:

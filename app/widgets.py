@@ -18,7 +18,7 @@ from app.uploads import UploadError
 PRIVATE = {"api_visibility": "private"}
 
 CSS = """
-#header h1 {margin-bottom: 0.1em; font-size: 1.6em;}
+#header h1 {margin-bottom: 0.1em; font-size: 1.45em;}
 #header p {margin: 0.1em 0;}
 .casn-gallery .grid-container {
   grid-template-columns: repeat(var(--grid-cols), minmax(50px, 1fr)) !important;
@@ -33,7 +33,8 @@ CSS = """
 .casn-table table {font-size: 0.88em;}
 .casn-table th, .casn-table td {white-space: nowrap; word-break: keep-all; overflow-wrap: normal;}
 .casn-table {overflow-x: auto;}
-.casn-info table {font-size: 0.88em;}
+.casn-info table {font-size: 0.88em; table-layout: fixed; width: 100%;}
+.casn-info td:first-child, .casn-info th:first-child {width: 32%;}
 .casn-info td {white-space: normal; overflow-wrap: anywhere;}
 .casn-info td:first-child {white-space: nowrap;}
 .legend-dot {display:inline-block; width:0.8em; height:0.8em; border-radius:2px; margin:0 0.25em 0 0.6em;}

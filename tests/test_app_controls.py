@@ -172,7 +172,7 @@ def test_the_strip_is_paged_with_one_score_label(served):
     assert labels == {"d"}  # one score for the whole list, re-ranked head and tail alike
     scores = [float(caption.split()[3]) for _, caption in first.strip + second.strip]
     assert scores == sorted(scores)
-    assert "Ranks" in first.page.note and "not re-ranked" in first.page.note
+    assert "(faded) follow in d_f order" in first.page.note
     feature = service.query_view(q, service.spec(0.0, "all"), 0)
     assert {caption.split()[2] for _, caption in feature.strip} == {"d_f"}
     jumped = service.query_view(q, spec, "first true")
