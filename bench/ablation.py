@@ -158,7 +158,7 @@ def run_one(args, spec: dict, losses: str, seed: int) -> dict:
     from casn_core.engine.evaluator import evaluate_caches
     from casn_core.engine.extraction import ExtractionConfig, extract_split
     from casn_core.engine.train import TrainConfig, train
-    from casn_core.attention.quality import attention_quality
+    from casn_core.attention.quality import QualitySettings, attention_quality
 
     out = run_dir(args, spec["name"], losses, seed)
     topk = None if str(args.topk).lower() == "all" else int(args.topk)
@@ -187,10 +187,9 @@ def run_one(args, spec: dict, losses: str, seed: int) -> dict:
     quality, quality_s = None, 0.0
     if spec["masks"] and not args.no_quality:
         started = time.perf_counter()
-        quality = attention_quality(model, spec["test"], args.height, args.width, query, gallery, amp=args.amp,
-                                    threshold=args.threshold, num_pairs=args.quality_pairs,
-                                    deletion_pairs=args.deletion_pairs, deletion_steps=args.deletion_steps,
-                                    max_fraction=args.deletion_max, seed=0)
+        quality_settings = QualitySettings(args.threshold, args.amp, args.quality_pairs, args.deletion_pairs,
+                                           args.deletion_steps, args.deletion_max, seed=0)
+        quality = attention_quality(model, spec["test"], (args.height, args.width), quality_settings, query, gallery)
         quality_s = time.perf_counter() - started
     record = {
         "bench": "ablation_run", "dataset": spec["name"], "losses": losses, "seed": seed,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from casn_core.attention.quality import attention_quality
+from casn_core.attention.quality import QualitySettings, attention_quality
 from casn_core.checkpoint import checkpoint_info, load_model
 
 
@@ -33,10 +33,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     model, payload = load_model(args.checkpoint, torch.device("cpu"))
     info = checkpoint_info(payload)
-    height, width = info.input_size
-    result = attention_quality(model, args.data, height, width, amp=args.amp, threshold=info.threshold,
-                               num_pairs=args.pairs, deletion_pairs=args.deletion_pairs,
-                               deletion_steps=args.deletion_steps, max_fraction=args.max_fraction)
+    settings = QualitySettings(info.threshold, args.amp, args.pairs, args.deletion_pairs, args.deletion_steps,
+                               args.max_fraction)
+    result = attention_quality(model, args.data, info.input_size, settings)
     result = {"bench": "attention_quality", "checkpoint": args.checkpoint,
               "losses": payload.get("train_config", {}).get("losses"), **result}
     print(json.dumps(result), flush=True)

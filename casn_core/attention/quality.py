@@ -36,6 +36,8 @@ Grad-CAM) counts as uniform, i.e. its share is the mask's area, never 0/0.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import time
 from pathlib import Path
 
@@ -172,11 +174,12 @@ def deletion_masks(maps: torch.Tensor, size: tuple[int, int], fractions: list[fl
     return out.reshape(len(fractions), n, h, w)
 
 
-def deletion_curve(model, images1: torch.Tensor, images2: torch.Tensor, maps1: torch.Tensor, maps2: torch.Tensor,
+def deletion_curve(model, images: tuple[torch.Tensor, torch.Tensor], maps: tuple[torch.Tensor, torch.Tensor],
                    fractions: list[float], amp: str = "none", seed: int = 0, side: str = "gallery") -> list[float]:
     """Mean same-person probability of the pairs after blanking the top ``fraction`` of a map.
 
-    ``side="gallery"``: only the second image is blanked (by ``maps2``), the first stays intact;
+    ``images`` and ``maps``: the pairs' first and second images and their maps.
+    ``side="gallery"``: only the second image is blanked (by the second maps), the first stays intact;
     ``side="both"``: each image is blanked by its own map. Blanked pixels are set to 0 in normalised
     space (the ImageNet mean colour). With ``both``, consistent maps blank the same body parts of both
     images with the same grey, which makes the pair *more* alike: the one-sided curve avoids that
@@ -184,6 +187,7 @@ def deletion_curve(model, images1: torch.Tensor, images2: torch.Tensor, maps1: t
     """
     if side not in ("gallery", "both"):
         raise ValueError(f"side must be 'gallery' or 'both', got {side!r}")
+    (images1, images2), (maps1, maps2) = images, maps
     size = tuple(images1.shape[-2:])
     n = images1.shape[0]
     del2 = deletion_masks(maps2, size, fractions, seed + 1)
@@ -215,14 +219,32 @@ def _mean(values: torch.Tensor) -> float:
     return float(values.mean()) if values.numel() else float("nan")
 
 
-def attention_quality(model, data_root: str | Path, height: int, width: int, query=None, gallery=None,
-                      amp: str = "none", threshold: float = DEFAULT_THRESHOLD, num_pairs: int = 128, deletion_pairs: int = 48,
-                      deletion_steps: int = 10, max_fraction: float = 0.5, seed: int = 0) -> dict:
+@dataclass(frozen=True)
+class QualitySettings:
+    """What :func:`attention_quality` measures on: ``num_pairs`` positive (and as many negative) pairs,
+    deletion curves on the first ``deletion_pairs`` of them in ``deletion_steps`` steps up to
+    ``max_fraction`` of each image blanked; the alignment ``threshold``, ``amp`` and the pairs' ``seed``."""
+
+    threshold: float = DEFAULT_THRESHOLD
+    amp: str = "none"
+    num_pairs: int = 128
+    deletion_pairs: int = 48
+    deletion_steps: int = 10
+    max_fraction: float = 0.5
+    seed: int = 0
+
+
+def attention_quality(model, data_root: str | Path, input_size: tuple[int, int],
+                      settings: QualitySettings = QualitySettings(), query=None, gallery=None) -> dict:
     """All attention-quality numbers of one model (see the module docstring) as a flat dict.
 
     ``query`` and ``gallery`` are :class:`casn_core.maps.FeatureCache` of the test splits
     (``None``: extracted here); pairs are chosen from their records, so every model sees the same pairs.
     """
+    height, width = input_size
+    threshold, amp, seed = settings.threshold, settings.amp, settings.seed
+    num_pairs, deletion_pairs = settings.num_pairs, settings.deletion_pairs
+    deletion_steps, max_fraction = settings.deletion_steps, settings.max_fraction
     from casn_core.engine.extraction import ExtractionConfig, extract_split
 
     started = time.perf_counter()
@@ -269,10 +291,9 @@ def attention_quality(model, data_root: str | Path, height: int, width: int, que
     rand2 = torch.rand(pos.maps2[:d].shape, generator=gen)
     curves = {}
     for side in ("gallery", "both"):
-        curves[side] = deletion_curve(model, images_q[:d], images_g[:d], pos.maps1[:d], pos.maps2[:d], fractions,
-                                      amp, seed, side)
-        curves[side + "_random"] = deletion_curve(model, images_q[:d], images_g[:d], rand1, rand2, fractions, amp,
-                                                  seed, side)
+        pair_images = (images_q[:d], images_g[:d])
+        curves[side] = deletion_curve(model, pair_images, (pos.maps1[:d], pos.maps2[:d]), fractions, amp, seed, side)
+        curves[side + "_random"] = deletion_curve(model, pair_images, (rand1, rand2), fractions, amp, seed, side)
     aucs = {name: area_under(fractions, values) for name, values in curves.items()}
     model.train(was_training)
     return {
