@@ -8,6 +8,7 @@ Modules, one job each, each importing only the ones listed before it:
 - :mod:`app.validation`, :mod:`app.lru`, :mod:`app.uploads` (safe reading of uploads: size limit before
   decoding, images under 16 px refused, aspect warnings), :mod:`app.demo`, :mod:`app.domain` (whether the
   checkpoint learned from generated people).
+- :mod:`app.settings` -- every setting of a start in one frozen :class:`~app.settings.AppSettings`.
 - :mod:`app.state` -- load the checkpoint and a Market-layout dataset; maps in the shared map store on disk.
 - :mod:`app.presets` -- which ranking a request asks for: feature, paper, tuned, or any (w, K).
 - :mod:`app.reranking` -- attention distances kept per query and per K, so any w re-ranks without them.
@@ -25,7 +26,8 @@ Modules, one job each, each importing only the ones listed before it:
 - :mod:`app.controls_ui`, :mod:`app.rankings_ui`, :mod:`app.why_ui`, :mod:`app.upload_ui`,
   :mod:`app.search_ui`, :mod:`app.dataset_ui` -- one module per part of the page; :mod:`app.api` the JSON
   endpoints; :mod:`app.ui` composes them.
-- :mod:`app.server` -- argument parsing and the locked-down launch.
+- :mod:`app.server` -- argument parsing and the locked-down launch; :mod:`app.cli` -- the ``casn`` console
+  command (``casn app`` is ``python app.py``).
 
 Test helpers live in ``tests/app_helpers.py``; the benchmarks run ``python app.py`` as a process.
 """

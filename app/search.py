@@ -24,12 +24,13 @@ import torch
 from PIL import Image
 
 from app import explain, figures, markdown, plots, similarity
-from app.domain import domain_note
 from app.core import (
     CASN, CheckpointError, GalleryFeatures, GalleryImage, GalleryReport, SearchIndex, SearchResult, build_search_index,
     explain_maps, load_model, parse_market_name, unit_distance, unit_features,
 )
+from app.domain import domain_note
 from app.explain import PairView
+from app.settings import AppSettings
 from app.state import AppState
 from app.uploads import MAX_UPLOAD_BYTES, read_upload, upload_name
 from app.validation import RequestError, whole_number
@@ -102,16 +103,17 @@ def index_from_state(state: AppState) -> SearchIndex:
 
 
 def open_gallery(checkpoint: str | os.PathLike, gallery: str | os.PathLike, cache_dir: str | os.PathLike,
-                 topk: int | None = None, threshold: float | None = None, attention_weight: float | None = None,
-                 map_dtype: str = "auto", progress: bool = True, log=print, arch: str | None = None,
-                 input_size: str | None = None) -> SearchIndex:
-    """Load the checkpoint (``arch``: a torchreid checkpoint) and index any folder of images (unlabelled mode)."""
-    model, payload = load_model(checkpoint, "cpu", arch=arch, input_size=input_size)
+                 settings: AppSettings) -> tuple[SearchIndex, dict]:
+    """Load the checkpoint (``settings.arch``: a torchreid checkpoint) and index any folder of images
+    (unlabelled mode): the index and the checkpoint's payload."""
+    model, payload = load_model(checkpoint, "cpu", arch=settings.arch, input_size=settings.input_size)
     if getattr(model, "explain_refusal", None):  # a torchreid head that cannot be folded: no exact maps to show
         raise CheckpointError(f"{model.explain_refusal}; the app needs exact maps (casn search ranks it)")
-    return build_search_index(model, payload, checkpoint, gallery, Path(cache_dir) / "search", threshold=threshold,
-                              attention_weight=attention_weight, rerank_k=topk, map_dtype=map_dtype,
-                              progress=progress, log=log)
+    index = build_search_index(model, payload, checkpoint, gallery, Path(cache_dir) / "search",
+                               threshold=settings.threshold, attention_weight=settings.attention_weight,
+                               rerank_k=settings.topk, map_dtype=settings.map_dtype, progress=settings.progress,
+                               log=settings.log)
+    return index, payload
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pathlib import Path
 import app.offline  # noqa: F401  (before gradio)
 
 from app.demo import DEFAULT_CACHE_DIR, DEFAULT_CHECKPOINT, DEFAULT_STORE_DIR, ensure_demo_data
-from app.uploads import MAX_UPLOAD_BYTES
+from app.settings import AppSettings, resolve
 
 
 def _topk_argument(text: str) -> int | str:
@@ -83,53 +83,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_service(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_dir: str | os.PathLike,
-                  topk: int | str | None = None, threshold: float | None = None, attention_weight: float | None = None,
-                  max_upload_bytes: int = MAX_UPLOAD_BYTES, ranking_cache: int = 512, progress: bool = True,
-                  log=print, store_dir: str | os.PathLike | None = None, map_dtype: str = "auto",
-                  background_summary: bool = True, arch: str | None = None, input_size: str | None = None):
+                  settings: AppSettings | None = None, **overrides):
     """Load the checkpoint and data: the Gradio-free :class:`app.service.AppService`.
 
-    The dataset summary (every query's CASN ranking scored) comes from its cache beside the map
-    stores, else is computed in a background thread (``background_summary=False``: here, before
-    returning); requests that need it wait for it (:class:`app.summary.SummaryJob`).
+    ``settings`` (:class:`app.settings.AppSettings`; keyword ``overrides`` replace its fields). The
+    dataset summary (every query's CASN ranking scored) comes from its cache beside the map stores, else
+    is computed in a background thread (``background_summary=False``: here, before returning); requests
+    that need it wait for it (:class:`app.summary.SummaryJob`).
     """
     from app.service import AppService
     from app.state import load_state
     from app.summary import SummaryJob
 
-    state = load_state(checkpoint, data, cache_dir, topk=topk, threshold=threshold,
-                       attention_weight=attention_weight, progress=progress, log=log, store_dir=store_dir,
-                       map_dtype=map_dtype, arch=arch, input_size=input_size)
-    summary = SummaryJob(state, background=background_summary, progress=progress and not background_summary, log=log)
-    return AppService(state, summary, max_upload_bytes, ranking_cache)
+    config = resolve(settings, **overrides)
+    state = load_state(checkpoint, data, cache_dir, config)
+    summary = SummaryJob(state, background=config.background_summary,
+                         progress=config.progress and not config.background_summary, log=config.log)
+    return AppService(state, summary, config.max_upload_bytes, config.ranking_cache)
 
 
 def build_gallery(checkpoint: str | os.PathLike, gallery: str | os.PathLike, cache_dir: str | os.PathLike,
-                  topk: int | str | None = None, threshold: float | None = None, attention_weight: float | None = None,
-                  max_upload_bytes: int = MAX_UPLOAD_BYTES, map_dtype: str = "auto", progress: bool = True,
-                  log=print, arch: str | None = None, input_size: str | None = None):
+                  settings: AppSettings | None = None, **overrides):
     """Unlabelled mode: index any folder of images and build its search page: ``(gr.Blocks, SearchService)``."""
     from app.search import SearchService, open_gallery
     from app.search_ui import build_search_ui
 
-    index = open_gallery(checkpoint, gallery, cache_dir, topk, threshold, attention_weight, map_dtype, progress, log,
-                         arch=arch, input_size=input_size)
-    service = SearchService(index, cache_dir, max_upload_bytes)
+    config = resolve(settings, **overrides)
+    index, payload = open_gallery(checkpoint, gallery, cache_dir, config)
+    service = SearchService(index, cache_dir, config.max_upload_bytes, payload=payload)
     return build_search_ui(service), service
 
 
-def build(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_dir: str | os.PathLike, topk: int | str | None = None,
-          threshold: float | None = None, attention_weight: float | None = None,
-          max_upload_bytes: int = MAX_UPLOAD_BYTES, ranking_cache: int = 512, progress: bool = True, log=print,
-          store_dir: str | os.PathLike | None = None, map_dtype: str = "auto", arch: str | None = None,
-          input_size: str | None = None):
+def build(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_dir: str | os.PathLike,
+          settings: AppSettings | None = None, **overrides):
     """Load everything and build the page: ``(gr.Blocks, AppService)``; ``arch``: a torchreid checkpoint."""
     from app.search import SearchService, index_from_state
     from app.ui import build_ui
 
-    service = build_service(checkpoint, data, cache_dir, topk, threshold, attention_weight, max_upload_bytes,
-                            ranking_cache, progress, log, store_dir, map_dtype, arch=arch, input_size=input_size)
-    search = SearchService(index_from_state(service.state), service.state.cache_dir, max_upload_bytes,
+    config = resolve(settings, **overrides)
+    service = build_service(checkpoint, data, cache_dir, config)
+    search = SearchService(index_from_state(service.state), service.state.cache_dir, config.max_upload_bytes,
                            payload=service.state.payload)
     return build_ui(service, search), service
 
@@ -176,15 +169,14 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
     imported = time.perf_counter()
     cache_dir = Path(args.cache_dir)
     try:
+        settings = AppSettings(topk=args.topk, threshold=args.threshold, attention_weight=args.attention_weight,
+                               map_dtype=args.map_dtype, arch=args.arch, input_size=args.input_size,
+                               ranking_cache=args.ranking_cache, store_dir=args.store_dir)
         if args.gallery:
-            demo, service = build_gallery(checkpoint, args.gallery, cache_dir, args.topk, args.threshold,
-                                          args.attention_weight, map_dtype=args.map_dtype, arch=args.arch,
-                                          input_size=args.input_size)
+            demo, service = build_gallery(checkpoint, args.gallery, cache_dir, settings)
         else:
             data = Path(args.data) if args.data else ensure_demo_data(cache_dir)
-            demo, service = build(checkpoint, data, cache_dir, args.topk, args.threshold, args.attention_weight,
-                                  ranking_cache=args.ranking_cache, store_dir=args.store_dir,
-                                  map_dtype=args.map_dtype, arch=args.arch, input_size=args.input_size)
+            demo, service = build(checkpoint, data, cache_dir, settings)
     except (CheckpointError, DatasetError, ImageInputError, SearchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

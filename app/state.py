@@ -20,6 +20,7 @@ import torch
 
 from app.core import CASN, CheckpointError, CheckpointInfo, ExtractionConfig, FeatureCache, checkpoint_info, \
     chosen_ranking, load_market, load_model, split_stores, unit_distance, unit_features
+from app.settings import AppSettings, resolve
 
 
 class DatasetError(ValueError):
@@ -95,11 +96,10 @@ def load_dataset(root: Path) -> tuple[list, list]:
 
 
 def load_state(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_dir: str | os.PathLike,
-               topk: int | str | None = None,
-               threshold: float | None = None, attention_weight: float | None = None, batch_size: int = 32,
-               progress: bool = True, log=print, store_dir: str | os.PathLike | None = None,
-               map_dtype: str = "auto", arch: str | None = None, input_size: str | None = None) -> AppState:
+               settings: AppSettings | None = None, **overrides) -> AppState:
     """Load the model and dataset, and open (or build once) the query and gallery map stores.
+
+    ``settings`` (:class:`app.settings.AppSettings`; keyword ``overrides`` replace its fields) says:
 
     ``store_dir``: where the stores live (default ``<cache_dir>/store``; ``python app.py`` passes the
     folder ``eval`` uses by default, so the two share them when their dtypes agree). ``map_dtype``:
@@ -108,16 +108,19 @@ def load_state(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_dir
     ``topk`` / ``attention_weight``: with neither, the checkpoint's stored (w, K) pair, else the paper's
     (w = 1, K = all); with one, the other is the paper's (:func:`casn_core.rankings.chosen_ranking`).
     """
+    config = resolve(settings, **overrides)
+    topk, threshold, attention_weight, log = config.topk, config.threshold, config.attention_weight, config.log
     checkpoint, root, cache_dir = Path(checkpoint).resolve(), Path(data).resolve(), Path(cache_dir).resolve()
-    model, payload = load_model(checkpoint, "cpu", arch=arch, input_size=input_size)  # arch: a torchreid checkpoint
+    model, payload = load_model(checkpoint, "cpu", arch=config.arch,  # arch: a torchreid checkpoint
+                                input_size=config.input_size)
     if getattr(model, "explain_refusal", None):  # a torchreid head that cannot be folded: no exact maps to show
         raise CheckpointError(f"{model.explain_refusal}; the app needs exact maps (casn eval/search rank it)")
     info = checkpoint_info(payload)
     ranking = chosen_ranking(info.default_ranking(), attention_weight, topk, threshold)
     query_records, gallery_records = load_dataset(root)  # a clear DatasetError before any extraction
-    store_dir = Path(store_dir).resolve() if store_dir is not None else cache_dir / "store"
-    extraction = ExtractionConfig(tuple(info.input_size), batch_size=batch_size, map_dtype=map_dtype,
-                                  store_dir=store_dir, progress=progress)
+    store_dir = Path(config.store_dir).resolve() if config.store_dir is not None else cache_dir / "store"
+    extraction = ExtractionConfig(tuple(info.input_size), batch_size=config.batch_size, map_dtype=config.map_dtype,
+                                  store_dir=store_dir, progress=config.progress)
     query_store, gallery_store = split_stores(model, str(root), extraction, checkpoint=checkpoint, log=log,
                                               records=(query_records, gallery_records))
     built = query_store.built_now or gallery_store.built_now
