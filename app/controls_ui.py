@@ -15,7 +15,7 @@ import gradio as gr
 from app import presets
 from app.core import RankingSpec, topk_to_json
 from app.service import AppService
-from app.widgets import PRIVATE, user_errors
+from app.widgets import PRIVATE, or_cleared, user_errors
 
 K_CHOICES = ("5", "10", "20", "50", "100", "200", "all")
 MAX_SLIDER_WEIGHT = 3.0
@@ -83,6 +83,9 @@ class RankingControls:
         def named(weight, topk):
             spec = user_errors(service.spec, weight, topk)
             return _radio_value(spec), explain_text(service, spec)
+
+        # the first link of every re-ranking: the one that says (once) when w or K cannot be used
+        named = or_cleared(named, lambda message: (None, message), toast=True)
 
         picked = self.preset.input(pick, self.preset, [self.weight, self.topk], **PRIVATE)
         # "input" (the user's changes only: a picked name setting w and K does not fire it), the last of a drag

@@ -13,7 +13,7 @@ import gradio as gr
 
 from app import markdown, plots, presets
 from app.service import AppService
-from app.widgets import picture, user_errors
+from app.widgets import or_cleared, picture, user_errors
 
 
 def tuning_plot(service: AppService):
@@ -64,4 +64,6 @@ class DatasetTab:
         return [self.text, self.plot]
 
     def show_step(self, service: AppService, controls_inputs: list) -> tuple:
-        return (lambda weight, topk: dataset_values(service, weight, topk), controls_inputs, self.outputs)
+        show = or_cleared(lambda weight, topk: dataset_values(service, weight, topk),
+                          lambda message: (message, None))
+        return (show, controls_inputs, self.outputs)

@@ -15,7 +15,8 @@ from app import presets
 from app.service import SORTS, AppService
 from app.views import PairRef
 from app.widgets import (
-    CORRESPONDENCE_NOTE, PRIVATE, CorrespondencePanel, ExportControls, PairPanel, gallery, scroll_js, selected, user_errors,
+    CORRESPONDENCE_NOTE, PRIVATE, CorrespondencePanel, ExportControls, PairPanel, gallery, or_cleared, scroll_js,
+    selected, user_errors,
 )
 
 Step = tuple  # (fn, inputs, outputs): one link of an event chain
@@ -110,7 +111,7 @@ class RankingsTab:
                         view.ranking.first_true_rank)
             return (view.thumbnail, view.markdown, shown.note, gr.update(value=view.strip, selected_index=None),
                     f"**{shown.range_text}** (page {shown.page + 1} of {shown.pages})", view.table, shown.page, remember)
-        return show
+        return or_cleared(show, lambda message: (None, message, "", [], "", "", 0, None))
 
     def show_pair_at(self, service: AppService):
         """``(query, w, K, position) -> pair outputs``: the pair at 0-based ``position`` of the ranking."""
@@ -120,7 +121,8 @@ class RankingsTab:
             view, ref = user_errors(service.pair_view, query_index, gallery_index, spec)
             shown = user_errors(service.shown_pair, ref.query_index, ref.gallery_index)
             return [*PairPanel.values(view), gr.update(interactive=True), ref, *shown, CORRESPONDENCE_NOTE]
-        return show
+        return or_cleared(show, lambda message: [*PairPanel.values(None, message), gr.update(interactive=False), None,
+                                                 None, None, CORRESPONDENCE_NOTE])
 
     def query_steps(self, service: AppService, controls_inputs: list, page_value=0) -> list[Step]:
         """The links a new query or ranking chains: the strip (page 0) and the rank-1 pair."""
@@ -139,6 +141,7 @@ class RankingsTab:
             items, note = user_errors(service.picker, failures_only, sort, True, spec)
             position = user_errors(service.picker_position, failures_only, sort, query_index, spec)
             return gr.update(value=items, selected_index=position), note
+        refresh = or_cleared(refresh, lambda message: (gr.update(), message))  # the picker stays; its note says why
         return (refresh, [self.failures, self.sort, self.query_index, *controls_inputs], [self.picker, self.picker_note])
 
     def highlight_step(self, service: AppService, controls_inputs: list) -> Step:
@@ -149,6 +152,7 @@ class RankingsTab:
                 return gr.update()
             return gr.update(selected_index=user_errors(service.picker_position, failures_only, sort, query_index,
                                                         spec))
+        highlight = or_cleared(highlight, lambda message: gr.update())
         return (highlight, [self.failures, self.sort, self.query_index, *controls_inputs], self.picker)
 
     # ---- its own controls --------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import gradio as gr
 
 from app import markdown
 from app.service import AppService
-from app.widgets import PRIVATE, PairPanel, gallery, picture, selected, user_errors
+from app.widgets import PRIVATE, PairPanel, gallery, or_cleared, picture, selected, user_errors
 
 INTRO = ("The paper's figure 8a for the query of the *Rankings* tab (or one picked here): the query against its "
          "**rank-1 wrong match** and against its **best-ranked true match**, under the ranking chosen above.")
@@ -69,7 +69,11 @@ class WhyTab:
             return [view.message, verdict, view.contrastive_text,
                     gr.update(value=view.contrastive, visible=view.contrastive is not None),
                     *PairPanel.values(view.wrong, "*(no wrong match at rank 1)*"), *PairPanel.values(view.true)]
-        return (show, [query_index, *controls_inputs], self.outputs)
+
+        def blank(message: str) -> list:
+            return [message, "", "", gr.update(value=None, visible=False), *PairPanel.values(None, ""),
+                    *PairPanel.values(None, "")]
+        return (or_cleared(show, blank), [query_index, *controls_inputs], self.outputs)
 
     def failures_step(self, service: AppService, query_index: gr.Number, controls_inputs: list) -> tuple:
         """The link that lists the failures of the chosen ranking, the current query highlighted."""
@@ -82,6 +86,7 @@ class WhyTab:
             position = shown.index(int(query)) if query is not None and int(query) in shown else None
             note = f"{len(indices)} of {len(stats)} queries fail at rank 1 under this ranking. {fallback}".strip()
             return gr.update(value=items, selected_index=position), note
+        listed = or_cleared(listed, lambda message: ([], message))
         return (listed, [query_index, *controls_inputs], [self.failures, self.failures_note])
 
     def wire(self, service: AppService, query_index: gr.Number, controls_inputs: list, on_query) -> None:

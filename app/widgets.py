@@ -63,6 +63,21 @@ def user_errors(fn: Callable, *args):
         raise gr.Error(str(exc)) from None
 
 
+def or_cleared(fn: Callable, blank: Callable[[str], list], toast: bool = False) -> Callable:
+    """``fn``, except that when it fails (a ``gr.Error``, :func:`user_errors`' mapping of the service's plain
+    errors) its outputs become ``blank(message)`` (and, with ``toast``, the message pops up): a failed
+    request clears what it would have replaced, so nothing earlier stays on screen as if it were the answer.
+    A chain of such links toasts once, at the link that checks the request first."""
+    def run(*args):
+        try:
+            return fn(*args)
+        except gr.Error as exc:
+            if toast:
+                gr.Warning(str(exc.message), title="Not shown")
+            return blank(f'<span style="color:#d72626">**Not shown:** {exc.message}</span>')
+    return run
+
+
 def selected(evt: gr.SelectData) -> int:
     return int(evt.index if isinstance(evt.index, int) else evt.index[0])
 

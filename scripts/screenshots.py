@@ -7,9 +7,10 @@ Starts ``python app.py`` (the bundled checkpoint and demo set) on a free 127.0.0
 chromium with Playwright (never ``playwright install``; /work/shared/GRADIO_TESTING.md) as a person
 would, and saves what each tab shows without scrolling:
 
-- ``rankings.png``: query 38 (rank-1 wrong under the stored w = 0) re-ranked at the paper's w = 1 on the
-  stored K = 10, so the strip says where its first true match moved;
-- ``why.png``: the same query's failure under the stored ranking, with the verdict;
+- ``rankings.png``: a query whose rank-1 image is wrong under the app's default ranking (the first one,
+  worst AP first, that the attention term at the paper's w = 1 would put right, else the worst),
+  re-ranked at w = 1 on the default K, so the strip says where its first true match moved;
+- ``why.png``: the same query's failure under the default ranking, with the verdict;
 - ``upload.png``: the first example pair of generated people, explained;
 - ``search.png``: a gallery image used as the query;
 - ``dataset.png``: the numbers, the CMC curves and the stored validation curve of w.
@@ -27,7 +28,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
-QUERY = 38
 WAIT = 120_000
 
 
@@ -53,6 +53,19 @@ def _wait_until_up(url: str, process: subprocess.Popen, timeout: float = 600.0) 
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
 
 
+def _settled(page, elem_id: str) -> None:
+    """Wait until the component ``elem_id`` has been updated by the event chain under way (its loading
+    overlay shown, then hidden): the last links of a re-ranking re-score the pickers."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    overlay = f"document.querySelector('#{elem_id} .wrap.default')"
+    try:
+        page.wait_for_function(f"() => {overlay} && !{overlay}.classList.contains('hide')", timeout=30_000)
+    except PlaywrightTimeout:
+        pass  # already updated before we looked
+    page.wait_for_function(f"() => !{overlay} || {overlay}.classList.contains('hide')", timeout=WAIT)
+
+
 def _shoot(page, out: Path, name: str) -> None:
     page.wait_for_timeout(1500)  # let images finish drawing
     path = out / f"{name}.png"
@@ -60,8 +73,24 @@ def _shoot(page, out: Path, name: str) -> None:
     print(f"{path}")
 
 
+def pick_query(url: str) -> int:
+    """The query the pictures show: a failure of the default ranking that w = 1 would put right, if any."""
+    from gradio_client import Client
+
+    client = Client(url, verbose=False)
+    failures = [q["index"] for q in client.predict(True, "AP: worst first", api_name="/list_queries")]
+    for index in failures[:40]:
+        verdict = client.predict(index, api_name="/why_wrong")["verdict"]
+        if verdict and verdict["attention_puts_true_first"]:
+            return index
+    return failures[0] if failures else 0
+
+
 def take(url: str, out: Path, width: int, height: int, chromium: str) -> None:
     from playwright.sync_api import expect, sync_playwright
+
+    query = pick_query(url)
+    print(f"query {query}")
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
@@ -69,9 +98,9 @@ def take(url: str, out: Path, width: int, height: int, chromium: str) -> None:
         page.goto(url)
         expect(page.locator("#ranked-strip").get_by_role("button", name="Thumbnail 1 of 10")).to_be_visible(
             timeout=WAIT)
-        page.locator("#query-index input").fill(str(QUERY))
+        page.locator("#query-index input").fill(str(query))
         page.locator("#rank-button").click()
-        expect(page.locator("#query-info")).to_contain_text(f"Query q{QUERY}", timeout=WAIT)
+        expect(page.locator("#query-info")).to_contain_text(f"Query q{query}:", timeout=WAIT)
         page.get_by_role("tab", name="Why did a wrong match rank first?").click()
         expect(page.locator("#why-verdict")).to_contain_text("Verdict", timeout=WAIT)
         expect(page.locator("#why-contrastive img")).to_be_visible(timeout=WAIT)
@@ -83,8 +112,7 @@ def take(url: str, out: Path, width: int, height: int, chromium: str) -> None:
         weight.press("Enter")
         expect(page.locator("#query-info")).to_contain_text("First true match moved", timeout=WAIT)
         expect(page.locator("#strip-note")).to_contain_text("norm(d_a)", timeout=WAIT)
-        expect(page.locator("#query-gallery").get_by_role("button", name="Thumbnail 1 of")).to_be_visible(
-            timeout=WAIT)  # the picker's captions are re-scored for the new ranking
+        _settled(page, "query-gallery")  # the picker's captions are re-scored for the new ranking
         _shoot(page, out, "rankings")
 
         page.get_by_role("tab", name="Upload a pair").click()

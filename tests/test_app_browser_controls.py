@@ -83,6 +83,13 @@ def test_changing_w_re_ranks_the_strip(browser_app):
     weighted = _captions(page)
     assert weighted != feature
     expect(page.locator("#query-gallery .thumbnail-item.selected")).to_have_count(1)
+    # a K that cannot be used: said once, and the strip it would have replaced is cleared, not left standing
+    k = page.locator("#ranking-topk input")
+    k.fill("abc")
+    k.press("Enter")
+    expect(page.locator("#query-info")).to_contain_text("Not shown: topk must be a whole number", timeout=WAIT)
+    expect(page.locator("#ranked-strip .thumbnail-item")).to_have_count(0)
+    expect(page.locator("#pair-overlays img")).to_have_count(0)
     page.close()
 
 
