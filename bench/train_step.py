@@ -93,7 +93,7 @@ def profile_casn_step(args, device: torch.device, repeats: int = 3) -> dict:
         total = total + config.lambda1 * ia
         t = mark("ia_forward_s", t)
         sa, *_ = siamese_attention_loss(model, out.feature_map[:batch], out.feature_map[batch:], out.features[:batch],
-                                        out.features[batch:], same, config.alpha, config.threshold)
+                                        out.features[batch:], same, config.siamese)
         total = total + config.lambda2 * sa
         t = mark("sa_forward_s", t)
         total.backward()

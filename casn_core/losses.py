@@ -61,8 +61,30 @@ class LossConfig:
     def names(self) -> str:
         return ",".join(["ide"] + (["ia"] if self.use_ia else []) + (["sa"] if self.use_sa else []))
 
+    @property
+    def siamese(self) -> SiameseLossConfig:
+        """The eq. 5 settings of ``L_sa``, the one place they are taken from this config."""
+        return SiameseLossConfig(alpha=self.alpha, threshold=self.threshold, length=self.aligned_length,
+                                 margin=self.consistency_margin)
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class SiameseLossConfig:
+    """The hyper-parameters of ``L_sa`` (eq. 5); defaults are the paper's (sec. 4).
+
+    ``alpha`` weighs the consistency distance; ``threshold`` and ``length`` are the alignment of the
+    pair's attention rows before their distance (sec. 3.2.2: the span above the threshold, resized to
+    ``length``, ``None`` = H); ``margin`` (ours, see the module docstring) adds the hinge on negative
+    pairs, ``None`` = the paper's.
+    """
+
+    alpha: float = 0.2
+    threshold: float = DEFAULT_THRESHOLD
+    length: int | None = None
+    margin: float | None = None
 
 
 @dataclass
@@ -121,18 +143,17 @@ def siamese_attention_loss(
     features1: torch.Tensor,
     features2: torch.Tensor,
     same: torch.Tensor,
-    alpha: float = 0.2,
-    threshold: float = DEFAULT_THRESHOLD,
-    length: int | None = None,
-    margin: float | None = None,
+    config: SiameseLossConfig = SiameseLossConfig(),
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, PairAttention | None, torch.Tensor | None]:
     """``L_sa = L_bce + alpha ||M*_m1 - M*_m2||_2`` (eq. 5); the distance term on positive pairs only.
 
-    With ``margin`` (ours, see the module docstring) negative pairs add ``alpha mean(ReLU(margin - d_a))``.
+    ``config``: alpha, the alignment threshold and length, and the margin (:class:`SiameseLossConfig`).
+    With ``config.margin`` (ours, see the module docstring) negative pairs add ``alpha mean(ReLU(margin - d_a))``.
     The indicator (eq. 4) is each pair's own, computed as at test time (:func:`indicator_per_pair`), and a
     constant; the maps carry gradient into the backbone through ``A``.
     Returns ``(L_sa, L_bce, mean positive distance, attention of the pairs used, negative hinge or None)``.
     """
+    alpha, margin = config.alpha, config.margin
     diff = features1 - features2
     # Eq. 4 is a property of one pair: the indicator comes from the head's inference behaviour, as at
     # test time, not from the train-mode forward below, whose batch statistics and dropout would tie
@@ -149,7 +170,7 @@ def siamese_attention_loss(
         same_probability = torch.softmax(eval_logits.float(), dim=1)[:, 1]
         attention = attention_from_indicator(
             model.pool, indicator[used], feature_map1[used], feature_map2[used],
-            same_probability[used], threshold, length,
+            same_probability[used], config.threshold, config.length,
         )
         pos_in_used = positive[used]
         if pos_in_used.any():
@@ -196,10 +217,7 @@ def casn_loss(
             out.features[:batch],
             out.features[batch:],
             same,
-            config.alpha,
-            config.threshold,
-            config.aligned_length,
-            config.consistency_margin,
+            config.siamese,
         )
         if config.bce_weight is None:  # the paper's eq. 6
             total = total + config.lambda2 * sa

@@ -6,7 +6,9 @@ import copy
 import pytest
 import torch
 
-from casn_core.losses import LOSS_CHOICES, LossConfig, casn_loss, identification_attention_loss, siamese_attention_loss
+from casn_core.losses import (
+    LOSS_CHOICES, LossConfig, SiameseLossConfig, casn_loss, identification_attention_loss, siamese_attention_loss,
+)
 from casn_core.models import build_model
 
 
@@ -122,7 +124,7 @@ def test_consistency_margin_adds_a_hinge_on_negative_pairs_that_reaches_the_back
     model, maps, feats, same = _model_maps_and_labels()
     margin = 10.0  # above any distance of vectors in [0, 1]^H with H <= 100: every negative is inside
     sa, bce, consistency, attention, hinge = siamese_attention_loss(
-        model, maps[:4], maps[4:], feats[:4], feats[4:], same, alpha=0.2, margin=margin)
+        model, maps[:4], maps[4:], feats[:4], feats[4:], same, SiameseLossConfig(alpha=0.2, margin=margin))
     negatives = attention.distance[same < 0.5]
     assert attention.distance.shape == (4,)  # with a margin every pair gets its attention
     assert torch.allclose(hinge, (margin - negatives).mean())
@@ -138,7 +140,7 @@ def _indicator_in_training(model, feats1, feats2, same):
     """The indicators the training loss uses for every pair of a batch (the margin makes every pair used)."""
     maps1 = torch.zeros(feats1.shape[0], feats1.shape[1], 4, 2)  # maps do not enter eq. 4
     maps2 = torch.zeros_like(maps1)
-    *_, attention, _ = siamese_attention_loss(model, maps1, maps2, feats1, feats2, same, margin=1.0)
+    *_, attention, _ = siamese_attention_loss(model, maps1, maps2, feats1, feats2, same, SiameseLossConfig(margin=1.0))
     return attention.indicator
 
 
