@@ -38,6 +38,29 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     return Path(path)
 
 
+PARTIAL_EPOCH_KEY = "partial_epoch"
+"""Where a training checkpoint written between two steps says which step comes next (``--save-every``)."""
+
+TRAINING_STATE_KEYS = ("optimizer", "scheduler", "scaler", PARTIAL_EPOCH_KEY)
+"""What only ``--resume`` reads: dropped by :func:`export_checkpoint`."""
+
+
+def export_checkpoint(source: str | os.PathLike, out: str | os.PathLike) -> dict[str, Any]:
+    """Write ``source`` without its training state (optimizer momentum, schedule, loss scaler, position
+    inside an epoch) to ``out``: the file to ship, about half the size of a ``last.pt``, which evaluates,
+    explains and serves the app alike but cannot ``--resume``. Returns the written payload."""
+    source, out = Path(source), Path(out)
+    if source.resolve() == out.resolve():
+        raise CheckpointError(f"export would overwrite {source} with a copy that cannot resume; choose another --out")
+    payload = load_checkpoint(source)
+    kept = {k: v for k, v in payload.items() if k not in TRAINING_STATE_KEYS + ("format", "version")}
+    if PARTIAL_EPOCH_KEY in payload:
+        raise CheckpointError(f"{source} was written inside epoch {payload[PARTIAL_EPOCH_KEY]['epoch'] + 1} "
+                              f"(--save-every); resume it to the end of an epoch before exporting")
+    save_checkpoint(out, kept)
+    return kept
+
+
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Delete temporary files that a process killed inside :func:`save_checkpoint` left behind.
 

@@ -145,3 +145,36 @@ def test_backbone_mismatch_is_reported(saved):
     assert "resnet18" in message and "pcb" in message
     with pytest.raises(CheckpointError, match="backbone"):
         load_model(saved, expect={"backbone": "pcb"})
+
+
+def test_export_drops_the_training_state_and_keeps_the_model(tmp_path):
+    from casn_core.cli import main as cli_main
+
+    torch.manual_seed(1)
+    model = build_model("resnet18", num_classes=5)  # its own: the step below changes the weights
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(2, 3, 64, 32)).logits.sum().backward()
+    optimizer.step()  # momentum buffers: the part of a last.pt that only --resume needs
+    optimizer.zero_grad(set_to_none=True)
+    last = tmp_path / "last.pt"
+    save_checkpoint(last, {**model_payload(model, epoch=7), "optimizer": optimizer.state_dict(),
+                           "scheduler": {"last_epoch": 8}, "scaler": {}, "ranking": {"attention_weight": 0.5, "topk": 20}})
+    shipped = tmp_path / "shipped.pt"
+    assert cli_main(["export", "--checkpoint", str(last), "--out", str(shipped)]) == 0
+    payload = load_checkpoint(shipped)
+    assert not {"optimizer", "scheduler", "scaler"} & set(payload)
+    assert payload["epoch"] == 7 and payload["ranking"] == {"attention_weight": 0.5, "topk": 20}
+    _assert_same_weights(model, model_from_checkpoint(payload, shipped))
+    assert shipped.stat().st_size < 0.6 * last.stat().st_size
+    assert cli_main(["export", "--checkpoint", str(last), "--out", str(last)]) == 1  # would lose --resume
+    assert "optimizer" in load_checkpoint(last)
+
+
+def test_export_refuses_a_checkpoint_from_inside_an_epoch(model, tmp_path):
+    from casn_core.checkpoint import PARTIAL_EPOCH_KEY, export_checkpoint
+
+    last = tmp_path / "last.pt"
+    save_checkpoint(last, {**model_payload(model, epoch=2), PARTIAL_EPOCH_KEY: {"epoch": 3, "step": 10}})
+    with pytest.raises(CheckpointError, match="inside epoch 4"):
+        export_checkpoint(last, tmp_path / "out.pt")
+    assert not (tmp_path / "out.pt").exists()

@@ -28,6 +28,7 @@ COMMANDS = (
     Command("tune", "choose the attention weight w (and K) on a validation set (never the test split) and "
             "store it in the checkpoint", "tune"),
     Command("explain", "explain one image pair (JSON and figure)", "explain"),
+    Command("export", "copy a training checkpoint without its optimizer state (the file to ship)", "export"),
     Command("search", "search any folder of person crops with query images", "search"),
     Command("fit-head", "train CASN's BCE head (eq. 3) on a frozen torchreid model: its Siamese attention and "
             "CASN ranking", "fit_head"),
