@@ -11,6 +11,7 @@ from casn_core.atomic import write_bytes_atomic, write_json_atomic
 from casn_core.attention import DEFAULT_THRESHOLD
 from casn_core.attention.similarity import contrastive_map, correspondence, similarity_decomposition
 from casn_core.checkpoint import CheckpointInfo, checkpoint_info
+from casn_core.compute import Compute
 from casn_core.explanation import explain_similarity
 from casn_core.data import ImageDataset, build_test_transform, generate_dataset, load_market
 from casn_core.engine.extraction import ExtractionConfig
@@ -42,5 +43,5 @@ __all__ = [
     "build_search_index", "parse_market_name", "scan_gallery", "casn_candidates", "iter_casn_distmat",
     "explain_similarity", "unit_distance", "unit_features", "write_bytes_atomic", "write_json_atomic",
     "RankingSpec", "chosen_ranking", "parse_topk", "topk_to_json", "PAPER_WEIGHT", "paper_ranking",
-    "pair_attention_grid", "casn_attention", "combine_block",
+    "pair_attention_grid", "casn_attention", "combine_block", "Compute",
 ]

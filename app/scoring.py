@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from app.core import (
-    QueryResults, RankingSpec, casn_candidates, evaluate_rank_per_query, iter_casn_distmat, metrics_junk_mask,
+    Compute, QueryResults, RankingSpec, casn_candidates, evaluate_rank_per_query, iter_casn_distmat, metrics_junk_mask,
 )
 from app.state import AppState
 
@@ -117,8 +117,9 @@ def score_dataset(state: AppState, progress: bool = False, weight: float | None 
         return concat_results(feature_parts), concat_results(feature_parts)
     known = None if attention is None else attention(candidates)
     score = scorer(casn_parts)
-    for start, block in iter_casn_distmat(state.model, state.query, state.gallery, topk, weight, state.threshold,
-                                          progress=progress, candidates=candidates, attention=known):
+    ranking = RankingSpec.custom(weight, topk, state.threshold)
+    for start, block in iter_casn_distmat(state.model, state.query, state.gallery, ranking, Compute(progress=progress),
+                                          candidates=candidates, attention=known):
         score(start, block)
     return concat_results(casn_parts), concat_results(feature_parts)
 

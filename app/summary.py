@@ -6,7 +6,7 @@ Protocol") and feature ranking. At Market size that is ~30 s of re-ranking and, 
 start (and its memory) grow with the gallery. Here:
 
 - :func:`app.scoring.score_dataset` computes the same per-query results as ``python -m casn_core eval`` does
-  (:func:`casn_core.engine.evaluate.evaluate_caches`'s way: ``casn_candidates`` and
+  (:func:`casn_core.engine.evaluator.evaluate_rankings`'s way: ``casn_candidates`` and
   ``iter_casn_distmat`` blocks of ~32 MB, each scored by :func:`casn_core.metrics.evaluate_rank_per_query`
   and dropped), so no query x gallery matrix is held;
 - :func:`load_cached` / :func:`save_cached`: the per-query results in one JSON file beside the map

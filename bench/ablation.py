@@ -155,11 +155,12 @@ def run_dir(args, dataset: str, losses: str, seed: int) -> Path:
 def run_one(args, spec: dict, losses: str, seed: int) -> dict:
     """Train one row with one seed, evaluate it, measure attention quality (synth); returns the run record."""
     from casn_core.data import load_market
-    from casn_core.engine.evaluator import evaluate_caches
+    from casn_core.engine.evaluator import evaluate_rankings
     from casn_core.engine.extraction import ExtractionConfig, extract_split
     from casn_core.engine.train import TrainConfig, train
     from casn_core.attention.quality import QualitySettings, attention_quality
 
+    from casn_core.rankings import RankingSpec
     out = run_dir(args, spec["name"], losses, seed)
     topk = None if str(args.topk).lower() == "all" else int(args.topk)
     budget = settings(args, spec["name"])
@@ -180,8 +181,7 @@ def run_one(args, spec: dict, losses: str, seed: int) -> dict:
     extraction = ExtractionConfig((args.height, args.width), amp=args.amp, progress=False)
     query = extract_split(model, list(data.query), extraction, "query")
     gallery = extract_split(model, list(data.gallery), extraction, "gallery")
-    evaluation = evaluate_caches(model, query, gallery, topk, args.attention_weight, args.threshold, casn=True,
-                                 progress=False)
+    evaluation = evaluate_rankings(model, query, gallery, [RankingSpec("casn", args.attention_weight, topk, args.threshold)])
     eval_s = time.perf_counter() - started
 
     quality, quality_s = None, 0.0

@@ -50,6 +50,12 @@ class RankingSpec:
             raise ValueError(f"the attention weight w must be >= 0, got {self.attention_weight}")
         parse_topk(self.topk)
 
+    @classmethod
+    def custom(cls, attention_weight: float, topk: int | None,
+               threshold: float = DEFAULT_THRESHOLD) -> "RankingSpec":
+        """The ``custom`` ranking of a caller's own (w, K): a grid point, a slider, a benchmark's flags."""
+        return cls("custom", float(attention_weight), topk, float(threshold))
+
     def effective_topk(self, num_gallery: int) -> int:
         """K as a number for a gallery of ``num_gallery`` images."""
         return num_gallery if self.topk is None else min(self.topk, num_gallery)

@@ -122,7 +122,8 @@ def test_ranking_rows_are_the_float64_casn_distances(served, reference):
 def test_dataset_metrics_match_a_plain_loop(served, reference):
     """The app's dataset numbers are a plain-loop Market-1501 evaluation of its rows (checked above against
     float64) and of float64 feature distances; casn_core's evaluator agrees."""
-    from casn_core.engine.evaluate import evaluate_caches
+    from casn_core.engine.evaluator import evaluate_rankings
+    from casn_core.rankings import RankingSpec
 
     service = served["service"]
     state = service.state
@@ -135,8 +136,8 @@ def test_dataset_metrics_match_a_plain_loop(served, reference):
     gaps = np.diff(np.sort(reference["feature"], axis=1), axis=1)
     assert gaps.min() > 1e-6, gaps.min()
     summary = served["client"].predict(api_name="/dataset_summary")
-    evaluator = evaluate_caches(state.model, state.query, state.gallery, topk=state.topk,
-                                attention_weight=state.attention_weight, threshold=state.threshold, progress=False)
+    ranking = RankingSpec("casn", state.attention_weight, state.topk, state.threshold)
+    evaluator = evaluate_rankings(state.model, state.query, state.gallery, [ranking])
     for key in ("casn", "feature"):
         assert summary[key]["mAP"] == pytest.approx(expected[key]["mAP"], abs=1e-12), key
         assert summary[key]["mINP"] == pytest.approx(expected[key]["mINP"], abs=1e-12), key
@@ -152,13 +153,14 @@ def test_per_query_numbers_are_the_evaluators(served, reference):
     against float64 above), the shown list (junk left out) puts its first true match at that rank, and the
     row ranks the gallery as eval's CASN matrix does."""
     from casn_core.engine.inference import casn_distmat
+    from casn_core.rankings import RankingSpec
 
     service = served["service"]
     state = service.state
     expected = reference_per_query(reference["app_rows"], *reference["labels"])
     assert sum(e is not None and e[0] > 1 for e in expected) > 0, "no query whose first match is below rank 1"
-    dist = casn_distmat(state.model, state.query, state.gallery, state.topk, state.attention_weight, state.threshold,
-                        progress=False)
+    dist = casn_distmat(state.model, state.query, state.gallery,
+                        RankingSpec.custom(state.attention_weight, state.topk, state.threshold))
     listed = served["client"].predict(False, "file order", api_name="/list_queries")
     assert [q["index"] for q in listed] == list(range(len(state.query)))
     for q in listed:

@@ -74,6 +74,7 @@ def test_rankings_of_any_w_and_k_are_evals_rows(served):
     """Every query's first true rank and AP under a chosen (w, K) are the metrics' on eval's matrix for that
     (w, K); the shown list is that row's order with the junk left out."""
     from casn_core.engine.inference import casn_distmat, feature_distance
+    from casn_core.rankings import RankingSpec
     from casn_core.metrics import evaluate_rank_per_query, junk_mask
 
     client, service = served["client"], served["service"]
@@ -83,7 +84,7 @@ def test_rankings_of_any_w_and_k_are_evals_rows(served):
         if weight == 0:  # eval scores w = 0 as the feature ranking itself
             dist = feature_distance(state.query.features, state.gallery.features)
         else:
-            dist = casn_distmat(state.model, state.query, state.gallery, k, weight, state.threshold, progress=False)
+            dist = casn_distmat(state.model, state.query, state.gallery, RankingSpec.custom(weight, k, state.threshold))
         reference = evaluate_rank_per_query(dist, state.query.pids, state.gallery.pids, state.query.camids,
                                             state.gallery.camids)
         listed = client.predict(False, "file order", weight, topk, api_name="/list_queries")

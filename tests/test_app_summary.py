@@ -30,11 +30,11 @@ def _per_query(summary) -> list:
 @pytest.mark.numeric
 def test_blocks_equal_the_whole_matrix(state, monkeypatch):
     import casn_core.engine.rerank as rerank
-    from app.core import casn_distmat
+    from app.core import RankingSpec, casn_distmat
     from app.ranking import summarise_dataset
 
-    whole = casn_distmat(state.model, state.query, state.gallery, state.topk, state.attention_weight,
-                         state.threshold, progress=False)  # default blocks: one for this tiny set
+    whole = casn_distmat(state.model, state.query, state.gallery,  # default blocks: one for this tiny set
+                         RankingSpec.custom(state.attention_weight, state.topk, state.threshold))
     expected = reference_per_query(whole, state.query.pids, state.gallery.pids, state.query.camids,
                                    state.gallery.camids)  # a plain loop, not the app's scorer
 

@@ -30,6 +30,7 @@ import pytest
 import torch
 
 from casn_core import explain_maps
+from casn_core.compute import Compute
 from casn_core.data import ImageDataset, build_test_transform, load_market
 from casn_core.engine import rerank
 from casn_core.engine.evaluate import evaluate_model
@@ -94,7 +95,7 @@ def _same_clear_rank1(cpu: np.ndarray, gpu: np.ndarray, margin: float = 1e-3, ro
 @pytest.mark.parametrize("resident", [True, False], ids=["maps-on-device", "rows-moved-per-batch"])
 def test_reranking_on_cuda_equals_the_cpu(data, model, tmp_path, monkeypatch, resident):
     query, gallery = _stores(model, data, tmp_path)
-    cpu = casn_distmat(model, query, gallery, 10, 1.0, progress=False, device="cpu")
+    cpu = casn_distmat(model, query, gallery, RankingSpec.custom(1.0, 10), Compute(device="cpu"))
     if not resident:  # as when the maps do not fit in device memory
         monkeypatch.setattr(rerank, "maps_on_device", lambda maps, device, max_fraction=0.5: maps)
     else:
@@ -102,16 +103,16 @@ def test_reranking_on_cuda_equals_the_cpu(data, model, tmp_path, monkeypatch, re
         assert isinstance(on_device, torch.Tensor) and on_device.device.type == "cuda"
         torch.testing.assert_close(on_device.cpu(), gallery.maps[:], rtol=0, atol=0)
     decided = _decided(model, query, gallery)
-    gpu = casn_distmat(model.cuda(), query, gallery, 10, 1.0, progress=False, device="cuda",
-                       max_batch_bytes=3 * gallery.maps.row_bytes)
+    gpu = casn_distmat(model.cuda(), query, gallery, RankingSpec.custom(1.0, 10),
+                       Compute(device="cuda", max_batch_bytes=3 * gallery.maps.row_bytes))
     np.testing.assert_allclose(gpu[decided], cpu[decided], rtol=0, atol=1e-4)
     _same_clear_rank1(cpu, gpu, rows=decided)
 
 
 def test_bfloat16_reranking_on_cuda_is_within_the_16_bit_tolerance(data, model, tmp_path):
     query, gallery = _stores(model, data, tmp_path, "bfloat16")
-    cpu = casn_distmat(model, query, gallery, 10, 1.0, progress=False, device="cpu")
-    gpu = casn_distmat(model.cuda(), query, gallery, 10, 1.0, progress=False, device="cuda")
+    cpu = casn_distmat(model, query, gallery, RankingSpec.custom(1.0, 10), Compute(device="cpu"))
+    gpu = casn_distmat(model.cuda(), query, gallery, RankingSpec.custom(1.0, 10), Compute(device="cuda"))
     np.testing.assert_allclose(gpu, cpu, rtol=0, atol=0.05)
 
 

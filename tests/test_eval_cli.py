@@ -67,14 +67,16 @@ def test_paper_ranking_with_k_all_in_query_groups_equals_one_pass(tiny):
     """K = all is scored in query groups of bounded memory; the blocks equal the single pass's."""
     from casn_core.checkpoint import load_model
     from casn_core.engine.pair_signals import dataset_caches
+    from casn_core.compute import Compute
     from casn_core.engine.rerank import grouped_casn_blocks, iter_casn_distmat
+    from casn_core.rankings import paper_ranking
 
     checkpoint, data = tiny
     model, _ = load_model(checkpoint)
     query, gallery = dataset_caches(model, str(data), (128, 64))
-    whole = torch.cat([b for _, b in iter_casn_distmat(model, query, gallery, None, 1.0, progress=False)])
+    whole = torch.cat([b for _, b in iter_casn_distmat(model, query, gallery, paper_ranking())])
     # a state budget of a few queries' pairs: several groups, each reading the gallery maps again
-    grouped = list(grouped_casn_blocks(model, query, gallery, None, 1.0, progress=False, state_bytes=20_000))
+    grouped = list(grouped_casn_blocks(model, query, gallery, paper_ranking(), Compute(state_bytes=20_000)))
     starts = [start for start, _ in grouped]
     assert len(starts) > 2 and starts == sorted(starts)
     assert torch.equal(torch.cat([b for _, b in grouped]), whole)

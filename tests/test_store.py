@@ -14,7 +14,9 @@ import torch
 
 from casn_core.checkpoint import model_payload, save_checkpoint
 from casn_core.data import ImageDataset, ImageRecord, build_test_transform, load_market
-from casn_core.engine.evaluate import evaluate_caches, evaluate_model
+from casn_core.compute import Compute
+from casn_core.engine.evaluate import evaluate_model
+from casn_core.engine.evaluator import evaluate_rankings
 from casn_core.engine.inference import (
     FeatureCache,
     extract,
@@ -226,8 +228,8 @@ def test_batched_reranking_from_the_store_equals_the_per_query_path(data, model,
     q_store = _build(model, query_records, tmp_path / "q", messages)
     g_store = _build(model, gallery_records, tmp_path / "g", messages)
     # tiny byte budget: many batches in both passes
-    batched = casn_distmat(model, q_store.as_cache(), g_store.as_cache(), 10, 1.0, progress=False,
-                           device="cpu", max_batch_bytes=3 * g_store.maps.row_bytes)
+    batched = casn_distmat(model, q_store.as_cache(), g_store.as_cache(), RankingSpec.custom(1.0, 10),
+                           Compute(device="cpu", max_batch_bytes=3 * g_store.maps.row_bytes))
     assert batched.dtype == np.float32
     candidates = np.argsort(dist.numpy(), axis=1, kind="stable")[:, :10]
     decided = np.take_along_axis(indicator_decided(model, query.features, gallery.features, pre_margin=3e-5),
@@ -243,7 +245,7 @@ def test_batched_reranking_from_the_store_equals_the_per_query_path(data, model,
     np.testing.assert_allclose(a["cmc"], b["cmc"], rtol=0, atol=1e-9)
     assert abs(a["mAP"] - b["mAP"]) <= 1e-9 and abs(a["mINP"] - b["mINP"]) <= 1e-9
     # K = all gallery images: every candidate re-scored
-    full = casn_distmat(model, q_store.as_cache(), g_store.as_cache(), None, 1.0, progress=False)
+    full = casn_distmat(model, q_store.as_cache(), g_store.as_cache(), RankingSpec.custom(1.0, None))
     assert np.isfinite(full).all()
 
 
@@ -290,17 +292,17 @@ def test_chunked_scoring_equals_the_whole_matrix(data, model):
     differ, amplified by the unit-range normalisation over each query's candidates)."""
     query, gallery = _in_memory(model, _records(data, "query")), _in_memory(model, _records(data, "gallery"))
     labels = (query.pids, gallery.pids, query.camids, gallery.camids)
-    whole = casn_distmat(model, query, gallery, 10, 1.0, progress=False)
+    whole = casn_distmat(model, query, gallery, RankingSpec.custom(1.0, 10))
     max_rank = min(50, len(gallery))
     expected = {"feature": evaluate_rank(feature_distance(query.features, gallery.features), *labels, max_rank=max_rank),
                 "casn": evaluate_rank(whole, *labels, max_rank=max_rank)}
-    blocks = list(iter_casn_distmat(model, query, gallery, 10, 1.0, progress=False, chunk=3))
+    blocks = list(iter_casn_distmat(model, query, gallery, RankingSpec.custom(1.0, 10), Compute(chunk=3)))
     assert [start for start, _ in blocks] == list(range(0, len(query), 3))
     np.testing.assert_allclose(torch.cat([b for _, b in blocks]).numpy(), whole, rtol=0, atol=2e-5)
     # the metrics below must then be equal: no two distances of a query within 2 x 2e-5 of each other
     assert np.diff(np.sort(whole, axis=1), axis=1).min() > 4e-5
     for chunk in (1, 4, None):
-        result = evaluate_caches(model, query, gallery, topk=10, progress=False, chunk=chunk)
+        result = evaluate_rankings(model, query, gallery, [RankingSpec("casn", 1.0, 10)], Compute(chunk=chunk))
         for ranking in ("feature", "casn"):
             assert abs(result[ranking]["rank1"] - expected[ranking]["cmc"][0]) <= 1e-9
             assert abs(result[ranking]["rank5"] - expected[ranking]["cmc"][4]) <= 1e-9

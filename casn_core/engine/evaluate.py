@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Sequence
 
 from casn_core.attention.siamese import DEFAULT_THRESHOLD
+from casn_core.compute import Compute
 from casn_core.data import load_market
 from casn_core.engine.extraction import ExtractionConfig, extract_split
 from casn_core.engine.store_build import Shard, split_stores
-from casn_core.engine.evaluator import (  # noqa: F401  (evaluate_caches and summarise re-exported)
-    evaluate_caches, evaluate_rankings, summarise,
-)
+from casn_core.engine.evaluator import evaluate_rankings, summarise  # noqa: F401  (summarise re-exported)
 from casn_core.engine.pair_signals import sampled_pair_signals
 from casn_core.models.casn import CASN
 from casn_core.rankings import RankingSpec
@@ -54,7 +53,8 @@ def evaluate_model(model: CASN, data: str, config: ExtractionConfig, rankings: S
         gallery = extract_split(model, list(dataset.gallery), config, "gallery")
         storage = {"maps": "memory", "map_dtype": "float32"}
     extract_s = time.perf_counter() - started
-    results = evaluate_rankings(model, query, gallery, rankings, config.progress, next(model.parameters()).device)
+    compute = Compute(device=next(model.parameters()).device, progress=config.progress)
+    results = evaluate_rankings(model, query, gallery, rankings, compute)
     results["seconds"]["extract_or_open"] = extract_s
     results["storage"] = storage
     if signals:

@@ -19,7 +19,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from casn_core.attention.siamese import DEFAULT_THRESHOLD
+from casn_core.compute import Compute
 from casn_core.engine.rerank import feature_distance_blocks, grouped_casn_blocks
 from casn_core.maps import FeatureCache
 from casn_core.metrics import QueryResults, evaluate_rank_per_query
@@ -93,19 +93,19 @@ def pair_attention_estimate(spec: RankingSpec, num_query: int, num_gallery: int)
 
 
 def evaluate_rankings(model: CASN, query: FeatureCache, gallery: FeatureCache, rankings: Sequence[RankingSpec] = (),
-                      progress: bool = True, device: torch.device | str | None = None,
-                      chunk: int | None = None) -> dict:
+                      compute: Compute = Compute()) -> dict:
     """Score the feature ranking and every CASN ranking in ``rankings`` on cached query and gallery features.
 
     Returns ``{"num_query", "num_gallery", "feature": metrics, <ranking name>: metrics + its settings,
     "seconds": {...}}`` (metrics: :func:`summarise`). ``query`` / ``gallery`` hold their maps in RAM
     (:func:`extract_split`) or in a store on disk (``MapStore.as_cache()``); the CASN re-ranking reads
     only the candidates' maps. No query x gallery matrix is held whole: each ranking is computed and
-    scored ``chunk`` query rows at a time (:func:`casn_core.engine.rerank.query_chunk`, ~32 MB blocks)
+    scored ``compute.chunk`` query rows at a time (:func:`casn_core.engine.rerank.query_chunk`, ~32 MB blocks)
     with :func:`casn_core.metrics.evaluate_rank_per_query`, whose per-query results concatenate (every
     query's numbers depend on its own row only), so the metrics equal ``evaluate_rank`` of the whole
     matrix; with K = all the pairs are scored in query groups of bounded memory
-    (:func:`casn_core.engine.rerank.grouped_casn_blocks`).
+    (:func:`casn_core.engine.rerank.grouped_casn_blocks`, ``compute.state_bytes``). The CASN rankings run
+    on ``compute.device`` (``None``: the model's).
     """
     def scored(blocks) -> dict:
         return RankingEvaluator(query, gallery).process_all(blocks).evaluate()
@@ -113,7 +113,7 @@ def evaluate_rankings(model: CASN, query: FeatureCache, gallery: FeatureCache, r
     timing = {}
     started = time.perf_counter()
     results = {"num_query": len(query), "num_gallery": len(gallery),
-               "feature": scored(feature_distance_blocks(query.features, gallery.features, chunk))}
+               "feature": scored(feature_distance_blocks(query.features, gallery.features, compute.chunk))}
     timing["feature_ranking"] = time.perf_counter() - started
     done: dict[tuple, dict] = {}
     for spec in rankings:
@@ -125,19 +125,9 @@ def evaluate_rankings(model: CASN, query: FeatureCache, gallery: FeatureCache, r
                 done[key] = dict(results["feature"])
             else:
                 log.info("%s", pair_attention_estimate(spec, len(query), len(gallery)))
-                done[key] = scored(grouped_casn_blocks(model, query, gallery, spec.topk, spec.attention_weight,
-                                                       spec.threshold, progress, device, chunk=chunk))
+                done[key] = scored(grouped_casn_blocks(model, query, gallery, spec, compute))
             timing[f"{spec.name}_ranking"] = time.perf_counter() - started
         results[spec.name] = {**done[key], **spec.settings()}
     results["seconds"] = timing
     return results
 
-
-def evaluate_caches(model: CASN, query: FeatureCache, gallery: FeatureCache, topk: int | None = 100,
-                    attention_weight: float = 1.0, threshold: float = DEFAULT_THRESHOLD, casn: bool = True,
-                    progress: bool = True, device: torch.device | str | None = None,
-                    chunk: int | None = None) -> dict:
-    """:func:`evaluate_rankings` with one CASN ranking named ``casn`` (w = ``attention_weight``, K = ``topk``),
-    or the feature ranking alone (``casn=False``)."""
-    rankings = [RankingSpec("casn", attention_weight, topk, threshold)] if casn else []
-    return evaluate_rankings(model, query, gallery, rankings, progress, device, chunk)

@@ -10,7 +10,7 @@ docs/design.md, sec. 5) three scores are computed from cached feature maps (docs
 Each gets the ROC AUC of "true pair" vs "other pair" (``casn_core.numeric.roc_auc``; distances are
 negated so that 1.0 always means "separates perfectly" and 0.5 is chance), and the mean ``p(same)``
 of each class. Next to them, rank-1 and mAP of the feature ranking and of the paper's combined
-ranking (``casn_core.engine.evaluate.evaluate_caches``), so the signal and what it does to the
+ranking (``casn_core.engine.evaluator.evaluate_rankings``), so the signal and what it does to the
 ranking are read side by side.
 """
 from __future__ import annotations
@@ -22,12 +22,13 @@ import torch
 
 from casn_core.attention.siamese import DEFAULT_THRESHOLD, pair_attention_grid
 from casn_core.distances import feature_distance
-from casn_core.engine.evaluator import evaluate_caches
+from casn_core.engine.evaluator import evaluate_rankings
 from casn_core.engine.extraction import ExtractionConfig, extract_split
 from casn_core.maps import FeatureCache
 from casn_core.engine.rerank import DEFAULT_BATCH_BYTES, map_row_bytes
 from casn_core.models.casn import CASN
 from casn_core.numeric import roc_auc
+from casn_core.rankings import RankingSpec
 
 
 @dataclass
@@ -138,8 +139,7 @@ def ranking_numbers(model: CASN, query: FeatureCache, gallery: FeatureCache, thr
                     attention_weight: float = 1.0, topk: int | None = 100) -> dict:
     """Feature vs CASN rank-1 and mAP with ``attention_weight`` (w) and ``topk`` (K) (the part of
     :func:`pair_signals` that depends on w and K)."""
-    ranked = evaluate_caches(model, query, gallery, topk=topk, attention_weight=attention_weight,
-                             threshold=threshold, progress=False)
+    ranked = evaluate_rankings(model, query, gallery, [RankingSpec("casn", attention_weight, topk, threshold)])
     return {"feature_rank1": ranked["feature"]["rank1"], "feature_mAP": ranked["feature"]["mAP"],
             "casn_rank1": ranked["casn"]["rank1"], "casn_mAP": ranked["casn"]["mAP"],
             "attention_weight": float(attention_weight), "topk": "all" if topk is None else int(topk)}

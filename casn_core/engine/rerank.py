@@ -24,8 +24,10 @@ path and in the per-query one alike). Maps stored in a 16-bit dtype are multipli
 :func:`pair_attention_grid` does with 16-bit maps (the gallery side as one product per map, so
 16-bit results are within the 16-bit tolerance of the per-query path, not bit-identical).
 
-Memory: ``max_batch_bytes`` of maps, O(queries x K x (H + D/8)) per-pair state, and query x gallery
-matrices only ``chunk`` query rows at a time (:func:`iter_casn_distmat`, :func:`feature_distance_blocks`):
+What is computed is a :class:`casn_core.rankings.RankingSpec` (w, K, threshold); how, a
+:class:`casn_core.compute.Compute` (device, memory bounds, progress). Memory: ``max_batch_bytes`` of
+maps, O(queries x K x (H + D/8)) per-pair state, and query x gallery matrices only ``chunk`` query
+rows at a time (:func:`iter_casn_distmat`, :func:`feature_distance_blocks`):
 nothing grows with queries x gallery unless the caller asks for the whole matrix
 (:func:`casn_distmat`).
 
@@ -36,6 +38,7 @@ is read on the host and moved.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -47,12 +50,11 @@ from casn_core.attention.alignment import (
     row_importance,
 )
 from casn_core.attention.siamese import DEFAULT_THRESHOLD, indicator_closed_form
+from casn_core.compute import DEFAULT_BATCH_BYTES, DEFAULT_STATE_BYTES, Compute
 from casn_core.distances import unit_distance, unit_features
 from casn_core.maps import read_maps
 from casn_core.numeric import safe_divide, unit_range
-
-DEFAULT_BATCH_BYTES = 128 << 20
-"""Map bytes read per batch of the gallery pass (and of query rows in the query pass)."""
+from casn_core.rankings import RankingSpec
 
 DEFAULT_BLOCK_BYTES = 32 << 20
 """Bytes of one (query rows x gallery) float32 block: the query-row chunk of every Q x G matrix."""
@@ -142,25 +144,31 @@ def gallery_rows(gallery_map: torch.Tensor, weights: torch.Tensor) -> torch.Tens
     return _rows(torch.bmm(weights[:, None, :], matrix.expand(n, channels, height * width)), height, width)
 
 
+class _QueryGroup:
+    """The maps and features of a group of queries (what :func:`iter_casn_distmat` reads of a cache)."""
+
+    def __init__(self, maps, features: torch.Tensor) -> None:
+        self.maps, self.features = maps, features
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+
 @torch.no_grad()
-def attention_distances(
-    model,
-    query_maps,
-    gallery_maps,
-    query_features: torch.Tensor,
-    gallery_features: torch.Tensor,
-    candidates: torch.Tensor,
-    threshold: float = DEFAULT_THRESHOLD,
-    device: torch.device | str | None = None,
-    max_batch_bytes: int | None = None,
-    progress: bool = False,
-) -> torch.Tensor:
+def attention_distances(model, query, gallery, candidates: torch.Tensor, threshold: float = DEFAULT_THRESHOLD,
+                        compute: Compute = Compute()) -> torch.Tensor:
     """``d_a`` (Q, k) of every pair ``(q, candidates[q, j])``: the consistency distance (eq. 5).
 
-    Maps are tensors or :class:`casn_core.maps.FeatureMaps`; features are (Q, D) / (G, D).
+    ``query`` / ``gallery``: cache-like objects (:class:`casn_core.maps.FeatureCache`): ``maps``, tensors
+    or :class:`casn_core.maps.FeatureMaps`, read where they are (no move to ``compute.device``, see
+    :func:`casn_attention`), and ``features`` (Q, D) / (G, D). ``compute``: the device, the map bytes
+    per read (``max_batch_bytes``) and the progress bar.
     """
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    budget = max_batch_bytes or DEFAULT_BATCH_BYTES
+    query_maps, gallery_maps = query.maps, gallery.maps
+    query_features, gallery_features = query.features, gallery.features
+    device = torch.device(compute.device) if compute.device is not None else next(model.parameters()).device
+    budget = compute.max_batch_bytes or DEFAULT_BATCH_BYTES
+    progress = compute.progress
     num_query, k = candidates.shape
     height, width = query_maps.shape[2:]
     if tuple(gallery_maps.shape[1:]) != tuple(query_maps.shape[1:]):
@@ -251,49 +259,34 @@ def combine_block(feature_block: torch.Tensor, candidates: torch.Tensor, attenti
 
 
 def casn_attention(model, query, gallery, candidates: torch.Tensor, threshold: float = DEFAULT_THRESHOLD,
-                   device: torch.device | str | None = None, max_batch_bytes: int | None = None,
-                   progress: bool = False) -> torch.Tensor:
+                   compute: Compute = Compute()) -> torch.Tensor:
     """``d_a`` (Q, k) of every (query, candidate) pair of two caches (:func:`attention_distances`),
-    their maps held on a CUDA ``device`` while they fit (:func:`maps_on_device`)."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    gallery_maps = maps_on_device(gallery.maps, device)
-    query_maps = maps_on_device(query.maps, device)
-    return attention_distances(model, query_maps, gallery_maps, query.features, gallery.features, candidates,
-                               threshold, device, max_batch_bytes, progress)
+    their maps held on a CUDA ``compute.device`` while they fit (:func:`maps_on_device`)."""
+    device = torch.device(compute.device) if compute.device is not None else next(model.parameters()).device
+    return attention_distances(model, _QueryGroup(maps_on_device(query.maps, device), query.features),
+                               _QueryGroup(maps_on_device(gallery.maps, device), gallery.features), candidates,
+                               threshold, replace(compute, device=device))
 
 
-def iter_casn_distmat(
-    model,
-    query,
-    gallery,
-    topk: int | None = 100,
-    weight: float = 1.0,
-    threshold: float = DEFAULT_THRESHOLD,
-    progress: bool = True,
-    device: torch.device | str | None = None,
-    max_batch_bytes: int | None = None,
-    chunk: int | None = None,
-    candidates: torch.Tensor | None = None,
-    attention: torch.Tensor | None = None,
-) -> Iterator[tuple[int, torch.Tensor]]:
-    """``(first query row, (n, G) float32 block)`` of the CASN distance matrix, ``chunk`` query rows
-    at a time (default: :func:`query_chunk`, ~32 MB blocks), so a caller scoring it block by block
-    (``casn_core.metrics.evaluate_rank_per_query``) never holds the whole matrix.
+def iter_casn_distmat(model, query, gallery, ranking: RankingSpec, compute: Compute = Compute(),
+                      candidates: torch.Tensor | None = None,
+                      attention: torch.Tensor | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(first query row, (n, G) float32 block)`` of the CASN distance matrix of ``ranking`` (its w, K
+    and threshold; sec. 4), ``compute.chunk`` query rows at a time (default: :func:`query_chunk`, ~32 MB
+    blocks), so a caller scoring it block by block (``casn_core.metrics.evaluate_rank_per_query``) never
+    holds the whole matrix.
 
     ``candidates``: the (Q, k) lists of :func:`casn_candidates` when the caller already has them;
-    ``attention``: their ``d_a`` (:func:`casn_attention`), which does not depend on ``weight``.
+    ``attention``: their ``d_a`` (:func:`casn_attention`), which does not depend on w.
     """
+    chunk = compute.chunk
     if candidates is None:
-        candidates = casn_candidates(query.features, gallery.features, topk, chunk)
+        candidates = casn_candidates(query.features, gallery.features, ranking.topk, chunk)
     if attention is None:
-        attention = casn_attention(model, query, gallery, candidates, threshold, device, max_batch_bytes, progress)
+        attention = casn_attention(model, query, gallery, candidates, ranking.threshold, compute)
     for start, block in feature_distance_blocks(query.features, gallery.features, chunk):
         stop = start + block.shape[0]
-        yield start, combine_block(block, candidates[start:stop], attention[start:stop], weight)
-
-
-DEFAULT_STATE_BYTES = 512 << 20
-"""Per-pair state (packed indicators and attention rows) held at once by :func:`grouped_casn_blocks`."""
+        yield start, combine_block(block, candidates[start:stop], attention[start:stop], ranking.attention_weight)
 
 
 class _RowRange:
@@ -320,57 +313,34 @@ def pairs_per_group(num_gallery_k: int, height: int, feature_dim: int, state_byt
     return max(1, int(state_bytes) // per_query)
 
 
-def grouped_casn_blocks(model, query, gallery, topk: int | None, weight: float = 1.0,
-                        threshold: float = DEFAULT_THRESHOLD, progress: bool = True,
-                        device: torch.device | str | None = None, chunk: int | None = None,
-                        state_bytes: int = DEFAULT_STATE_BYTES) -> Iterator[tuple[int, torch.Tensor]]:
+def grouped_casn_blocks(model, query, gallery, ranking: RankingSpec,
+                        compute: Compute = Compute()) -> Iterator[tuple[int, torch.Tensor]]:
     """:func:`iter_casn_distmat`'s blocks, computed for groups of queries whose per-pair state fits
-    ``state_bytes``: with K = all (the paper's ranking) every query has one pair per gallery image, and
-    the whole set's indicators alone would take queries x gallery x D/8 bytes (8.6 GB for Market-1501).
-    Each group reads the gallery maps once; a single group is exactly :func:`iter_casn_distmat`."""
+    ``compute.state_bytes``: with K = all (the paper's ranking) every query has one pair per gallery
+    image, and the whole set's indicators alone would take queries x gallery x D/8 bytes (8.6 GB for
+    Market-1501). Each group reads the gallery maps once; a single group is exactly :func:`iter_casn_distmat`."""
     num_query, num_gallery = len(query.features), len(gallery.features)
-    k = num_gallery if topk is None else min(topk, num_gallery)
-    group = pairs_per_group(k, query.maps.shape[2], query.features.shape[1], state_bytes)
+    k = ranking.effective_topk(num_gallery)
+    group = pairs_per_group(k, query.maps.shape[2], query.features.shape[1], compute.state_bytes)
     if group >= num_query:
-        yield from iter_casn_distmat(model, query, gallery, topk, weight, threshold, progress, device, chunk=chunk)
+        yield from iter_casn_distmat(model, query, gallery, ranking, compute)
         return
-    bar = tqdm(total=num_query * k, desc="casn re-rank", disable=not progress, unit="pair", unit_scale=True)
+    bar = tqdm(total=num_query * k, desc="casn re-rank", disable=not compute.progress, unit="pair", unit_scale=True)
+    quiet = replace(compute, progress=False)  # one bar over the groups, not one per group
     for start in range(0, num_query, group):
         stop = min(num_query, start + group)
         part = _QueryGroup(_RowRange(query.maps, start, stop), query.features[start:stop])
-        for offset, block in iter_casn_distmat(model, part, gallery, topk, weight, threshold, False, device,
-                                               chunk=chunk):
+        for offset, block in iter_casn_distmat(model, part, gallery, ranking, quiet):
             yield start + offset, block
         bar.update((stop - start) * k)
     bar.close()
 
 
-class _QueryGroup:
-    """The maps and features of a group of queries (what :func:`iter_casn_distmat` reads of a cache)."""
-
-    def __init__(self, maps, features: torch.Tensor) -> None:
-        self.maps, self.features = maps, features
-
-    def __len__(self) -> int:
-        return self.features.shape[0]
-
-
-def casn_distmat(
-    model,
-    query,
-    gallery,
-    topk: int | None = 100,
-    weight: float = 1.0,
-    threshold: float = DEFAULT_THRESHOLD,
-    progress: bool = True,
-    device: torch.device | str | None = None,
-    max_batch_bytes: int | None = None,
-) -> np.ndarray:
-    """CASN distance matrix (Q, G), float32, of two :class:`FeatureCache`-like objects (``maps``,
-    ``features``), maps in RAM, on a device, or in a store on disk. See the module docstring; use
-    :func:`iter_casn_distmat` to score it without holding it whole."""
+def casn_distmat(model, query, gallery, ranking: RankingSpec, compute: Compute = Compute()) -> np.ndarray:
+    """CASN distance matrix (Q, G), float32, of ``ranking`` on two :class:`FeatureCache`-like objects
+    (``maps``, ``features``), maps in RAM, on a device, or in a store on disk. See the module docstring;
+    use :func:`iter_casn_distmat` to score it without holding it whole."""
     out = np.empty((len(query.features), len(gallery.features)), dtype=np.float32)
-    for start, block in iter_casn_distmat(model, query, gallery, topk, weight, threshold, progress, device,
-                                          max_batch_bytes):
+    for start, block in iter_casn_distmat(model, query, gallery, ranking, compute):
         out[start:start + block.shape[0]] = block.numpy()
     return out

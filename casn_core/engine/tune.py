@@ -96,6 +96,7 @@ def tune_ranking(model: CASN, query: FeatureCache, gallery: FeatureCache, thresh
     """
     from casn_core.engine.evaluator import RankingEvaluator
     from casn_core.engine.rerank import casn_attention, casn_candidates, feature_distance_blocks, iter_casn_distmat
+    from casn_core.rankings import RankingSpec
 
     if rule not in RULES:
         raise ValueError(f"unknown rule {rule!r}; choose from {', '.join(RULES)}")
@@ -119,7 +120,7 @@ def tune_ranking(model: CASN, query: FeatureCache, gallery: FeatureCache, thresh
                 if attention is None:
                     candidates = casn_candidates(query.features, gallery.features, topk)
                     attention = casn_attention(model, query, gallery, candidates, threshold)
-                blocks = iter_casn_distmat(model, query, gallery, topk, weight, threshold, progress=False,
+                blocks = iter_casn_distmat(model, query, gallery, RankingSpec.custom(weight, topk, threshold),
                                            candidates=candidates, attention=attention)
                 result = RankingEvaluator(query, gallery).process_all(blocks).results()
             ap = result.ap[valid]
