@@ -33,6 +33,7 @@ def demo_data_dir(cache_dir: str | os.PathLike) -> Path:
 def ensure_demo_data(cache_dir: str | os.PathLike, log=print, settings: dict | None = None) -> Path:
     """The demo dataset folder, generated deterministically on first use."""
     from app.core import generate_dataset
+    from casn_core.data import SynthSpec  # not (yet) in app.core's list
 
     settings = dict(DEMO_SETTINGS if settings is None else settings)
     out = demo_data_dir(cache_dir) if settings == DEMO_SETTINGS else Path(cache_dir) / "demo_data" / "custom"
@@ -44,9 +45,10 @@ def ensure_demo_data(cache_dir: str | os.PathLike, log=print, settings: dict | N
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=out.parent))
     try:
-        generate_dataset(tmp, num_ids=settings["num_ids"], num_cameras=settings["num_cameras"],
+        spec = SynthSpec(num_ids=settings["num_ids"], num_cameras=settings["num_cameras"],
                          images_per_id=settings["images_per_id"], seed=settings["seed"],
-                         height=settings["height"], width=settings["width"], workers=min(4, os.cpu_count() or 1))
+                         height=settings["height"], width=settings["width"])
+        generate_dataset(tmp, spec, workers=min(4, os.cpu_count() or 1))
         (tmp / ".complete").write_text(json.dumps(settings))
         if out.exists():
             shutil.rmtree(out)

@@ -80,7 +80,7 @@ def synth_root(args) -> Path:
 
 def prepare_synth(args) -> tuple[Path, float]:
     """Generate the synthetic benchmark once (reused when its manifest matches); returns (root, seconds)."""
-    from casn_core.data import generate_dataset
+    from casn_core.data import SynthSpec, generate_dataset
 
     root = synth_root(args)
     manifest = root / "manifest.json"
@@ -92,8 +92,9 @@ def prepare_synth(args) -> tuple[Path, float]:
                 {"height": args.height, "width": args.width}:
             return root, 0.0
     started = time.perf_counter()
-    generate_dataset(root, args.synth_ids, args.synth_cameras, args.synth_images_per_id, args.synth_seed,
-                     height=args.height, width=args.width, workers=args.synth_workers, overwrite=True)
+    spec = SynthSpec(args.synth_ids, args.synth_cameras, args.synth_images_per_id, args.synth_seed,
+                     height=args.height, width=args.width)
+    generate_dataset(root, spec, workers=args.synth_workers, overwrite=True)
     return root, time.perf_counter() - started
 
 

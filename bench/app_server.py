@@ -31,7 +31,7 @@ def bench_inputs(checkpoint: str | None, data: str | None, scratch: Path, log=pr
 
     from casn_core import build_model
     from casn_core.checkpoint import model_payload, save_checkpoint
-    from casn_core.data.synth import generate_dataset
+    from casn_core.data.synth import SynthSpec, generate_dataset
 
     path = Path(checkpoint) if checkpoint else BUNDLED_CHECKPOINT
     note = path.name
@@ -44,7 +44,7 @@ def bench_inputs(checkpoint: str | None, data: str | None, scratch: Path, log=pr
         return path, Path(data), note
     out = Path(scratch) / "demo_data"
     log(f"generating the demo-sized set into {out}")
-    generate_dataset(out, workers=min(4, os.cpu_count() or 1), **DEMO_SET)
+    generate_dataset(out, SynthSpec(**DEMO_SET), workers=min(4, os.cpu_count() or 1))
     return path, out, note
 
 

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from casn_core.attention import DEFAULT_THRESHOLD, gradcam, pair_attention
 from casn_core.attention.similarity import explain_similarity
-from casn_core.data import build_test_transform, generate_dataset, load_market, read_image
+from casn_core.data import SynthSpec, build_test_transform, generate_dataset, load_market, read_image
 from casn_core.numeric import safe_divide, share
 
 EXPLAINERS = ("similarity", "siamese", "gradcam", "random", "uniform")
@@ -311,7 +311,7 @@ def main() -> None:
         root = args.data
         if root is None:
             root = Path(tmp) / "synth"
-            generate_dataset(root, args.ids, args.cameras, args.images_per_id, args.data_seed)
+            generate_dataset(root, SynthSpec(args.ids, args.cameras, args.images_per_id, args.data_seed))
         rows = faithfulness(model, root, height, width, args.pairs, args.steps, args.seed, args.split,
                             info.threshold, args.batch_size)
     for row in rows:

@@ -87,13 +87,13 @@ def _sizes(args: argparse.Namespace) -> list[tuple[int, int]]:
 
 def generate(out: Path, query: int, gallery: int, height: int, width: int, workers: int) -> dict:
     """A generated Market-layout set with about ``query`` / ``gallery`` test images (plus the train half)."""
-    from casn_core.data import generate_dataset
+    from casn_core.data import SynthSpec, generate_dataset
 
     test_ids = max(2, math.ceil(query / QUERIES_PER_ID))
     per_id = max(3, round(gallery / test_ids + QUERIES_PER_ID))
     started = time.perf_counter()
-    generate_dataset(out, num_ids=2 * test_ids, num_cameras=6, images_per_id=per_id, seed=0, height=height,
-                     width=width, workers=workers, overwrite=True)
+    spec = SynthSpec(num_ids=2 * test_ids, num_cameras=6, images_per_id=per_id, seed=0, height=height, width=width)
+    generate_dataset(out, spec, workers=workers, overwrite=True)
     return {"generate_s": time.perf_counter() - started, "num_ids": 2 * test_ids, "images_per_id": per_id}
 
 

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 
-from casn_core.data.synth import generate_dataset
+from casn_core.data.synth import SynthSpec, generate_dataset
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     for repeat in range(args.repeats):
         with tempfile.TemporaryDirectory() as out:
             started = time.perf_counter()
-            manifest = generate_dataset(out, args.ids, args.cameras, args.images_per_id, args.seed + repeat,
-                                        args.height, args.width, args.workers)
+            spec = SynthSpec(args.ids, args.cameras, args.images_per_id, args.seed + repeat, args.height, args.width)
+            manifest = generate_dataset(out, spec, args.workers)
             seconds = time.perf_counter() - started
         num_images = manifest["num_images"]
         rates.append(num_images / seconds)

@@ -27,12 +27,12 @@ def main() -> int:
 
     from casn_core import load_model
     from casn_core.checkpoint import checkpoint_info
-    from casn_core.data import build_test_transform, generate_dataset
+    from casn_core.data import SynthSpec, build_test_transform, generate_dataset
     from casn_core.data.market import parse_market_name
     from casn_core.engine.inference import extract_tensors, feature_distance
 
     with tempfile.TemporaryDirectory() as tmp:
-        generate_dataset(Path(tmp) / "set", num_ids=24, num_cameras=4, images_per_id=4, seed=SEED)
+        generate_dataset(Path(tmp) / "set", SynthSpec(num_ids=24, num_cameras=4, images_per_id=4, seed=SEED))
         files = sorted((Path(tmp) / "set" / "bounding_box_test").glob("*.jpg"))
         model, payload = load_model(REPO / "checkpoints" / "casn_mobilenetv2_synth.pt", "cpu")
         height, width = checkpoint_info(payload).input_size

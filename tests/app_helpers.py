@@ -26,11 +26,11 @@ def make_checkpoint(path: str | Path, backbone: str = "mobilenet_v2", num_classe
 def make_dataset(out: str | Path, num_ids: int = 16, num_cameras: int = 2, images_per_id: int = 4, seed: int = 0,
                  height: int = 128, width: int = 64) -> Path:
     """A small procedural Market-layout dataset: the second half of ``num_ids`` are the test identities."""
-    from casn_core.data.synth import generate_dataset
+    from casn_core.data.synth import SynthSpec, generate_dataset
 
     out = Path(out)
-    generate_dataset(out, num_ids=num_ids, num_cameras=num_cameras, images_per_id=images_per_id, seed=seed,
-                     height=height, width=width)
+    generate_dataset(out, SynthSpec(num_ids=num_ids, num_cameras=num_cameras, images_per_id=images_per_id, seed=seed,
+                               height=height, width=width))
     return out
 
 

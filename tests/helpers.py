@@ -81,10 +81,10 @@ def make_pinned_checkpoint_and_data(root: Path) -> tuple[Path, Path]:
 
     from casn_core import build_model
     from casn_core.checkpoint import model_payload, save_checkpoint
-    from casn_core.data import ImageDataset, build_test_transform, generate_dataset, load_market
+    from casn_core.data import ImageDataset, SynthSpec, build_test_transform, generate_dataset, load_market
 
     data = Path(root) / "data"
-    generate_dataset(data, num_ids=16, num_cameras=2, images_per_id=4, seed=0, height=128, width=64)
+    generate_dataset(data, SynthSpec(num_ids=16, num_cameras=2, images_per_id=4, seed=0, height=128, width=64))
     torch.manual_seed(0)
     model = build_model("mobilenet_v2", num_classes=8, pretrained="none")
     for module in model.modules():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from casn_core import build_model
-from casn_core.data import generate_dataset
+from casn_core.data import SynthSpec, generate_dataset
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "explainer_faithfulness.py"
 
@@ -24,7 +24,7 @@ def bench():
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("faithfulness") / "synth"
-    generate_dataset(root, num_ids=4, num_cameras=2, images_per_id=3, seed=3, height=64, width=32)
+    generate_dataset(root, SynthSpec(num_ids=4, num_cameras=2, images_per_id=3, seed=3, height=64, width=32))
     return root
 
 

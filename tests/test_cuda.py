@@ -49,10 +49,10 @@ SIZE = (64, 32)
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    from casn_core.data.synth import generate_dataset
+    from casn_core.data.synth import SynthSpec, generate_dataset
 
     root = tmp_path_factory.mktemp("synth")
-    generate_dataset(root, num_ids=12, num_cameras=3, images_per_id=5, seed=5, height=SIZE[0], width=SIZE[1])
+    generate_dataset(root, SynthSpec(num_ids=12, num_cameras=3, images_per_id=5, seed=5, height=SIZE[0], width=SIZE[1]))
     return root
 
 

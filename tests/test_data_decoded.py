@@ -4,14 +4,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from casn_core.data import build_train_transform, generate_dataset, load_market
+from casn_core.data import SynthSpec, build_train_transform, generate_dataset, load_market
 from casn_core.data.decoded import DecodedImages, build_uint8_train_transform
 from casn_core.data.pairs import PairDataset
 
 
 def _records(tmp_path):
     root = tmp_path / "synth"
-    generate_dataset(root, num_ids=4, num_cameras=2, images_per_id=3, seed=5, height=64, width=32)
+    generate_dataset(root, SynthSpec(num_ids=4, num_cameras=2, images_per_id=3, seed=5, height=64, width=32))
     return list(load_market(root, splits=("train",)).train)
 
 

@@ -16,9 +16,13 @@ from casn_core.data.pedestrian import PLAIN_BACKGROUND, make_identity
 from casn_core.data.scene import make_camera, mask_bbox, render_image
 from casn_core.commands.synth import add_arguments as add_synth_arguments
 from casn_core.commands.synth import run as run_synth
-from casn_core.data.synth import generate_dataset, plan_dataset
+from casn_core.data.synth import SynthSpec, generate_dataset, plan_dataset
 
 SMALL = dict(num_ids=6, num_cameras=3, images_per_id=5, height=64, width=32)
+
+
+def _small(seed: int) -> SynthSpec:
+    return SynthSpec(seed=seed, **SMALL)
 
 
 def _digest(root: Path) -> dict[str, str]:
@@ -29,16 +33,16 @@ def _digest(root: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def small(tmp_path_factory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("synth")
-    return root, generate_dataset(root, seed=11, **SMALL)
+    return root, generate_dataset(root, _small(11))
 
 
 def test_same_seed_same_bytes_other_seed_differs(small, tmp_path):
     root, _ = small
-    again = generate_dataset(tmp_path / "again", seed=11, **SMALL)
+    again = generate_dataset(tmp_path / "again", _small(11))
     first, second = _digest(root), _digest(tmp_path / "again")
     assert first == second and len(first) == 2 * 30 + 1
     assert again == json.loads((root / "manifest.json").read_text())
-    generate_dataset(tmp_path / "other", seed=12, **SMALL)
+    generate_dataset(tmp_path / "other", _small(12))
     other = _digest(tmp_path / "other")
     assert len(set(other.values()) & set(first.values())) == 0  # every image, mask and the manifest differ
 
@@ -46,7 +50,7 @@ def test_same_seed_same_bytes_other_seed_differs(small, tmp_path):
 @pytest.mark.slow
 def test_worker_processes_give_the_same_bytes(small, tmp_path):
     root, _ = small
-    generate_dataset(tmp_path / "parallel", seed=11, workers=2, **SMALL)
+    generate_dataset(tmp_path / "parallel", _small(11), workers=2)
     assert _digest(tmp_path / "parallel") == _digest(root)
 
 
@@ -88,7 +92,7 @@ def test_split_protocol(small):
 
 @pytest.mark.parametrize("ids, cams, per_id", [(2, 2, 2), (9, 2, 3), (20, 5, 4), (30, 6, 2), (11, 9, 12)])
 def test_every_query_has_a_cross_camera_match(ids, cams, per_id):
-    jobs = plan_dataset(ids, cams, per_id, seed=ids * cams)
+    jobs = plan_dataset(SynthSpec(ids, cams, per_id, seed=ids * cams))
     gallery = {(j.pid, j.camid) for j in jobs if j.split == "gallery"}
     queries = [j for j in jobs if j.split == "query"]
     assert {j.pid for j in queries} == set(range(ids // 2 + 1, ids + 1))
@@ -179,4 +183,4 @@ def test_bad_arguments_are_clear_errors(tmp_path, capsys, flag, value, message):
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
     with pytest.raises(ValueError, match=message):
-        generate_dataset(tmp_path / "y", int(argv["--ids"]), int(argv["--cameras"]), int(argv["--images-per-id"]), 0)
+        SynthSpec(int(argv["--ids"]), int(argv["--cameras"]), int(argv["--images-per-id"]), 0)

@@ -25,10 +25,10 @@ SIZE = dict(height=128, width=64)
 
 @pytest.fixture(scope="module")
 def synth_data(tmp_path_factory) -> Path:
-    from casn_core.data.synth import generate_dataset
+    from casn_core.data.synth import SynthSpec, generate_dataset
 
     root = tmp_path_factory.mktemp("synth")
-    generate_dataset(root, num_ids=24, num_cameras=3, images_per_id=10, seed=3, **SIZE)
+    generate_dataset(root, SynthSpec(num_ids=24, num_cameras=3, images_per_id=10, seed=3, **SIZE))
     return root
 
 

@@ -23,11 +23,11 @@ SIZE = (64, 32)
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> tuple[Path, Path]:
-    from casn_core.data.synth import generate_dataset
+    from casn_core.data.synth import SynthSpec, generate_dataset
 
     root = tmp_path_factory.mktemp("sharded")
     data = root / "data"
-    generate_dataset(data, num_ids=10, num_cameras=3, images_per_id=5, seed=11, height=SIZE[0], width=SIZE[1])
+    generate_dataset(data, SynthSpec(num_ids=10, num_cameras=3, images_per_id=5, seed=11, height=SIZE[0], width=SIZE[1]))
     torch.manual_seed(0)
     model = build_model("mobilenet_v2", num_classes=5, pretrained="none")
     ckpt = save_checkpoint(root / "m.pt", model_payload(model, input_size=list(SIZE), train_config={"threshold": 0.3}))

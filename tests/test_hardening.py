@@ -22,10 +22,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
-    from casn_core.data.synth import generate_dataset
+    from casn_core.data.synth import SynthSpec, generate_dataset
 
     root = tmp_path_factory.mktemp("tiny")
-    generate_dataset(root, num_ids=8, num_cameras=2, images_per_id=4, seed=1, height=64, width=32)
+    generate_dataset(root, SynthSpec(num_ids=8, num_cameras=2, images_per_id=4, seed=1, height=64, width=32))
     return root
 
 

@@ -34,10 +34,10 @@ class _Exploit:
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
-    from casn_core.data.synth import generate_dataset
+    from casn_core.data.synth import SynthSpec, generate_dataset
 
     root = tmp_path_factory.mktemp("tiny-data")
-    generate_dataset(root, num_ids=8, num_cameras=2, images_per_id=4, seed=3, height=H, width=W)
+    generate_dataset(root, SynthSpec(num_ids=8, num_cameras=2, images_per_id=4, seed=3, height=H, width=W))
     return root
 
 
@@ -294,12 +294,12 @@ def test_resume_into_a_foreign_last_checkpoint_reports_the_backbone(trained_run,
 
 
 def test_resume_on_data_with_another_identity_count_reports_it(trained_run, tmp_path):
-    from casn_core.data.synth import generate_dataset
+    from casn_core.data.synth import SynthSpec, generate_dataset
     from casn_core.engine.train import train
 
     run = _copy_run(trained_run, tmp_path / "run")
     other = tmp_path / "other"
-    generate_dataset(other, num_ids=12, num_cameras=2, images_per_id=2, seed=4, height=H, width=W)
+    generate_dataset(other, SynthSpec(num_ids=12, num_cameras=2, images_per_id=2, seed=4, height=H, width=W))
     with pytest.raises(CheckpointError, match="num_classes") as info:
         train(_train_config(other, run), resume=True, progress=False)
     assert "num_classes=4" in str(info.value) and "num_classes=6" in str(info.value), str(info.value)

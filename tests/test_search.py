@@ -18,7 +18,7 @@ from PIL import Image
 
 from casn_core import build_model
 from casn_core.checkpoint import load_checkpoint, model_payload, save_checkpoint
-from casn_core.data import generate_dataset, parse_market_name
+from casn_core.data import SynthSpec, generate_dataset, parse_market_name
 from casn_core.images import ImageInputError
 from casn_core.commands.search import add_arguments as add_search_arguments
 from casn_core.commands.search import run as run_search
@@ -33,8 +33,8 @@ BAD = {"notes.txt", "sub/broken.jpg", "sub/deeper/truncated.jpg", "outside_link.
 
 def _generated_images(root: Path, seed: int, num_ids: int, cameras: int, per_id: int, height: int,
                       width: int) -> list[Path]:
-    generate_dataset(root, num_ids=num_ids, num_cameras=cameras, images_per_id=per_id, seed=seed,
-                     height=height, width=width)
+    generate_dataset(root, SynthSpec(num_ids=num_ids, num_cameras=cameras, images_per_id=per_id, seed=seed,
+                                     height=height, width=width))
     return sorted(p for folder in ("bounding_box_train", "query", "bounding_box_test")
                   for p in (root / folder).glob("*.jpg"))
 

@@ -5,7 +5,7 @@ import argparse
 import sys
 import time
 
-from casn_core.data.synth import MAX_CAMERAS, generate_dataset
+from casn_core.data.synth import MAX_CAMERAS, SynthSpec, generate_dataset
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,8 +28,8 @@ def run(args: argparse.Namespace) -> int:
     workers = int(getattr(args, "workers", 0) or 0)
     started = time.perf_counter()
     try:
-        manifest = generate_dataset(args.out, args.ids, args.cameras, args.images_per_id, args.seed,
-                                    args.height, args.width, workers, getattr(args, "overwrite", False))
+        spec = SynthSpec(args.ids, args.cameras, args.images_per_id, args.seed, args.height, args.width)
+        manifest = generate_dataset(args.out, spec, workers, getattr(args, "overwrite", False))
     except (ValueError, FileExistsError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -17,7 +17,7 @@ from casn_core.data.market import (
     parse_market_name,
     read_image,
 )
-from casn_core.data.synth import GENERATOR_VERSION, generate_dataset
+from casn_core.data.synth import GENERATOR_VERSION, SynthSpec, generate_dataset
 from casn_core.data.pairs import PairDataset, PairSamplingError, pair_indices
 from casn_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_test_transform, build_train_transform
 
@@ -25,6 +25,6 @@ __all__ = [
     "IMAGE_EXTENSIONS", "SPLIT_FOLDERS", "DatasetError", "DatasetNotFoundError", "ImageDataset", "ImageRecord",
     "ReidDataset", "SplitReport", "SplitStats", "load_market", "load_split", "parse_market_name", "read_image",
     "PairDataset", "PairSamplingError", "pair_indices",
-    "GENERATOR_VERSION", "generate_dataset",
+    "GENERATOR_VERSION", "SynthSpec", "generate_dataset",
     "IMAGENET_MEAN", "IMAGENET_STD", "build_test_transform", "build_train_transform",
 ]

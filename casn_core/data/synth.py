@@ -61,23 +61,39 @@ class ImageJob:
         return f"{MASK_FOLDER}/{SPLIT_FOLDERS[self.split]}/{Path(self.name).stem}.png"
 
 
-def _check_arguments(num_ids: int, num_cameras: int, images_per_id: int, height: int, width: int) -> None:
-    if num_ids < 2:
-        raise ValueError(f"--ids must be >= 2 (half train, half query/gallery), got {num_ids}")
-    if not 2 <= num_cameras <= MAX_CAMERAS:
-        raise ValueError(f"--cameras must be between 2 and {MAX_CAMERAS} (every test person needs two cameras; "
-                         f"Market names hold one camera digit), got {num_cameras}")
-    if images_per_id < 2:
-        raise ValueError(f"--images-per-id must be >= 2 (two cameras per person), got {images_per_id}")
-    if num_ids > 9999:
-        raise ValueError(f"--ids must be <= 9999 (four-digit person ids), got {num_ids}")
-    if height < 32 or width < 16:
-        raise ValueError(f"image size must be at least 32x16, got {height}x{width}")
+@dataclass(frozen=True)
+class SynthSpec:
+    """What to generate: identities, cameras, images per identity, the seed and the image size (H x W).
+
+    The seed and the counts decide every image (see the module docstring); the checks run here, so a
+    spec that exists can be generated. Messages name the ``casn synth`` option of each field.
+    """
+
+    num_ids: int
+    num_cameras: int
+    images_per_id: int
+    seed: int
+    height: int = 256
+    width: int = 128
+
+    def __post_init__(self) -> None:
+        if self.num_ids < 2:
+            raise ValueError(f"--ids must be >= 2 (half train, half query/gallery), got {self.num_ids}")
+        if not 2 <= self.num_cameras <= MAX_CAMERAS:
+            raise ValueError(f"--cameras must be between 2 and {MAX_CAMERAS} (every test person needs two cameras; "
+                             f"Market names hold one camera digit), got {self.num_cameras}")
+        if self.images_per_id < 2:
+            raise ValueError(f"--images-per-id must be >= 2 (two cameras per person), got {self.images_per_id}")
+        if self.num_ids > 9999:
+            raise ValueError(f"--ids must be <= 9999 (four-digit person ids), got {self.num_ids}")
+        if self.height < 32 or self.width < 16:
+            raise ValueError(f"image size must be at least 32x16, got {self.height}x{self.width}")
 
 
-def plan_dataset(num_ids: int, num_cameras: int, images_per_id: int, seed: int) -> list[ImageJob]:
-    """Every image of the dataset, in a fixed order (train ids first, then query/gallery ids)."""
-    _check_arguments(num_ids, num_cameras, images_per_id, 64, 32)
+def plan_dataset(spec: SynthSpec) -> list[ImageJob]:
+    """Every image of the dataset, in a fixed order (train ids first, then query/gallery ids); the
+    image size plays no part."""
+    num_ids, num_cameras, images_per_id, seed = spec.num_ids, spec.num_cameras, spec.images_per_id, spec.seed
     num_train = num_ids // 2
     jobs: list[ImageJob] = []
     frame = 0
@@ -150,19 +166,18 @@ def _prepare(out: Path, overwrite: bool) -> None:
         (out / MASK_FOLDER / folder).mkdir(parents=True, exist_ok=True)
 
 
-def generate_dataset(out_dir: str | os.PathLike, num_ids: int, num_cameras: int, images_per_id: int, seed: int,
-                     height: int = 256, width: int = 128, workers: int = 0, overwrite: bool = False) -> dict:
-    """Write the dataset (see the module docstring) and return its manifest.
+def generate_dataset(out_dir: str | os.PathLike, spec: SynthSpec, workers: int = 0, overwrite: bool = False) -> dict:
+    """Write the dataset ``spec`` describes (see the module docstring) into ``out_dir``; its manifest.
 
     ``workers`` > 1 renders in that many processes (same bytes as ``workers=0``). Raises
-    :class:`ValueError` for bad arguments and :class:`FileExistsError` when ``out_dir`` already
-    holds a generated dataset and ``overwrite`` is false.
+    :class:`ValueError` for a bad ``workers`` (a bad spec raises when it is made) and
+    :class:`FileExistsError` when ``out_dir`` already holds a generated dataset and ``overwrite`` is false.
     """
-    _check_arguments(num_ids, num_cameras, images_per_id, height, width)
     if workers < 0:
         raise ValueError(f"--workers must be >= 0, got {workers}")
+    num_ids, seed, height, width = spec.num_ids, spec.seed, spec.height, spec.width
     out = Path(out_dir)
-    jobs = plan_dataset(num_ids, num_cameras, images_per_id, seed)
+    jobs = plan_dataset(spec)
     _prepare(out, overwrite)
     if workers and workers > 1:
         size = max(1, min(64, len(jobs) // (4 * workers)))
@@ -183,8 +198,8 @@ def generate_dataset(out_dir: str | os.PathLike, num_ids: int, num_cameras: int,
         "generator_version": GENERATOR_VERSION,
         "seed": int(seed),
         "num_ids": int(num_ids),
-        "num_cameras": int(num_cameras),
-        "images_per_id": int(images_per_id),
+        "num_cameras": int(spec.num_cameras),
+        "images_per_id": int(spec.images_per_id),
         "image_size": {"height": int(height), "width": int(width)},
         "jpeg_quality": JPEG_QUALITY,
         "num_images": len(jobs),
