@@ -160,8 +160,8 @@ def run_one(args, spec: dict, losses: str, seed: int) -> dict:
     from casn_core.engine.extraction import ExtractionConfig, extract_split
     from casn_core.engine.train import TrainConfig, train
     from casn_core.attention.quality import QualitySettings, attention_quality
-
     from casn_core.rankings import RankingSpec
+
     out = run_dir(args, spec["name"], losses, seed)
     topk = None if str(args.topk).lower() == "all" else int(args.topk)
     budget = settings(args, spec["name"])
