@@ -121,6 +121,52 @@ def _train_first_epoch_only(config: TrainConfig) -> None:
         train_module.save_checkpoint = original
 
 
+def test_resume_inside_an_epoch_reproduces_the_uninterrupted_run(synth_data, tmp_path):
+    """``--save-every``: a run stopped after a checkpoint written between two steps of epoch 2 and resumed
+    ends with the uninterrupted run's weights and metrics (same pairs, hard-negative table, augmentation
+    and dropout draws for the steps it had not taken)."""
+    import casn_core.engine.epoch as epoch_module
+
+    common = dict(backbone="resnet18", pretrained="none", batch_size=4, pairs_per_epoch=24, epochs=2,
+                  dropout=0.5, save_every=2, hard_negatives=0.5, height=64, width=32)
+    train(_config(synth_data, tmp_path / "straight", **common), progress=False)
+
+    class Stop(Exception):
+        pass
+
+    original = epoch_module.save_checkpoint
+    saved = []
+
+    def save_then_stop(path, payload):
+        original(path, payload)
+        partial = payload.get(epoch_module.PARTIAL_KEY)
+        saved.append(None if partial is None else (partial["epoch"], partial["step"]))
+        if partial is not None and (partial["epoch"], partial["step"]) == (1, 4):
+            raise Stop
+
+    split = _config(synth_data, tmp_path / "split", **common)
+    epoch_module.save_checkpoint = save_then_stop
+    try:
+        with pytest.raises(Stop):
+            train(split, progress=False)
+    finally:
+        epoch_module.save_checkpoint = original
+    assert saved == [(0, 2), (0, 4), (1, 2), (1, 4)]  # 6 steps an epoch: none after the last step
+    stopped = load_checkpoint(tmp_path / "split" / "last.pt")
+    assert stopped["epoch"] == 0 and stopped[epoch_module.PARTIAL_KEY]["neighbours"]
+    train(split, resume=True, progress=False)
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")
+    b = load_checkpoint(tmp_path / "split" / "last.pt")
+    assert epoch_module.PARTIAL_KEY not in b and b["epoch"] == 1
+    for key in a["model"]:
+        assert torch.allclose(a["model"][key].float(), b["model"][key].float(), atol=1e-6), key
+    metrics = [[json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+               for run in ("straight", "split")]
+    assert [m["epoch"] for m in metrics[1]] == [1, 2]
+    for key in ("steps", "loss_total", "loss_ide", "loss_sa"):
+        assert metrics[1][1][key] == pytest.approx(metrics[0][1][key], rel=1e-5), key
+
+
 def test_resume_refuses_changed_settings(synth_data, tmp_path):
     config = _config(synth_data, tmp_path / "run", backbone="resnet18", pretrained="none", epochs=1,
                      max_steps_per_epoch=1, batch_size=2, losses="ide")

@@ -12,7 +12,8 @@ N training identities are held out and the ranking weight w (and K) is chosen on
 epoch (:mod:`casn_core.engine.tune`) and stored as ``payload["ranking"]``.
 
 ``train()`` is a sequence of named steps: :func:`setup_run`, :func:`build_data`, :func:`build_model`,
-:func:`resume_state`, :func:`run_epoch`, :func:`save_epoch`, :func:`finish_bce_head` (``--head-steps``),
+:func:`resume_state`, :func:`~casn_core.engine.epoch.run_epoch` (which also writes ``last.pt`` every
+``--save-every`` steps), :func:`save_epoch`, :func:`finish_bce_head` (``--head-steps``),
 :func:`tune_after_training` (``--val-ids``).
 """
 from __future__ import annotations
@@ -20,25 +21,22 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
 
 from casn_core.atomic import write_json_atomic, write_text_atomic
 from casn_core.checkpoint import (
     CheckpointError, load_checkpoint, model_from_checkpoint, remove_stale_temporaries, save_checkpoint,
 )
 from casn_core.dist import init_distributed, launch_environment
-from casn_core.engine.extraction import autocast_context, extract_tensors, resolve_device
+from casn_core.engine.epoch import PARTIAL_KEY, epoch_payload, run_epoch, training_features
+from casn_core.engine.extraction import resolve_device
 from casn_core.losses import LossConfig, LossTerms, casn_loss
 from casn_core.engine.train_config import TrainConfig
-from casn_core.engine.train_state import (  # noqa: F401  (TrainResult, relabel re-exported)
+from casn_core.engine.train_state import (  # noqa: F401  (NonFiniteLossError, TrainResult, relabel re-exported)
     NonFiniteLossError, RunContext, TrainData, TrainResult, TrainState, relabel,
 )
 from casn_core.models.casn import CASN, ModelConfig
@@ -186,9 +184,14 @@ def build_model(config: TrainConfig, num_classes: int, ctx: RunContext, resume: 
         train_state.start_epoch = int(state["epoch"]) + 1
         train_state.best_map = float(state.get("best_map", -1.0))
         train_state.head_done = bool(state.get("head_stage"))
+        train_state.partial = state.get(PARTIAL_KEY)
         if ctx.is_main:
             _trim_metrics(ctx.run_dir / "metrics.jsonl", train_state.start_epoch)
-        log.info("resumed from %s after epoch %d", ctx.last_path, train_state.start_epoch)
+        if train_state.partial:
+            log.info("resumed from %s inside epoch %d, before step %d", ctx.last_path,
+                     train_state.start_epoch + 1, int(train_state.partial["step"]) + 1)
+        else:
+            log.info("resumed from %s after epoch %d", ctx.last_path, train_state.start_epoch)
     return train_state
 
 
@@ -215,83 +218,6 @@ def wrap_step(config: TrainConfig, state: TrainState, ctx: RunContext) -> nn.Mod
             find_unused_parameters=not loss_config.use_sa,
         )
     return step_module
-
-
-@torch.no_grad()
-def mine_neighbours(model: CASN, records: list, config: TrainConfig, per_identity: int = 4) -> dict[int, list[int]]:
-    """Hard-negative table (ours): each label's ``hard_negative_pool`` nearest other identities by the
-    centroids of the current model's features of up to ``per_identity`` images each (no augmentation,
-    the same images every epoch, so ``--resume`` redraws the same table)."""
-    from casn_core.data.pairs import nearest_identities
-
-    chosen, taken = [], {}
-    for record in records:
-        if taken.get(record.label, 0) < per_identity:
-            taken[record.label] = taken.get(record.label, 0) + 1
-            chosen.append(record)
-    was_training = model.training
-    feats = _training_features(model, chosen, config).cpu()
-    model.train(was_training)
-    return nearest_identities(feats, [r.label for r in chosen], config.hard_negative_pool)
-
-
-def run_epoch(config: TrainConfig, ctx: RunContext, state: TrainState, step_module: nn.Module, data: TrainData,
-              epoch: int, progress: bool) -> dict:
-    """Step 5: one epoch of eq. 6 over this epoch's pairs; returns the epoch's metrics record."""
-    neighbours = mine_neighbours(state.model, data.records, config) if config.hard_negatives else None
-    torch.manual_seed(config.seed * 1000 + epoch)  # augmentation and dropout of this epoch
-    pairs = data.pairs
-    pairs.set_epoch(epoch, neighbours)
-    sampler = DistributedSampler(pairs, ctx.world, ctx.rank, shuffle=False) if ctx.world > 1 else None
-    loader = DataLoader(pairs, batch_size=config.batch_size, sampler=sampler, shuffle=False,
-                        num_workers=config.workers, pin_memory=ctx.device.type == "cuda", drop_last=True,
-                        persistent_workers=False)
-    if len(loader) == 0:
-        raise ValueError(f"{len(pairs)} pairs per rank cannot fill one batch of {config.batch_size}")
-    step_module.train()
-    sums: dict[str, float] = {}
-    steps, images_seen, started = 0, 0, time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (progress and ctx.is_main), unit="step")
-    for step, (images1, images2, labels1, labels2, same) in enumerate(bar):
-        if config.max_steps_per_epoch is not None and step >= config.max_steps_per_epoch:
-            break
-        batch = [t.to(ctx.device, non_blocking=True) for t in (images1, images2, labels1, labels2, same)]
-        if config.channels_last:
-            batch[0] = batch[0].contiguous(memory_format=torch.channels_last)
-            batch[1] = batch[1].contiguous(memory_format=torch.channels_last)
-        with autocast_context(ctx.device, config.amp):
-            terms = step_module(*batch)
-        if not torch.isfinite(terms.total):
-            raise NonFiniteLossError(
-                f"loss is {float(terms.total.detach())} at epoch {epoch + 1}, step {step + 1} "
-                f"(terms {terms.as_floats()}); stopped, {ctx.last_path} keeps the last good epoch"
-            )
-        state.optimizer.zero_grad(set_to_none=True)
-        state.scaler.scale(terms.total).backward()
-        state.scaler.step(state.optimizer)  # fp16: skipped when the scaled gradients overflowed
-        state.scaler.update()
-        values = terms.as_floats()
-        for key, value in values.items():
-            sums[key] = sums.get(key, 0.0) + value
-        steps += 1
-        images_seen += 2 * batch[0].shape[0] * ctx.world
-        bar.set_postfix(loss=f"{values['total']:.3f}")
-    elapsed = time.perf_counter() - started
-    lr = state.optimizer.param_groups[0]["lr"]
-    state.scheduler.step()
-    return {"epoch": epoch + 1, "lr": lr, "steps": steps, "seconds": round(elapsed, 3),
-            "images_per_s": round(images_seen / max(elapsed, 1e-9), 2),
-            **{f"loss_{k}": v / max(steps, 1) for k, v in sums.items()}}
-
-
-def epoch_payload(config: TrainConfig, state: TrainState, epoch: int) -> dict:
-    """The checkpoint content after ``epoch`` (0-based)."""
-    return {
-        "model": state.model.state_dict(), "model_config": state.model_config.to_dict(),
-        "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
-        "epoch": epoch, "train_config": asdict(config), "input_size": [config.height, config.width],
-        "best_map": state.best_map, "scaler": state.scaler.state_dict() if state.scaler is not None else {},
-    }
 
 
 def save_epoch(config: TrainConfig, ctx: RunContext, state: TrainState, epoch: int, record: dict) -> None:
@@ -321,17 +247,6 @@ def save_epoch(config: TrainConfig, ctx: RunContext, state: TrainState, epoch: i
         log.info("epoch %d eval: %s", epoch + 1, json.dumps(record["eval"]))
 
 
-@torch.no_grad()
-def _training_features(model: CASN, records: list, config: TrainConfig) -> torch.Tensor:
-    """Features ``f`` of ``records`` with the test transform, in eval mode."""
-    from casn_core.data import ImageDataset, build_test_transform
-
-    loader = DataLoader(ImageDataset(records, build_test_transform(config.height, config.width)),
-                        batch_size=64, shuffle=False, num_workers=config.workers)
-    model.eval()
-    return torch.cat([extract_tensors(model, images, config.amp)[1] for images, *_ in loader])
-
-
 def finish_bce_head(config: TrainConfig, ctx: RunContext, state: TrainState, data: TrainData) -> dict | None:
     """Step 6b (main process, ``--head-steps``, ours): train only the BCE head (eq. 3) on frozen features.
 
@@ -349,7 +264,7 @@ def finish_bce_head(config: TrainConfig, ctx: RunContext, state: TrainState, dat
     from casn_core.data.pairs import pair_indices
     from casn_core.losses import bce_loss
 
-    feats = _training_features(state.model, data.records, config)
+    feats = training_features(state.model, data.records, config)
     labels = np.array([r.label for r in data.records])
     head = state.model.bce_head
     optimizer = torch.optim.SGD(head.parameters(), lr=config.lr, momentum=config.momentum,

@@ -83,6 +83,10 @@ class TrainConfig:
               "augmented tensors, faster on CPUs")
     eval_every: int = _option(0, "evaluate on query/gallery every N epochs and keep best.pt (off by default)")
     eval_topk: int | None = _option(100, "CASN re-ranking depth during evaluation, or 'all'", parse=_topk)
+    save_every: int = _option(
+        0, "also write last.pt every N steps inside an epoch, so a stopped run loses at most N steps; "
+           "--resume continues from that step (exactly with --workers 0 on one process: the same pairs, "
+           "augmentation and dropout draws as the uninterrupted run). 0 = at epoch ends only")
     max_steps_per_epoch: int | None = _option(None, "cap steps per epoch (smoke tests)")
     skip_bad_images: bool = _option(False, "drop unreadable images instead of stopping")
     extra: dict = field(default_factory=dict, metadata={"cli": False})

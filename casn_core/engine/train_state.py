@@ -69,6 +69,8 @@ class TrainState:
     start_epoch: int = 0
     best_map: float = -1.0
     head_done: bool = False  # --head-steps already applied to the weights in last.pt
+    partial: dict | None = None
+    """Where ``last.pt`` stopped inside an epoch (``casn_core.engine.epoch.PARTIAL_KEY``), until that epoch runs."""
     scaler: torch.amp.GradScaler | None = None
     """Loss scaling for ``--amp fp16`` (fp16 gradients underflow without it); disabled otherwise, where
     its ``scale``/``step`` are the plain ``backward``/``optimizer.step``."""
