@@ -95,8 +95,7 @@ def tune_ranking(model: CASN, query: FeatureCache, gallery: FeatureCache, thresh
     ``gain_se``: the mean paired per-query AP difference to w = 0 and its standard error.
     """
     from casn_core.engine.evaluator import RankingEvaluator
-    from casn_core.engine.rerank import casn_attention, casn_candidates, feature_distance_blocks, iter_casn_distmat
-    from casn_core.rankings import RankingSpec
+    from casn_core.engine.rerank import casn_attention, casn_candidates, combine_block, feature_distance_blocks
 
     if rule not in RULES:
         raise ValueError(f"unknown rule {rule!r}; choose from {', '.join(RULES)}")
@@ -120,8 +119,10 @@ def tune_ranking(model: CASN, query: FeatureCache, gallery: FeatureCache, thresh
                 if attention is None:
                     candidates = casn_candidates(query.features, gallery.features, topk)
                     attention = casn_attention(model, query, gallery, candidates, threshold)
-                blocks = iter_casn_distmat(model, query, gallery, RankingSpec.custom(weight, topk, threshold),
-                                           candidates=candidates, attention=attention)
+                # iter_casn_distmat's blocks, combined here from the candidates and d_a shared by every w of this K
+                blocks = ((start, combine_block(block, candidates[start:start + len(block)],
+                                                attention[start:start + len(block)], weight))
+                          for start, block in feature_distance_blocks(query.features, gallery.features))
                 result = RankingEvaluator(query, gallery).process_all(blocks).results()
             ap = result.ap[valid]
             diff = ap - base_ap
