@@ -65,12 +65,14 @@ def test_search_upload_is_the_json_of_casn_search(unlabelled):
     with the app's settings (re-ranking depth = ``--topk``; float32 maps, the app's choice for a small
     folder), names instead of server paths; and its ranking and distances are the float64 reference's
     (``tests/reference.py``: d_a from the literal oracle), not only the library's own."""
+    from casn_core.engine.extraction import ExtractionConfig
     from casn_core.images import load_rgb
-    from casn_core.search import open_search_index
+    from casn_core.search import RankingChoice, open_search_index
 
     client, folder = unlabelled["client"], unlabelled["folder"]
     index = open_search_index(unlabelled["checkpoint"], folder, unlabelled["root"] / "cache" / "search", "cpu",
-                              rerank_k=10, map_dtype="float32", progress=False, log=lambda *_: None)
+                              extraction=ExtractionConfig(map_dtype="float32", progress=False),
+                              ranking=RankingChoice(rerank_k=10))
     query = next(q for q in sorted(folder.glob("*.jpg")) if _decided_by_float32(index, load_rgb(q)))
     answer = client.predict(handle_file(str(query)), 5, api_name="/search_upload")
     expected = index.search(load_rgb(query), 5).to_json()  # an upload is an image, not the gallery file

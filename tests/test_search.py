@@ -7,7 +7,9 @@ image outside the folder added.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -19,11 +21,13 @@ from PIL import Image
 from casn_core import build_model
 from casn_core.checkpoint import load_checkpoint, model_payload, save_checkpoint
 from casn_core.data import SynthSpec, generate_dataset, parse_market_name
+from casn_core.engine.extraction import ExtractionConfig
 from casn_core.images import ImageInputError
 from casn_core.commands.search import add_arguments as add_search_arguments
 from casn_core.commands.search import run as run_search
 from casn_core.search import (
-    EmptyGalleryError, GalleryNotFoundError, SearchError, build_search_index, open_search_index, scan_gallery,
+    EmptyGalleryError, GalleryNotFoundError, RankingChoice, SearchError, build_search_index, open_search_index,
+    scan_gallery,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -81,10 +85,30 @@ def gallery(tmp_path_factory) -> dict:
             "model": model, "payload": payload, "checkpoint": checkpoint}
 
 
-def _index(gallery: dict, cache_dir: Path, log: list | None = None, **kwargs):
-    messages = [] if log is None else log
+def _index(gallery: dict, cache_dir: Path, **ranking):
     return build_search_index(gallery["model"], gallery["payload"], gallery["checkpoint"], gallery["folder"],
-                              cache_dir, progress=False, log=messages.append, **kwargs)
+                              cache_dir, ExtractionConfig(progress=False), RankingChoice(**ranking))
+
+
+@pytest.fixture
+def messages(caplog) -> pytest.LogCaptureFixture:
+    """The library's log records from INFO up (skipped files, cache hits, store rebuilds)."""
+    caplog.set_level(logging.INFO, logger="casn_core")
+    return caplog
+
+
+@contextlib.contextmanager
+def _bare_root_logger():
+    """The root logger as a fresh ``casn`` process has it, without pytest's handlers: the command then
+    sends the library's messages to stderr itself."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    root.handlers.clear()
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -106,16 +130,15 @@ def test_scan_is_recursive_sorted_and_skips_non_images(gallery):
     assert report.num_hidden == 1
 
 
-def test_bad_files_reported_good_ones_ranked_nothing_written(gallery, tmp_path):
+def test_bad_files_reported_good_ones_ranked_nothing_written(gallery, tmp_path, messages):
     before = _listing(gallery["folder"])
-    log: list[str] = []
-    index = _index(gallery, tmp_path / "cache", log)
+    index = _index(gallery, tmp_path / "cache")
     skipped = {s.path: s.reason for s in index.report.skipped}
     assert set(skipped) == BAD
     assert "truncated or corrupted" in skipped["sub/deeper/truncated.jpg"]
     assert "not an image file" in skipped["sub/broken.jpg"]
     assert len(index) == len(gallery["labels"]) == index.report.num_images
-    warning = "\n".join(log)
+    warning = "\n".join(r.getMessage() for r in messages.records if r.levelno == logging.WARNING)
     assert "4 file(s) skipped" in warning and "sub/broken.jpg" in warning
 
     result = index.search(gallery["outside"], topk=len(index))
@@ -170,14 +193,14 @@ def test_cache_inside_the_gallery_is_refused(gallery):
     assert _listing(gallery["folder"]) == before
 
 
-def test_cache_hit_then_rebuilt_on_changed_file_list(gallery, tmp_path):
+def test_cache_hit_then_rebuilt_on_changed_file_list(gallery, tmp_path, messages):
     cache = tmp_path / "cache"
     first = _index(gallery, cache)
     assert not first.gallery.cache_hit
-    log: list[str] = []
-    second = _index(gallery, cache, log)
+    messages.clear()
+    second = _index(gallery, cache)
     assert second.gallery.cache_hit and second.gallery.cache_file == first.gallery.cache_file
-    assert any("loaded from cache" in m for m in log)
+    assert any("loaded from cache" in m for m in messages.messages)
     assert {s.path for s in second.report.skipped} == BAD  # unreadable files remembered without decoding
     assert [i.relpath for i in second.images] == [i.relpath for i in first.images]
     assert np.array_equal(second.gallery.features.numpy(), first.gallery.features.numpy())
@@ -191,9 +214,9 @@ def test_cache_hit_then_rebuilt_on_changed_file_list(gallery, tmp_path):
     assert not base.gallery.cache_hit and base.gallery.cache_file != first.gallery.cache_file
     assert all(folder in Path(i.path).parents for i in base.images)
     shutil.copy(gallery["sources"][5], folder / "sub" / "new.jpg")
-    log = []
-    changed = _index(copy, cache, log)
-    assert not changed.gallery.cache_hit and any("extracting" in m for m in log)
+    messages.clear()
+    changed = _index(copy, cache)
+    assert not changed.gallery.cache_hit and any("extracting" in m for m in messages.messages)
     assert len(changed) == len(base) + 1 and "sub/new.jpg" in [i.relpath for i in changed.images]
     assert _index(copy, cache).gallery.cache_hit
     os.utime(folder / "sub" / "new.jpg", ns=(1, 1))  # same names and sizes, another modification time
@@ -202,9 +225,9 @@ def test_cache_hit_then_rebuilt_on_changed_file_list(gallery, tmp_path):
     (changed.gallery.cache_file / "header.json").write_text("{damaged")
     for record in (cache / "checked").iterdir():
         record.write_text("[]")
-    log = []
-    rebuilt = _index(copy, cache, log)
-    text = "\n".join(log)
+    messages.clear()
+    rebuilt = _index(copy, cache)
+    text = "\n".join(messages.messages)
     assert not rebuilt.gallery.cache_hit and "unreadable header" in text and "decode-check record" in text
     assert len(rebuilt) == len(changed) and {s.path for s in rebuilt.report.skipped} == BAD
     assert not [p for p in cache.rglob("*") if ".tmp" in p.name]  # no temporaries left
@@ -241,13 +264,14 @@ def test_labels_parsed_from_market_names(gallery, tmp_path):
     assert all({"pid", "camid"} <= set(hit) for hit in result.to_json()["results"])
 
 
-def test_cli_json_shape_figure_and_folder_untouched(gallery, tmp_path, capsys):
+def test_cli_json_shape_figure_and_folder_untouched(gallery, tmp_path, capsys, messages):
     before = _listing(gallery["folder"])
     out = tmp_path / "out"
     queries = [str(gallery["outside"]), sorted(gallery["labels"])[0]]
     argv = ["--checkpoint", str(gallery["checkpoint"]), "--gallery", str(gallery["folder"]), "--topk", "5",
             "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--no-progress"]
-    assert run_search(_parse(argv + ["--query", queries[0], "--json", str(out / "one.json")])) == 0
+    with _bare_root_logger():
+        assert run_search(_parse(argv + ["--query", queries[0], "--json", str(out / "one.json")])) == 0
     printed = capsys.readouterr()
     assert "rank" in printed.out and "4 file(s) skipped" in printed.err
     one = json.loads((out / "one.json").read_text())
@@ -260,7 +284,7 @@ def test_cli_json_shape_figure_and_folder_untouched(gallery, tmp_path, capsys):
     argv2 = argv + ["--query", queries[0], "--query", queries[1], "--json", str(out / "two.json"),
                     "--figure", str(out / "strip.png")]
     assert run_search(_parse(argv2)) == 0
-    assert "loaded from cache" in capsys.readouterr().err
+    assert "loaded from cache" in messages.text  # under pytest's own logging set-up: its capture, not stderr
     two = json.loads((out / "two.json").read_text())
     assert isinstance(two, list) and [d["query"] for d in two] == [queries[0], queries[1]]
     assert two[0]["results"] == one["results"] and two[1]["excluded"] == queries[1]
@@ -300,7 +324,8 @@ def test_bundled_checkpoint_finds_the_same_person_from_another_camera(tmp_path):
             pid_of[name] = pid
     asked = [q for q in sorted(queries.iterdir()) if parse_market_name(q.name)[0] in set(pid_of.values())]
     assert len(asked) >= 10
-    index = open_search_index(BUNDLED, folder, tmp_path / "cache", device="cpu", progress=False, log=lambda m: None)
+    index = open_search_index(BUNDLED, folder, tmp_path / "cache", device="cpu",
+                              extraction=ExtractionConfig(progress=False))
     casn_hits = feature_hits = 0
     for query in asked:
         pid = parse_market_name(query.name)[0]

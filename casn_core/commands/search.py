@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
 
 from casn_core.atomic import write_text_atomic
+from casn_core.engine.extraction import ExtractionConfig
 from casn_core.models.torchreid_adapter import add_arch_arguments
 from casn_core.search.features import DEFAULT_CACHE_DIR
-from casn_core.search.index import DEFAULT_TOPK, SearchResult, open_search_index
+from casn_core.search.index import DEFAULT_TOPK, RankingChoice, SearchResult, open_search_index
 from casn_core.store import MAP_DTYPE_CHOICES
 
 
@@ -75,13 +77,17 @@ def run(args: argparse.Namespace) -> int:
     if args.topk < 1:
         print(f"error: --topk must be >= 1, got {args.topk}", file=sys.stderr)
         return 1
+    if not logging.getLogger().handlers:  # the library's messages (skipped files, cache, store) reach stderr
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     log = lambda message: print(message, file=sys.stderr)  # noqa: E731 -- results go to stdout, the log to stderr
     try:
+        # --input-size is a torchreid checkpoint's (with --arch); a CASN checkpoint brings its own
+        extraction = ExtractionConfig(input_size=args.input_size if args.arch else None, batch_size=args.batch_size,
+                                      map_dtype=args.map_dtype, progress=not args.no_progress)
+        ranking = RankingChoice(attention_weight=args.attention_weight, rerank_k=args.rerank_k,
+                                threshold=args.threshold)
         index = open_search_index(args.checkpoint, args.gallery, args.cache_dir, args.device, arch=args.arch,
-                                  input_size=args.input_size,
-                                  threshold=args.threshold, attention_weight=args.attention_weight,
-                                  rerank_k=args.rerank_k, batch_size=args.batch_size, map_dtype=args.map_dtype,
-                                  progress=not args.no_progress, log=log)
+                                  extraction=extraction, ranking=ranking)
         results = [index.search(query, args.topk) for query in args.query]
     except (CheckpointError, ImageInputError, ValueError, OSError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -16,7 +16,7 @@ Example::
 """
 from casn_core.search.features import DEFAULT_CACHE_DIR, GalleryFeatures, file_list_key, load_or_extract_gallery
 from casn_core.search.index import (
-    SearchHit, SearchIndex, SearchResult, build_search_index, open_search_index,
+    RankingChoice, SearchHit, SearchIndex, SearchResult, build_search_index, open_search_index,
 )
 from casn_core.search.scan import (
     SEARCH_EXTENSIONS, EmptyGalleryError, GalleryImage, GalleryNotFoundError, GalleryReport, SearchError,
@@ -25,7 +25,7 @@ from casn_core.search.scan import (
 
 __all__ = [
     "DEFAULT_CACHE_DIR", "SEARCH_EXTENSIONS", "EmptyGalleryError", "GalleryFeatures", "GalleryImage",
-    "GalleryNotFoundError", "GalleryReport", "SearchError", "SearchHit", "SearchIndex", "SearchResult",
+    "GalleryNotFoundError", "GalleryReport", "RankingChoice", "SearchError", "SearchHit", "SearchIndex", "SearchResult",
     "SkippedFile", "build_search_index", "check_images", "file_list_key", "load_or_extract_gallery",
     "open_search_index", "scan_gallery",
 ]

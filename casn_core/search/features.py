@@ -4,7 +4,8 @@ The backbone runs once per gallery image (docs/design.md, sec. 4); the maps ``A`
 go into the project's on-disk map store (:func:`casn_core.engine.store_build.open_or_build_store`) under
 ``<cache-dir>/gallery-<hash of the folder>-<dtype>/``, keyed by the checkpoint's sha256, the input
 size, the map dtype and the file list (relative path, size, modification time): any change
-re-extracts, a damaged or stale store is rebuilt with a logged reason, never trusted.
+re-extracts, a damaged or stale store is rebuilt with a logged reason, never trusted. Messages go
+to this module's logger (``casn search`` shows them on stderr).
 
 Which candidates decode at all is found once per file list and remembered beside the store in
 ``<cache-dir>/checked/<hash of the file list>.json`` (written atomically, read as plain JSON and
@@ -16,10 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
@@ -34,6 +36,8 @@ CHECKED_FORMAT = "casn-search-checked"
 CHECKED_VERSION = 1
 DEFAULT_CACHE_DIR = Path(".cache") / "search"
 """Default cache folder, relative to the working directory."""
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_CACHE_DIR", "GalleryFeatures", "check_cache_location", "file_list_key",
            "load_or_extract_gallery"]
@@ -89,8 +93,8 @@ def _read_checked(path: Path, key: str, images: Sequence[GalleryImage]) -> tuple
     return [by_path[p] for p in readable], [SkippedFile(p, r) for p, r in unreadable]
 
 
-def checked_images(images: Sequence[GalleryImage], cache_dir: Path, progress: bool = True,
-                   log: Callable[[str], None] = print) -> tuple[list[GalleryImage], list[SkippedFile]]:
+def checked_images(images: Sequence[GalleryImage], cache_dir: Path,
+                   progress: bool = True) -> tuple[list[GalleryImage], list[SkippedFile]]:
     """``(readable, unreadable)`` of ``images``: remembered per file list, else decoded once and recorded."""
     key = file_list_key(images)
     record = cache_dir / "checked" / f"{key}.json"
@@ -98,40 +102,44 @@ def checked_images(images: Sequence[GalleryImage], cache_dir: Path, progress: bo
         try:
             return _read_checked(record, key, images)
         except (OSError, ValueError) as exc:  # json errors are ValueErrors
-            log(f"decode-check record {record} unusable ({type(exc).__name__}: {exc}); checking again")
+            log.warning("decode-check record %s unusable (%s: %s); checking again", record, type(exc).__name__, exc)
     good, bad = check_images(images, progress=progress)
     write_json_atomic(record, {"format": CHECKED_FORMAT, "version": CHECKED_VERSION, "key": key,
                                "readable": [i.relpath for i in good], "unreadable": [[s.path, s.reason] for s in bad]})
     return good, bad
 
 
-def load_or_extract_gallery(model: CASN, images: Sequence[GalleryImage], input_size: tuple[int, int],
-                            checkpoint: str | os.PathLike, cache_dir: str | os.PathLike, gallery: str | os.PathLike,
-                            map_dtype: str | torch.dtype = "auto", batch_size: int = 64, amp: str = "none",
-                            progress: bool = True, log: Callable[[str], None] = print) -> GalleryFeatures:
+def load_or_extract_gallery(model: CASN, images: Sequence[GalleryImage], checkpoint: str | os.PathLike,
+                            cache_dir: str | os.PathLike, gallery: str | os.PathLike,
+                            config: ExtractionConfig) -> GalleryFeatures:
     """Features and maps of the readable ``images`` of folder ``gallery``, extracted once per checkpoint and file list.
 
-    ``map_dtype``: ``auto`` (the store's rule: float32 while the folder's float32 maps take <= 4 GiB,
-    else bfloat16), ``float32``, ``float16`` or ``bfloat16``. Unreadable candidates are returned in ``unreadable`` with reasons.
+    ``config``: the extraction (docs/design.md, sec. 4): ``input_size`` (required), batching, AMP,
+    progress, and ``map_dtype``: ``auto`` (the store's rule: float32 while the folder's float32 maps
+    take <= 4 GiB, else bfloat16), ``float32``, ``float16`` or ``bfloat16``. Its ``store_dir`` is not
+    read: the store lives under ``cache_dir``. Unreadable candidates are returned in ``unreadable`` with reasons.
     """
     from casn_core.data import ImageRecord
 
+    if config.input_size is None:
+        raise ValueError("load_or_extract_gallery needs ExtractionConfig.input_size (the checkpoint's)")
     cache_dir = Path(cache_dir)
-    good, bad = checked_images(list(images), cache_dir, progress, log)
+    good, bad = checked_images(list(images), cache_dir, config.progress)
     if not good:
         return GalleryFeatures(images=[], maps=torch.zeros(0, 0, 0, 0), features=torch.zeros(0, 0), unreadable=bad)
     records = [ImageRecord(i.path, -1 if i.pid is None else i.pid, -1 if i.camid is None else i.camid, 0) for i in good]
     root = Path(gallery).resolve()
-    float32_bytes = float32_map_bytes(model, input_size, len(records)) if map_dtype == "auto" else None
-    dtype = resolve_map_dtype(map_dtype, next(model.parameters()).device, float32_bytes=float32_bytes, log=log)
+    float32_bytes = float32_map_bytes(model, config.input_size, len(records)) if config.map_dtype == "auto" else None
+    dtype = resolve_map_dtype(config.map_dtype, next(model.parameters()).device, float32_bytes=float32_bytes,
+                              log=log.info)
     path = store_path(cache_dir, root, "gallery", dtype)  # the store keys itself (checkpoint, files, size, dtype)
-    config = ExtractionConfig(input_size=tuple(input_size), batch_size=batch_size, amp=amp, map_dtype=dtype,
-                              progress=progress)
-    store = open_or_build_store(model, records, path, config, source=StoreSource(checkpoint, root),
-                                desc="gallery features", log=log)
+    # the store's builder reports through a callable: this module's logger, so its messages go where ours go
+    store_config = replace(config, input_size=tuple(config.input_size), map_dtype=dtype)
+    store = open_or_build_store(model, records, path, store_config, source=StoreSource(checkpoint, root),
+                                desc="gallery features", log=log.info)
     hit = not store.built_now
     if hit:
-        log(f"gallery features: loaded from cache {path} ({len(store)} images)")
+        log.info("gallery features: loaded from cache %s (%d images)", path, len(store))
     if len(store) != len(good) or [str(p) for p in store.paths] != [r.path for r in records]:
         raise SearchError(f"map store {path} does not hold the images of {gallery} in order")
     return GalleryFeatures(images=good, maps=store.maps, features=store.features, unreadable=bad, cache_file=path,

@@ -7,25 +7,28 @@ Siamese attention (:func:`casn_core.engine.inference.rank_query_casn`). The comb
 min-max normalised over one query's candidates, so it orders one query's results; the feature
 distance is the one comparable across queries (e.g. for a "no match" threshold).
 
-Nothing here depends on Gradio: errors are plain exceptions naming the file or folder.
+Nothing here depends on Gradio: errors are plain exceptions naming the file or folder; messages go to
+the module loggers of :mod:`casn_core.search` (``casn search`` shows them on stderr).
 """
 from __future__ import annotations
 
 import copy
 import functools
 import io
+import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Union
+from typing import Union
 
 import numpy as np
 import torch
 from PIL import Image
 
 from casn_core.checkpoint import CheckpointInfo, checkpoint_info, load_model
-from casn_core.rankings import chosen_ranking, parse_topk
+from casn_core.rankings import RankingSpec, chosen_ranking, parse_topk
 from casn_core.data.market import parse_market_name
+from casn_core.engine.extraction import ExtractionConfig
 from casn_core.engine.inference import extract_tensors, rank_query_casn, resolve_device, unit_distance, unit_features
 from casn_core.models.casn import CASN
 from casn_core.search.features import DEFAULT_CACHE_DIR, GalleryFeatures, check_cache_location, load_or_extract_gallery
@@ -35,6 +38,34 @@ QueryInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 """A query: a file path, the bytes of an image file, a PIL image, or an RGB uint8 array (H, W, 3)."""
 DEFAULT_TOPK = 20
 """Results shown per query by ``casn search``."""
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RankingChoice:
+    """What the user asks of a search's ranking: ``attention_weight`` (w), ``rerank_k`` (K) and the
+    alignment ``threshold`` of ``d_a`` (paper sec. 4; docs/design.md, sec. 3).
+
+    ``None`` leaves a setting to the checkpoint: with neither w nor K, its default pair (the stored
+    (w, K), else the paper's w = 1 on every gallery image); with either, the other is the paper's
+    (:func:`casn_core.rankings.chosen_ranking`); the threshold defaults to the checkpoint's. A bad K
+    is a :class:`SearchError` here, before any extraction.
+    """
+
+    attention_weight: float | None = None
+    rerank_k: int | str | None = None  # a positive int, or "all" (as None with w given)
+    threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            parse_topk(self.rerank_k)
+        except ValueError as exc:
+            raise SearchError(f"rerank_k: {exc}") from None
+
+    def resolve(self, default: RankingSpec) -> RankingSpec:
+        """The ranking this choice makes of a checkpoint's ``default``."""
+        return chosen_ranking(default, self.attention_weight, self.rerank_k, self.threshold)
 
 
 @dataclass(frozen=True)
@@ -218,43 +249,47 @@ class SearchIndex:
 
 
 def build_search_index(model: CASN, payload: dict, checkpoint: str | os.PathLike, gallery: str | os.PathLike,
-                       cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR, threshold: float | None = None,
-                       attention_weight: float | None = None, rerank_k: int | None = None, batch_size: int = 64,
-                       map_dtype: str = "auto", progress: bool = True, log: Callable[[str], None] = print) -> SearchIndex:
+                       cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR,
+                       extraction: ExtractionConfig = ExtractionConfig(),
+                       ranking: RankingChoice = RankingChoice()) -> SearchIndex:
     """Scan ``gallery`` and load or extract its features with an already loaded model.
 
-    With neither ``attention_weight`` nor ``rerank_k`` given, the ranking is the checkpoint's default
-    (its stored (w, K) pair, else the paper's w = 1 on every gallery image); with either, the other is
-    the paper's (:func:`casn_core.rankings.chosen_ranking`). ``threshold`` defaults to the checkpoint's.
-    ``map_dtype`` is the stored maps' (``auto``: :func:`casn_core.store.default_map_dtype`).
+    ``extraction``: batching, AMP, progress and the stored maps' ``map_dtype`` (``auto``:
+    :func:`casn_core.store.default_map_dtype`); its input size is the checkpoint's (leave it ``None``).
+    ``ranking``: the user's w, K and threshold, ``None`` for the checkpoint's (:class:`RankingChoice`).
     Raises :class:`~casn_core.search.scan.GalleryNotFoundError` / ``EmptyGalleryError`` naming the
-    folder, and :class:`SearchError` when ``cache_dir`` lies inside it.
+    folder, and :class:`SearchError` when ``cache_dir`` lies inside it or the input size is another.
     """
     info = checkpoint_info(payload)
+    input_size = tuple(info.input_size)
+    if extraction.input_size is not None and tuple(extraction.input_size) != input_size:
+        # queries are read at the checkpoint's size (SearchIndex.query_tensors): the gallery must be too
+        raise SearchError(f"input size {tuple(extraction.input_size)} is not the checkpoint's {input_size}")
     candidates, report = scan_gallery(gallery)
     cache = check_cache_location(cache_dir, gallery)
     require_images(candidates, report)
-    features = load_or_extract_gallery(model, candidates, info.input_size, checkpoint, cache, gallery,
-                                       map_dtype=map_dtype, batch_size=batch_size, progress=progress, log=log)
+    features = load_or_extract_gallery(model, candidates, checkpoint, cache, gallery,
+                                       replace(extraction, input_size=input_size))
     report.skipped = sorted(report.skipped + features.unreadable, key=lambda s: s.path)
     report.num_images = len(features.images)
     require_images(features.images, report)
     if report.num_skipped:
-        log(f"warning: {report.summary()}")
-    try:
-        parse_topk(rerank_k)
-    except ValueError as exc:
-        raise SearchError(f"rerank_k: {exc}") from None
-    ranking = chosen_ranking(info.default_ranking(), attention_weight, rerank_k, threshold)
+        log.warning("warning: %s", report.summary())
+    chosen = ranking.resolve(info.default_ranking())
     return SearchIndex(model=model, info=info, checkpoint=Path(checkpoint), folder=Path(gallery), gallery=features,
-                       report=report, threshold=ranking.threshold, attention_weight=ranking.attention_weight,
-                       rerank_k=ranking.effective_topk(len(features.images)))
+                       report=report, threshold=chosen.threshold, attention_weight=chosen.attention_weight,
+                       rerank_k=chosen.effective_topk(len(features.images)))
 
 
 def open_search_index(checkpoint: str | os.PathLike, gallery: str | os.PathLike,
                       cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR, device: str = "auto", arch: str | None = None,
-                      input_size: tuple[int, int] | None = None, **kwargs) -> SearchIndex:
-    """Load ``checkpoint`` on ``device`` and :func:`build_search_index` of ``gallery`` (kwargs passed on);
-    ``arch``/``input_size``: a torchreid checkpoint (:func:`casn_core.checkpoint.load_model`)."""
-    model, payload = load_model(checkpoint, resolve_device(device), arch=arch, input_size=input_size)
-    return build_search_index(model, payload, checkpoint, gallery, cache_dir, **kwargs)
+                      extraction: ExtractionConfig = ExtractionConfig(),
+                      ranking: RankingChoice = RankingChoice()) -> SearchIndex:
+    """Load ``checkpoint`` on ``device`` and :func:`build_search_index` of ``gallery``.
+
+    ``arch``: read a torchreid checkpoint of that model at ``extraction.input_size`` (``None``: torchreid's
+    256 x 128; :func:`casn_core.checkpoint.load_model`); a CASN checkpoint brings its own input size.
+    """
+    model, payload = load_model(checkpoint, resolve_device(device), arch=arch,
+                                input_size=None if arch is None else extraction.input_size)
+    return build_search_index(model, payload, checkpoint, gallery, cache_dir, extraction, ranking)
