@@ -5,7 +5,7 @@ go into the project's on-disk map store (:func:`casn_core.engine.store_build.ope
 ``<cache-dir>/gallery-<hash of the folder>-<dtype>/``, keyed by the checkpoint's sha256, the input
 size, the map dtype and the file list (relative path, size, modification time): any change
 re-extracts, a damaged or stale store is rebuilt with a logged reason, never trusted. Messages go
-to this module's logger (``casn search`` shows them on stderr).
+to this module's logger and the store builder's (``casn search`` shows them on stderr).
 
 Which candidates decode at all is found once per file list and remembered beside the store in
 ``<cache-dir>/checked/<hash of the file list>.json`` (written atomically, read as plain JSON and
@@ -133,10 +133,9 @@ def load_or_extract_gallery(model: CASN, images: Sequence[GalleryImage], checkpo
     dtype = resolve_map_dtype(config.map_dtype, next(model.parameters()).device, float32_bytes=float32_bytes,
                               log=log.info)
     path = store_path(cache_dir, root, "gallery", dtype)  # the store keys itself (checkpoint, files, size, dtype)
-    # the store's builder reports through a callable: this module's logger, so its messages go where ours go
     store_config = replace(config, input_size=tuple(config.input_size), map_dtype=dtype)
     store = open_or_build_store(model, records, path, store_config, source=StoreSource(checkpoint, root),
-                                desc="gallery features", log=log.info)
+                                desc="gallery features")  # its messages: casn_core.engine.store_build's logger
     hit = not store.built_now
     if hit:
         log.info("gallery features: loaded from cache %s (%d images)", path, len(store))
