@@ -121,7 +121,8 @@ def load_state(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_dir
     store_dir = Path(config.store_dir).resolve() if config.store_dir is not None else cache_dir / "store"
     extraction = ExtractionConfig(tuple(info.input_size), batch_size=config.batch_size, map_dtype=config.map_dtype,
                                   store_dir=store_dir, progress=config.progress)
-    query_store, gallery_store = split_stores(model, str(root), extraction, checkpoint=checkpoint, log=log,
+    # the store's messages (extracting, rebuilding) go to casn_core.engine.store_build's logger
+    query_store, gallery_store = split_stores(model, str(root), extraction, checkpoint=checkpoint,
                                               records=(query_records, gallery_records))
     built = query_store.built_now or gallery_store.built_now
     log(f"features: {len(query_store)} query and {len(gallery_store)} gallery images "

@@ -65,7 +65,7 @@ def model():
 def _stores(model, data: Path, folder: Path, map_dtype: str = "float32"):
     dataset = load_market(data, splits=("query", "gallery"))
     config = ExtractionConfig(SIZE, batch_size=8, map_dtype=map_dtype, progress=False)
-    return [open_or_build_store(model, list(records), folder / split, config, log=lambda message: None).as_cache()
+    return [open_or_build_store(model, list(records), folder / split, config).as_cache()
             for split, records in (("query", dataset.query), ("gallery", dataset.gallery))]
 
 
@@ -123,7 +123,7 @@ def test_eval_on_cuda_matches_the_cpu(data, model, tmp_path, monkeypatch):
 
     def evaluate(on_model, folder):  # on the model's device
         config = ExtractionConfig(SIZE, batch_size=8, map_dtype="float32", store_dir=folder, progress=False)
-        return evaluate_model(on_model, str(data), config, rankings, signals=True, log=lambda message: None)
+        return evaluate_model(on_model, str(data), config, rankings, signals=True)
 
     cpu = evaluate(model, tmp_path / "cpu")
     gpu = evaluate(model.cuda(), tmp_path / "gpu")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -35,7 +36,7 @@ def setup(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_extract_the_same_store_as_one(setup, tmp_path):
+def test_two_gloo_processes_extract_the_same_store_as_one(setup, tmp_path, caplog):
     # batch size 1 everywhere: a convolution's rounding can depend on the batch it runs in, and the
     # shards' batches differ from one process's; per image the bytes must be identical
     data, ckpt = setup
@@ -60,10 +61,10 @@ def test_two_gloo_processes_extract_the_same_store_as_one(setup, tmp_path):
     assert {k: sharded[k] for k in ("feature", "casn")} == {k: single[k] for k in ("feature", "casn")}
 
     model, _ = load_model(ckpt, "cpu")
-    logs: list[str] = []
-    for a, b in zip(split_stores(model, str(data), _config(sharded_dir, "float32"), checkpoint=ckpt, log=logs.append),
-                    split_stores(model, str(data), _config(single_dir, "float32"), checkpoint=ckpt, log=logs.append)):
-        assert logs == []  # both stores are committed and trusted: nothing extracted again
+    caplog.set_level(logging.INFO, logger="casn_core.engine.store_build")
+    for a, b in zip(split_stores(model, str(data), _config(sharded_dir, "float32"), checkpoint=ckpt),
+                    split_stores(model, str(data), _config(single_dir, "float32"), checkpoint=ckpt)):
+        assert caplog.messages == []  # both stores are committed and trusted: nothing extracted again
         assert torch.equal(a.read_maps(np.arange(len(a))), b.read_maps(np.arange(len(b))))
         assert torch.equal(a.features, b.features)
         assert a.paths == b.paths and np.array_equal(a.pids, b.pids)
@@ -72,7 +73,7 @@ def test_two_gloo_processes_extract_the_same_store_as_one(setup, tmp_path):
 
 
 @pytest.mark.slow
-def test_sharded_store_api_with_two_processes_in_one_test(setup, tmp_path):
+def test_sharded_store_api_with_two_processes_in_one_test(setup, tmp_path, caplog):
     """open_or_build_store with world_size=2 (torch.multiprocessing, gloo): equals the one-process store
     (batch size 1: see the test above)."""
     import torch.multiprocessing as mp
@@ -81,11 +82,11 @@ def test_sharded_store_api_with_two_processes_in_one_test(setup, tmp_path):
     mp.start_processes(_worker, args=(str(data), str(ckpt), str(tmp_path / "two"), _free_port()), nprocs=2,
                        start_method="spawn", join=True)
     model, _ = load_model(ckpt, "cpu")
-    logs: list[str] = []
-    two = split_stores(model, str(data), _config(tmp_path / "two"), checkpoint=ckpt, log=logs.append)
-    assert logs == []
+    caplog.set_level(logging.INFO, logger="casn_core.engine.store_build")
+    two = split_stores(model, str(data), _config(tmp_path / "two"), checkpoint=ckpt)
+    assert caplog.messages == []  # the workers' store is committed and trusted
     with torch_threads(1):  # the workers' thread count: the same kernels, so the same bits per image
-        one = split_stores(model, str(data), _config(tmp_path / "one"), checkpoint=ckpt, log=logs.append)
+        one = split_stores(model, str(data), _config(tmp_path / "one"), checkpoint=ckpt)
     for a, b in zip(two, one):
         assert torch.equal(a.read_maps(np.arange(len(a))), b.read_maps(np.arange(len(b))))
         assert torch.equal(a.features, b.features)
@@ -111,6 +112,6 @@ def _worker(rank: int, data: str, ckpt: str, store_dir: str, port: int) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
         model, _ = load_model(ckpt, "cpu")
-        split_stores(model, data, _config(store_dir), checkpoint=ckpt, shard=Shard(rank, 2), log=lambda m: None)
+        split_stores(model, data, _config(store_dir), checkpoint=ckpt, shard=Shard(rank, 2))
     finally:
         dist.destroy_process_group()

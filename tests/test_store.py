@@ -1,6 +1,8 @@
 """The on-disk map store (issue 13): round trip, stale and damaged stores, SIGKILL, same results as in RAM."""
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -74,15 +76,34 @@ def _in_memory(model, records, map_dtype=torch.float32) -> FeatureCache:
     return extract(model, dataset, records, ExtractionConfig(batch_size=8, progress=False), map_dtype=map_dtype)
 
 
+@contextlib.contextmanager
+def _logged(messages: list[str]):
+    """The store builder's messages (log records of casn_core.engine.store_build), appended to ``messages``."""
+    class Append(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    logger, handler = logging.getLogger("casn_core.engine.store_build"), Append()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def _build(model, records, path, messages, map_dtype="float32", checkpoint=None):
     config = ExtractionConfig(SIZE, batch_size=8, map_dtype=map_dtype, progress=False)
-    return open_or_build_store(model, records, path, config, source=StoreSource(checkpoint), log=messages.append)
+    with _logged(messages):
+        return open_or_build_store(model, records, path, config, source=StoreSource(checkpoint))
 
 
-def _evaluate(model, data, store_dir=None, map_dtype="auto", log=print):
+def _evaluate(model, data, store_dir=None, map_dtype="auto"):
     """eval's feature ranking and the CASN ranking named ``casn`` (w = 1 on the top 10)."""
     config = ExtractionConfig(SIZE, batch_size=8, map_dtype=map_dtype, store_dir=store_dir, progress=False)
-    return evaluate_model(model, str(data), config, [RankingSpec("casn", 1.0, 10)], log=log)
+    return evaluate_model(model, str(data), config, [RankingSpec("casn", 1.0, 10)])
 
 
 @pytest.mark.parametrize("dtype_name,dtype", [("float32", torch.float32), ("bfloat16", torch.bfloat16),
@@ -177,8 +198,7 @@ def test_sigkill_during_extraction_leaves_no_trusted_store(data, model, tmp_path
         "records = list(load_market(sys.argv[2], splits=('query', 'gallery')).gallery)\n"
         "from casn_core.engine.extraction import ExtractionConfig\n"
         "config = ExtractionConfig((64, 32), batch_size=4, map_dtype='float32', progress=False)\n"
-        "store.open_or_build_store(model, records, sys.argv[3], config, source=store.StoreSource(sys.argv[1]),\n"
-        "                          log=lambda m: print(m, file=sys.stderr))\n"
+        "store.open_or_build_store(model, records, sys.argv[3], config, source=store.StoreSource(sys.argv[1]))\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     child = subprocess.Popen([sys.executable, str(script), str(ckpt), str(data), str(path)], env=env,
@@ -252,15 +272,14 @@ def test_batched_reranking_from_the_store_equals_the_per_query_path(data, model,
 def test_eval_on_the_store_matches_the_in_memory_eval(data, model, tmp_path):
     """float32 store: identical metrics to 1e-9; 16-bit stores within the stated tolerance."""
     in_memory = _evaluate(model, data)
-    messages: list[str] = []
-    stored = _evaluate(model, data, tmp_path / "store", "float32", messages.append)
+    stored = _evaluate(model, data, tmp_path / "store", "float32")
     assert stored["storage"]["maps"] == "store" and in_memory["storage"]["maps"] == "memory"
     for ranking in ("feature", "casn"):
         for name, value in in_memory[ranking].items():
             assert abs(stored[ranking][name] - value) <= 1e-9, (ranking, name)
     assert sorted(p.name.split("-")[0] for p in (tmp_path / "store").iterdir()) == ["gallery", "query"]
     # 16-bit maps: features stay float32 (same feature ranking); CASN metrics within 0.1 (stated in BENCHMARKS.md)
-    half = _evaluate(model, data, tmp_path / "store", "bfloat16", messages.append)
+    half = _evaluate(model, data, tmp_path / "store", "bfloat16")
     assert half["storage"]["map_dtype"] == "bfloat16"
     assert half["feature"] == in_memory["feature"]
     for name, value in in_memory["casn"].items():
@@ -324,17 +343,18 @@ def test_auto_map_dtype_is_float32_up_to_4_gib(data, model, tmp_path, monkeypatc
     per_image = float32_map_bytes(model, SIZE, 1)
     assert per_image == 1280 * 4 * 2 * 4  # mobilenet_v2 at 64 x 32: 1280 channels of 4 x 2 (stride 16), float32
     assert float32_map_bytes(model, SIZE, len(records)) == per_image * len(records)
-    store = open_or_build_store(model, records, tmp_path / "g", ExtractionConfig(SIZE, batch_size=8, progress=False),
-                                log=messages.append)
-    assert store.map_dtype == "float32"
-    default = _evaluate(model, data, tmp_path / "store", log=messages.append)
+    with _logged(messages):
+        store = open_or_build_store(model, records, tmp_path / "g", ExtractionConfig(SIZE, batch_size=8, progress=False))
+        assert store.map_dtype == "float32"
+        default = _evaluate(model, data, tmp_path / "store")
     in_memory = _evaluate(model, data)
     assert default["storage"]["map_dtype"] == "float32"
     assert default["feature"] == in_memory["feature"] and default["casn"] == in_memory["casn"]
     # a gallery over the limit: bfloat16 for both splits, with the reason logged
     monkeypatch.setattr("casn_core.store.AUTO_FLOAT32_MAX_BYTES", per_image * (len(records) - 1))
     messages.clear()
-    half = _evaluate(model, data, tmp_path / "store", log=messages.append)
+    with _logged(messages):
+        half = _evaluate(model, data, tmp_path / "store")
     assert half["storage"]["map_dtype"] == "bfloat16"
     assert any("map dtype auto: bfloat16" in m for m in messages), messages
 

@@ -84,9 +84,13 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of ``python -m casn_core eval`` (and ``torchrun -m casn_core eval``: sharded extraction)."""
     if not logging.getLogger().handlers:  # the pair-attention estimate and store messages reach stderr
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    library = logging.getLogger("casn_core")
+    level_before = library.level
     launch = None
     try:
         launch = init_distributed(resolve_device(args.device))
+        if not launch.is_main:  # under torchrun one process speaks
+            library.setLevel(logging.WARNING)
         model, payload = load_model(args.checkpoint, launch.device, arch=args.arch, input_size=args.input_size)
         info = checkpoint_info(payload)
         height, width = info.input_size
@@ -102,11 +106,12 @@ def run(args: argparse.Namespace) -> int:
                                       map_dtype=args.map_dtype, store_dir=store_dir, progress=launch.is_main)
         shard = Shard(launch.rank, launch.world_size, cpu_group(launch))
         results = evaluate_model(model, args.data, extraction, rankings, checkpoint=args.checkpoint, shard=shard,
-                                 signals=not args.no_pair_signals and info.has_bce_head, log=log)
+                                 signals=not args.no_pair_signals and info.has_bce_head)
     except (CheckpointError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
+        library.setLevel(level_before)
         if launch is not None:
             finish_distributed(launch)
     if results is None:

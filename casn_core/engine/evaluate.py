@@ -22,8 +22,7 @@ from casn_core.rankings import RankingSpec
 
 
 def evaluate_model(model: CASN, data: str, config: ExtractionConfig, rankings: Sequence[RankingSpec] = (), *,
-                   checkpoint: str | Path | None = None, shard: Shard = Shard(), signals: bool = False,
-                   log=print) -> dict | None:
+                   checkpoint: str | Path | None = None, shard: Shard = Shard(), signals: bool = False) -> dict | None:
     """Evaluate ``model`` on the query/gallery splits of the dataset at ``data``: the feature ranking and
     every CASN ranking of ``rankings`` (:func:`casn_core.engine.evaluator.evaluate_rankings`).
 
@@ -34,13 +33,15 @@ def evaluate_model(model: CASN, data: str, config: ExtractionConfig, rankings: S
     returns the results, the other ranks return None. ``signals``: add ``"pair_signals"``
     (:func:`casn_core.engine.pair_signals.sampled_pair_signals`: AUCs of d_f, d_a and p(same), mean
     p(same) of true and other pairs; all cross-camera pairs, or a seeded sample of a large set), at the
-    alignment threshold of the first ranking. CASN rankings run on the model's device.
+    alignment threshold of the first ranking. CASN rankings run on the model's device. Messages (the
+    stores, the pair attentions each ranking needs) go to the loggers of
+    :mod:`casn_core.engine.store_build` and :mod:`casn_core.engine.evaluator`.
     """
     was_training = model.training
     model.eval()
     started = time.perf_counter()
     if config.store_dir is not None:
-        query_store, gallery_store = split_stores(model, data, config, checkpoint=checkpoint, shard=shard, log=log)
+        query_store, gallery_store = split_stores(model, data, config, checkpoint=checkpoint, shard=shard)
         if shard.rank != 0:
             model.train(was_training)
             return None

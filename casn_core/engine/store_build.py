@@ -10,10 +10,14 @@ temporary folders of dead processes on this host.
 
 Many processes (``torchrun``): rank 0 creates the build folder and preallocates the files, every rank
 writes the disjoint row range of its shard (:func:`shard_range`), and rank 0 commits after a barrier.
+
+Messages (a store extracted, rebuilt, a stale folder removed, the map dtype ``auto`` picked) go to this
+module's logger at INFO, from rank 0 only; the command layer decides where they show.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -31,10 +35,12 @@ from casn_core.data import ImageDataset, build_test_transform, load_market
 from casn_core.engine.extraction import ExtractionConfig, extract_batches, extract_tensors
 from casn_core.models.casn import CASN
 from casn_core.store import (
-    BUILD_PREFIX, FILES, HEADER, MAP_DTYPES, STORE_FORMAT, STORE_VERSION, TMP_PREFIX, Log, MapStore, StoreKey,
+    BUILD_PREFIX, FILES, HEADER, MAP_DTYPES, STORE_FORMAT, STORE_VERSION, TMP_PREFIX, MapStore, StoreKey,
     files_sha256, float32_map_bytes, load_store, model_sha256, resolve_map_dtype, sha256_file, store_path,
     try_open_store,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -47,7 +53,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def clean_store_dir(path: Path, log: Log = print) -> None:
+def clean_store_dir(path: Path) -> None:
     """Remove builds the header does not point at, and temp folders of dead processes on this host."""
     if not path.is_dir():
         return
@@ -66,7 +72,7 @@ def clean_store_dir(path: Path, log: Log = print) -> None:
             except (ValueError, IndexError):
                 continue
             if owner_host == host and not _pid_alive(owner_pid):
-                log(f"removing {entry} (left by an interrupted extraction)")
+                logger.info("removing %s (left by an interrupted extraction)", entry)
                 shutil.rmtree(entry, ignore_errors=True)
         elif entry.name.startswith(("." + HEADER + ".", HEADER + ".")) and entry.name.endswith(".tmp"):
             # casn_core.atomic's temp name (and the one of stores written before it was used here)
@@ -134,7 +140,7 @@ class StoreWriter:
             finally:
                 os.close(fd)
 
-    def commit(self, key: StoreKey, records: Sequence, root: str | os.PathLike | None, log: Log = print) -> MapStore:
+    def commit(self, key: StoreKey, records: Sequence, root: str | os.PathLike | None) -> MapStore:
         """Write labels, flush, rename the build into place, then write the header (the commit)."""
         layout = self._layout()
         n = layout["num_images"]
@@ -154,7 +160,7 @@ class StoreWriter:
             "data_root": None if root is None else str(root), "created_unix": time.time(),
         }
         write_json_atomic(self.path / HEADER, header, indent=1)
-        clean_store_dir(self.path, log)
+        clean_store_dir(self.path)
         return load_store(self.path, key)
 
 
@@ -194,7 +200,7 @@ class Shard:
 
 def open_or_build_store(model: torch.nn.Module, records: Sequence, path: str | os.PathLike,
                         config: ExtractionConfig, *, source: StoreSource = StoreSource(), shard: Shard = Shard(),
-                        desc: str = "extract", log: Log = print) -> MapStore:
+                        desc: str = "extract") -> MapStore:
     """The committed store of ``records`` at ``path``: opened when its header matches, else (re)built.
 
     ``config``: the input size, batching, AMP and ``map_dtype`` (``auto``: :func:`default_map_dtype` of
@@ -210,7 +216,8 @@ def open_or_build_store(model: torch.nn.Module, records: Sequence, path: str | o
     device = next(model.parameters()).device
     records = list(records)
     if config.map_dtype == "auto" and records:
-        dtype_name = resolve_map_dtype("auto", device, float32_map_bytes(model, input_size, len(records)), log)
+        dtype_name = resolve_map_dtype("auto", device, float32_map_bytes(model, input_size, len(records)),
+                                       logger.info if rank == 0 else None)
     else:
         dtype_name = resolve_map_dtype(config.map_dtype, device)
     if not records:
@@ -229,17 +236,17 @@ def open_or_build_store(model: torch.nn.Module, records: Sequence, path: str | o
         dist.broadcast_object_list(box, src=0, group=group)
         return box[0]
 
-    store = try_open_store(path, key, log) if rank == 0 else None
+    store = try_open_store(path, key, logger.info) if rank == 0 else None
     build = broadcast(None if store is not None else "build")
     if build is None:
         return store if store is not None else load_store(path, key)
 
     writer = None
     if rank == 0:
-        clean_store_dir(path, log)
+        clean_store_dir(path)
         writer = StoreWriter.create(path)
-        log(f"map store: extracting {len(records)} images into {path} ({dtype_name}"
-            + (f", {world_size} processes" if distributed else "") + ")")
+        logger.info("map store: extracting %d images into %s (%s%s)", len(records), path, dtype_name,
+                    f", {world_size} processes" if distributed else "")
     build_name = broadcast(writer.build if writer is not None else None)
     if writer is None:
         writer = StoreWriter(path, build_name)
@@ -260,7 +267,7 @@ def open_or_build_store(model: torch.nn.Module, records: Sequence, path: str | o
     if distributed:
         dist.barrier(group=group)
     if rank == 0:
-        store = writer.commit(key, records, source.root, log)
+        store = writer.commit(key, records, source.root)
     if distributed:
         dist.barrier(group=group)
     store = store if store is not None else load_store(path, key)
@@ -276,7 +283,7 @@ def _probe(model: torch.nn.Module, dataset, amp: str) -> tuple[torch.Tensor, tor
 
 
 def split_stores(model: CASN, data: str, config: ExtractionConfig, *, checkpoint: str | Path | None = None,
-                 shard: Shard = Shard(), log=print, records: tuple[list, list] | None = None) -> tuple[MapStore, MapStore]:
+                 shard: Shard = Shard(), records: tuple[list, list] | None = None) -> tuple[MapStore, MapStore]:
     """The query and gallery :class:`casn_core.store.MapStore` of the dataset at ``data`` (built once, then reused).
 
     ``config.map_dtype="auto"``: float32 while the larger split's float32 maps take <= 4 GiB, else
@@ -299,11 +306,11 @@ def split_stores(model: CASN, data: str, config: ExtractionConfig, *, checkpoint
     float32_bytes = (float32_map_bytes(model, config.input_size, largest)
                      if config.map_dtype == "auto" and largest else None)
     dtype_name = resolve_map_dtype(config.map_dtype, next(model.parameters()).device, float32_bytes,
-                                   log if shard.rank == 0 else None)
+                                   logger.info if shard.rank == 0 else None)
     split_config = replace(config, map_dtype=dtype_name, progress=config.progress and shard.rank == 0)
     source = StoreSource(checkpoint, data)
     stores = []
     for split, split_records in (("query", query_records), ("gallery", gallery_records)):
         stores.append(open_or_build_store(model, list(split_records), store_path(config.store_dir, data, split, dtype_name),
-                                          split_config, source=source, shard=shard, desc=split, log=log))
+                                          split_config, source=source, shard=shard, desc=split))
     return stores[0], stores[1]
