@@ -18,6 +18,7 @@ from PIL import Image
 from app import figures, plots
 from app.core import build_test_transform, explain_maps, extract_tensors
 from app.markdown import pair_markdown
+from app.pair import DATASET_PAIR, UPLOADED_PAIR, ExplainedPair, ImageRef, ScorePart
 from app.ranking import QueryRanking, rank_query
 from app.state import AppState
 
@@ -26,7 +27,7 @@ from app.state import AppState
 class PairView:
     """An explanation in every form the UI shows and exports."""
 
-    explanation: dict
+    explanation: ExplainedPair
     overlays: np.ndarray
     vectors: np.ndarray
     markdown: str
@@ -49,26 +50,33 @@ def input_image(image: Image.Image | str, state: AppState) -> np.ndarray:
     return np.asarray(pil.resize((width, height), Image.BILINEAR))
 
 
-def _score_part(state: AppState, ranking: QueryRanking, gallery_index: int) -> dict:
+def _score_part(state: AppState, ranking: QueryRanking, gallery_index: int) -> ScorePart:
+    """Where ``gallery_index`` ranks under ``ranking`` and what its score ``d`` is made of (paper sec. 4)."""
     position = ranking.position(gallery_index)
     if position is None:
-        return {"rank": None, "reranked_with_attention": False,
-                "note": "left out of the ranking: same identity seen by the query's camera (Market-1501 protocol)"}
+        return ScorePart(None, note="left out of the ranking: same identity seen by the query's camera "
+                                    "(Market-1501 protocol)")
     weight = ranking.attention_weight if ranking.ranking is not None else state.attention_weight
-    part = {"rank": position + 1, "of": len(ranking.order), "reranked_with_attention": ranking.reranked(position),
-            "topk": ranking.topk, "attention_weight": weight}
+    placed = dict(rank=position + 1, of=len(ranking.order), reranked_with_attention=ranking.reranked(position),
+                  topk=ranking.topk, attention_weight=weight)
     if weight == 0 and not ranking.reranked(position):
-        part["note"] = "w = 0: ranked by the feature distance d_f alone"
-    elif ranking.reranked(position):
-        part.update(feature_part=float(ranking.feature_part[position]),
-                    attention_part=float(ranking.attention_part[position]),
-                    total=float(ranking.score[position]))
-    else:
-        part["note"] = f"beyond the top {ranking.topk} by feature distance: ranked by feature distance only"
-    return part
+        return ScorePart(**placed, note="w = 0: ranked by the feature distance d_f alone")
+    if ranking.reranked(position):
+        return ScorePart(**placed, feature_part=float(ranking.feature_part[position]),
+                         attention_part=float(ranking.attention_part[position]), total=float(ranking.score[position]))
+    return ScorePart(**placed,
+                     note=f"beyond the top {ranking.topk} by feature distance: ranked by feature distance only")
 
 
-def explain_cached(state: AppState, query_index: int, gallery_index: int, ranking: QueryRanking | None = None) -> dict:
+def _image_ref(state: AppState, split: str, index: int) -> ImageRef:
+    """Image ``index`` of the query or gallery split, named relative to the dataset folder."""
+    images = getattr(state, split)
+    return ImageRef(index=index, name=state.relative(images.paths[index]), pid=int(images.pids[index]),
+                    camid=int(images.camids[index]))
+
+
+def explain_cached(state: AppState, query_index: int, gallery_index: int,
+                   ranking: QueryRanking | None = None) -> ExplainedPair:
     """Explanation of (query, gallery image) from the cached maps, with its ranking-score decomposition."""
     if not 0 <= query_index < len(state.query):
         raise IndexError(f"query index {query_index} is out of range 0..{len(state.query) - 1}")
@@ -84,18 +92,9 @@ def explain_cached(state: AppState, query_index: int, gallery_index: int, rankin
     position = ranking.position(gallery_index)
     explanation.feature_distance = float(state.feature_row(query_index)[gallery_index] if position is None
                                          else ranking.feature_distance[position])
-    result = explanation.to_json()
-    q_pid, g_pid = int(state.query.pids[query_index]), int(state.gallery.pids[gallery_index])
-    result.update(
-        kind="dataset pair",
-        query={"index": query_index, "name": state.relative(state.query.paths[query_index]), "pid": q_pid,
-               "camid": int(state.query.camids[query_index])},
-        gallery={"index": gallery_index, "name": state.relative(state.gallery.paths[gallery_index]), "pid": g_pid,
-                 "camid": int(state.gallery.camids[gallery_index])},
-        true_match=q_pid == g_pid,
-        ranking_score=_score_part(state, ranking, gallery_index),
-    )
-    return result
+    query, gallery = _image_ref(state, "query", query_index), _image_ref(state, "gallery", gallery_index)
+    return ExplainedPair(explanation, DATASET_PAIR, query, gallery, true_match=query.pid == gallery.pid,
+                         ranking_score=_score_part(state, ranking, gallery_index))
 
 
 @torch.no_grad()
@@ -105,28 +104,26 @@ def pair_tensors(model, input_size: tuple[int, int], image1: Image.Image, image2
     return extract_tensors(model, torch.stack([transform(image1), transform(image2)]))
 
 
-def explain_images(state: AppState, image1: Image.Image, image2: Image.Image) -> dict:
-    """Explanation of two arbitrary images (one backbone pass for both)."""
+def explain_images(state: AppState, image1: Image.Image, image2: Image.Image,
+                   names: tuple[str, str] | None = None) -> ExplainedPair:
+    """Explanation of two arbitrary images (one backbone pass for both); ``names``: the files' names."""
     maps, features = pair_tensors(state.model, state.input_size, image1, image2)
-    result = explain_maps(state.model, maps[0], maps[1], state.threshold, features[0], features[1]).to_json()
-    result["kind"] = "uploaded pair"
-    return result
+    explanation = explain_maps(state.model, maps[0], maps[1], state.threshold, features[0], features[1])
+    return ExplainedPair(explanation, UPLOADED_PAIR, images=None if names is None else tuple(names))
 
 
-def render(explanation: dict, image1: np.ndarray, image2: np.ndarray, labels: tuple[str, str] = ("query", "gallery"),
-           name: str = "pair") -> PairView:
-    """Overlay panel, vector plots and numbers of an explanation (nothing is written to disk)."""
-    frame = None
-    if "true_match" in explanation:
-        frame = figures.GREEN if explanation["true_match"] else figures.RED
-    overlays = figures.overlay_panel(image1, image2, np.asarray(explanation["map1"]), np.asarray(explanation["map2"]),
-                                     labels, frame)
-    vectors = plots.vectors_figure(explanation, labels)
-    view = PairView(explanation, overlays, vectors, pair_markdown(explanation, labels), name)
-    if "similarity" in explanation:
-        view.similarity = figures.similarity_panel(image1, image2, np.asarray(explanation["similarity_map1"]),
-                                                   np.asarray(explanation["similarity_map2"]), labels)
-        view.similarity_rows = plots.similarity_rows_figure(explanation, labels)
+def render(pair: ExplainedPair, image1: np.ndarray, image2: np.ndarray,
+           labels: tuple[str, str] = ("query", "gallery"), name: str = "pair") -> PairView:
+    """Overlay panel, vector plots, similarity panels and numbers of an explanation (nothing is written to disk)."""
+    explanation = pair.explanation
+    frame = None  # green/red around the gallery image only where the identities are known
+    if pair.true_match is not None:
+        frame = figures.GREEN if pair.true_match else figures.RED
+    overlays = figures.overlay_panel(image1, image2, explanation.map1, explanation.map2, labels, frame)
+    view = PairView(pair, overlays, plots.vectors_figure(explanation, labels), pair_markdown(pair, labels), name)
+    view.similarity = figures.similarity_panel(image1, image2, explanation.similarity_map1,
+                                               explanation.similarity_map2, labels)
+    view.similarity_rows = plots.similarity_rows_figure(explanation, labels)
     return view
 
 
@@ -143,11 +140,9 @@ def view_cached(state: AppState, query_index: int, gallery_index: int, ranking: 
 
 
 def view_images(state: AppState, image1: Image.Image, image2: Image.Image, names: tuple[str, str]) -> PairView:
-    explanation = explain_images(state, image1, image2)
-    explanation["images"] = list(names)
     labels = ("image 1", "image 2")
-    return render(explanation, input_image(image1, state), input_image(image2, state), labels,
-                  f"{Path(names[0]).stem}_vs_{Path(names[1]).stem}")
+    return render(explain_images(state, image1, image2, names), input_image(image1, state),
+                  input_image(image2, state), labels, f"{Path(names[0]).stem}_vs_{Path(names[1]).stem}")
 
 
 @dataclass

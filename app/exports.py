@@ -37,14 +37,14 @@ def _export_dir(state: AppState) -> Path:
 
 def header(view: PairView) -> str:
     """The text printed above the exported picture."""
-    e = view.explanation
-    text = (f"CASN pair explanation: {view.name}\nsame-person probability {e['same_probability']:.3f} | "
-            f"feature distance {e['feature_distance']:.4f} | attention distance {e['attention_distance']:.4f} | "
-            f"threshold {e['threshold']:.2f}")
-    score = e.get("ranking_score") or {}
-    if score.get("reranked_with_attention"):
-        text += (f"\nrank {score['rank']}: score {score['total']:.3f} = {score['feature_part']:.3f} feature + "
-                 f"{score['attention_part']:.3f} attention")
+    e = view.explanation.explanation
+    text = (f"CASN pair explanation: {view.name}\nsame-person probability {e.same_probability:.3f} | "
+            f"feature distance {e.feature_distance:.4f} | attention distance {e.attention_distance:.4f} | "
+            f"threshold {e.threshold:.2f}")
+    score = view.explanation.ranking_score
+    if score is not None and score.reranked_with_attention:
+        text += (f"\nrank {score.rank}: score {score.total:.3f} = {score.feature_part:.3f} feature + "
+                 f"{score.attention_part:.3f} attention")
     return text
 
 
@@ -55,6 +55,6 @@ def export_view(state: AppState, view: PairView) -> tuple[Path, Path]:
     png_path, json_path = out / f"{stem}.png", out / f"{stem}.json"
     write_bytes_atomic(png_path, figures.export_png([view.overlays, *view.extra_images, view.vectors], header(view)))
     payload = {"checkpoint": state.checkpoint_path.name, "backbone": state.backbone,
-               "input_size": list(state.input_size), **view.explanation}
+               "input_size": list(state.input_size), **view.explanation.to_json()}
     write_json_atomic(json_path, payload, indent=1)
     return png_path, json_path

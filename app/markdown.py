@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from app import figures
+from app.pair import ExplainedPair
 from app.ranking import QueryRanking
 from app.scoring import DatasetSummary, QueryStats
 from app.state import AppState
@@ -140,38 +141,37 @@ def model_info(state: AppState) -> str:
     return "| setting | value |\n|---|---|\n" + "\n".join(f"| {name} | {value} |" for name, value in rows)
 
 
-def pair_markdown(explanation: dict, labels: tuple[str, str] = ("query", "gallery")) -> str:
+def pair_markdown(pair: ExplainedPair, labels: tuple[str, str] = ("query", "gallery")) -> str:
     """The numbers of an explanation as a small table, with the ranking score split into its parts."""
+    e = pair.explanation
     rows = [
-        f"| BCE same-person probability (eq. 3) | **{explanation['same_probability']:.3f}** |",
-        f"| feature distance d_f (L2-normalised f) | {explanation['feature_distance']:.4f} |",
-        f"| attention consistency distance d_a (eq. 5) | {explanation['attention_distance']:.4f} |",
-        f"| kept rows (threshold t = {explanation['threshold']:.2f}) | {labels[0]} {explanation['span1'][0]}-"
-        f"{explanation['span1'][1]}, {labels[1]} {explanation['span2'][0]}-{explanation['span2'][1]} |",
+        f"| BCE same-person probability (eq. 3) | **{e.same_probability:.3f}** |",
+        f"| feature distance d_f (L2-normalised f) | {e.feature_distance:.4f} |",
+        f"| attention consistency distance d_a (eq. 5) | {e.attention_distance:.4f} |",
+        f"| kept rows (threshold t = {e.threshold:.2f}) | {labels[0]} {e.span1[0]}-{e.span1[1]}, "
+        f"{labels[1]} {e.span2[0]}-{e.span2[1]} |",
+        f"| cosine similarity s of f (d_f² = 2 − 2s; the maps below sum to it) | {e.similarity:.4f} |",
     ]
-    if "similarity" in explanation:
-        rows.append(f"| cosine similarity s of f (d_f² = 2 − 2s; the maps below sum to it) | "
-                    f"{explanation['similarity']:.4f} |")
-    score = explanation.get("ranking_score")
+    score = pair.ranking_score
     if score is not None:
-        if score.get("rank") is None:
-            rows.append(f"| ranking | {score['note']} |")
-        elif score.get("attention_weight") == 0:
-            rows.append(f"| ranking (rank {score['rank']} of {score['of']}) | by d_f alone (w = 0: the feature ranking) |")
-        elif score.get("reranked_with_attention"):
+        if score.rank is None:
+            rows.append(f"| ranking | {score.note} |")
+        elif score.attention_weight == 0:
+            rows.append(f"| ranking (rank {score.rank} of {score.of}) | by d_f alone (w = 0: the feature ranking) |")
+        elif score.reranked_with_attention:
             rows.append(
-                f"| ranking score d (rank {score['rank']} of {score['of']}) | **{score['total']:.3f}** = "
-                f"{score['feature_part']:.3f} feature + {score['attention_part']:.3f} attention |")
-            rows.append(f"| | each part min-max normalised over the top {score['topk']} candidates; "
-                        f"attention weight w = {score['attention_weight']:g} |")
+                f"| ranking score d (rank {score.rank} of {score.of}) | **{score.total:.3f}** = "
+                f"{score.feature_part:.3f} feature + {score.attention_part:.3f} attention |")
+            rows.append(f"| | each part min-max normalised over the top {score.topk} candidates; "
+                        f"attention weight w = {score.attention_weight:g} |")
         else:
-            rows.append(f"| ranking (rank {score['rank']} of {score['of']}) | {score['note']} |")
+            rows.append(f"| ranking (rank {score.rank} of {score.of}) | {score.note} |")
     head = ""
-    if "query" in explanation and "gallery" in explanation and "true_match" in explanation:
-        q, g = explanation["query"], explanation["gallery"]
-        verdict = "true match" if explanation["true_match"] else "wrong identity"
-        head = (f"**{labels[0]}** `{q['name']}` (id {q['pid']}, cam {q['camid']}) vs **{labels[1]}** `{g['name']}` "
-                f"(id {g['pid']}, cam {g['camid']}): **{verdict}**\n\n")
+    if pair.query is not None and pair.gallery is not None and pair.true_match is not None:
+        q, g = pair.query, pair.gallery
+        verdict = "true match" if pair.true_match else "wrong identity"
+        head = (f"**{labels[0]}** `{q.name}` (id {q.pid}, cam {q.camid}) vs **{labels[1]}** `{g.name}` "
+                f"(id {g.pid}, cam {g.camid}): **{verdict}**\n\n")
     return head + "| quantity | value |\n|---|---|\n" + "\n".join(rows)
 
 

@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from app.core import plot_aligned, plot_rows
+from app.pair import PairExplanation
 
 DPI = 100
 VECTORS_WIDTH = 5.2
@@ -33,34 +34,35 @@ def _legend_above(ax, handles=None, ncol: int = 2) -> None:
               borderaxespad=0.0, handlelength=1.5, columnspacing=1.0, **kwargs)
 
 
-def vectors_figure(explanation: dict, labels: tuple[str, str] = ("query", "gallery")) -> np.ndarray:
+def vectors_figure(explanation: PairExplanation, labels: tuple[str, str] = ("query", "gallery")) -> np.ndarray:
     """Row max-pooled importance vectors with the threshold and the kept spans (shaded, in the legend), and
     the aligned vectors whose distance is d_a (eq. 5), one above the other."""
     fig = Figure(figsize=(VECTORS_WIDTH, 5.0), dpi=DPI, layout="constrained")
     top, bottom = fig.subplots(2, 1)
-    plot_rows(top, explanation, labels)
+    fields = vars(explanation)  # the library's plotters read the fields by name (its JSON keys); no copy
+    plot_rows(top, fields, labels)
     handles, _ = top.get_legend_handles_labels()
     spans = [Patch(facecolor=colour, alpha=0.25, label=f"{label} kept span") for colour, label in zip(COLOURS, labels)]
     top.set_title("")
     top.set_ylabel("row max (normalised)", fontsize=9)
     _legend_above(top, handles + spans, ncol=3)
-    plot_aligned(bottom, explanation, labels)
+    plot_aligned(bottom, fields, labels)
     bottom.set_title("")
     bottom.set_ylabel("aligned value", fontsize=9)
     _legend_above(bottom, ncol=2)
-    bottom.text(1.0, 1.16, f"d_a = {explanation['attention_distance']:.3f}", transform=bottom.transAxes,
+    bottom.text(1.0, 1.16, f"d_a = {explanation.attention_distance:.3f}", transform=bottom.transAxes,
                 ha="right", va="bottom", fontsize=9)
     top.set_title("row importance M_m, threshold t, kept spans", fontsize=9, loc="left", pad=36)
     bottom.set_title("aligned vectors M*_m", fontsize=9, loc="left", pad=22)
     return _render(fig)
 
 
-def similarity_rows_figure(explanation: dict, labels: tuple[str, str] = ("query", "gallery")) -> np.ndarray:
+def similarity_rows_figure(explanation: PairExplanation, labels: tuple[str, str] = ("query", "gallery")) -> np.ndarray:
     """Row contributions to the similarity (sum over the width of each map): which body rows make s."""
     fig = Figure(figsize=(ROWS_WIDTH, 3.2), dpi=DPI, layout="constrained")
     ax = fig.subplots()
-    for key, label, colour in zip(("similarity_rows1", "similarity_rows2"), labels, COLOURS):
-        rows = np.asarray(explanation[key], dtype=np.float64)
+    for values, label, colour in zip((explanation.similarity_rows1, explanation.similarity_rows2), labels, COLOURS):
+        rows = np.asarray(values, dtype=np.float64)
         ax.plot(np.arange(len(rows)), rows, marker="o", ms=3, color=colour, label=f"{label} (sum {rows.sum():.3f})")
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xlabel("feature-map row (top to bottom)", fontsize=9)
@@ -68,7 +70,7 @@ def similarity_rows_figure(explanation: dict, labels: tuple[str, str] = ("query"
     ax.tick_params(labelsize=8)
     ax.grid(alpha=0.3)
     _legend_above(ax, ncol=1)
-    fig.suptitle(f"rows of s = {explanation['similarity']:.3f} (d_f² = 2 − 2s)", fontsize=9)
+    fig.suptitle(f"rows of s = {explanation.similarity:.3f} (d_f² = 2 − 2s)", fontsize=9)
     return _render(fig)
 
 
