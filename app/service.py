@@ -296,7 +296,8 @@ class AppService:
 
     def api_explain_pair(self, query_index, gallery_index, attention_weight=None, topk=None) -> dict:
         ranking = self.ranking(query_index, self.spec(attention_weight, topk))
-        return explain.explain_cached(self.state, ranking.query_index, self.gallery_index(gallery_index), ranking)
+        return explain.explain_cached(self.state, ranking.query_index, self.gallery_index(gallery_index),
+                                      ranking).to_json()
 
     def api_why_wrong(self, query_index, attention_weight=None, topk=None) -> dict:
         spec = self.spec(attention_weight, topk)
@@ -307,7 +308,7 @@ class AppService:
                "first_true_rank": ranking.first_true_rank, "ap": ranking.ap,
                "ranking_settings": presets.settings(state, ranking.ranking)}
         for key, index in (("rank1_wrong", case.wrong_index), ("best_true", case.true_index)):
-            out[key] = None if index is None else explain.explain_cached(state, q, index, ranking)
+            out[key] = None if index is None else explain.explain_cached(state, q, index, ranking).to_json()
         out["contrastive"] = out["verdict"] = None
         if ranking.failed:
             out["contrastive"] = similarity.contrastive(state, q, case.wrong_index, case.true_index)
@@ -318,10 +319,9 @@ class AppService:
     def api_explain_upload(self, file1, file2) -> dict:
         images, names = self._read_pair(file1, file2)
         try:
-            result = explain.explain_images(self.state, images[0], images[1])
+            result = explain.explain_images(self.state, images[0], images[1], names).to_json()
         except Exception as exc:
             raise ExplainError(f"could not explain this pair: {type(exc).__name__}: {exc}") from None
-        result["images"] = list(names)
         result["warnings"] = [text for text in (aspect_warning(image, self.state.input_size, name)
                                                 for image, name in zip(images, names)) if text]
         if self.domain_note:
