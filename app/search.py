@@ -30,6 +30,7 @@ from app.core import (
 )
 from app.domain import domain_note
 from app.explain import PairView
+from app.pair import SEARCH_PAIR, ExplainedPair, ImageRef
 from app.settings import AppSettings
 from app.state import AppState
 from app.uploads import MAX_UPLOAD_BYTES, read_upload, upload_name
@@ -243,21 +244,21 @@ class SearchService:
                           preview)
 
     # ---- explanations ---------------------------------------------------------------------------------
-    def explain(self, kind: str, value: str, gallery_name: str) -> tuple[dict, np.ndarray, np.ndarray, str]:
-        """Explanation JSON of (query, gallery image) and both images at the model input size."""
+    def explain(self, kind: str, value: str, gallery_name: str) -> tuple[ExplainedPair, np.ndarray, np.ndarray, str]:
+        """Explanation of (query, gallery image), both images at the model input size, the query's name."""
         query, name = self._query(kind, value)
         qmap, qfeat = self._tensors(kind, value, query)
         row = self.gallery_position(gallery_name)
         gmap, gfeat = self.index.gallery.maps[row], self.index.gallery.features[row]
-        result = explain_maps(self.model, qmap, gmap, self.index.threshold, qfeat, gfeat).to_json()
-        result.update(kind="search pair", query={"name": name}, gallery={"name": self.index.images[row].relpath})
+        result = ExplainedPair(explain_maps(self.model, qmap, gmap, self.index.threshold, qfeat, gfeat), SEARCH_PAIR,
+                               query=ImageRef(name=name), gallery=ImageRef(name=self.index.images[row].relpath))
         image1 = explain.input_image(query, self.index.info)
         image2 = explain.input_image(self.index.images[row].path, self.index.info)
         return result, image1, image2, name
 
     def api_explain_search(self, query_file, gallery_name: str) -> dict:
         result, *_ = self.explain("upload", query_file, gallery_name)
-        return result
+        return result.to_json()
 
     def pair_view(self, kind: str, value: str, gallery_name: str) -> PairView:
         result, image1, image2, name = self.explain(kind, value, gallery_name)
