@@ -5,6 +5,8 @@ Modules, one job each, each importing only the ones listed before it:
 - :mod:`app.offline` -- environment switches that keep Gradio and the HF hub off the network
   (imported before :mod:`gradio` anywhere in the app).
 - :mod:`app.core` -- every name the app takes from ``casn_core`` (public names only), in one list.
+- :mod:`app.pair` -- an explained pair as the app holds it: the library's ``PairExplanation`` with the images,
+  true match and ranking-score parts (the views read attributes; only its ``to_json`` makes the API's dict).
 - :mod:`app.validation`, :mod:`app.lru`, :mod:`app.uploads` (safe reading of uploads: size limit before
   decoding, images under 16 px refused, aspect warnings), :mod:`app.demo`, :mod:`app.domain` (whether the
   checkpoint learned from generated people).
