@@ -110,8 +110,8 @@ def rank_query(state: AppState, query_index: int) -> QueryRanking:
     dist_row = state.feature_row(query_index)
     dist = dist_row.numpy()
     num_gallery = len(dist)
-    ranked = rank_query_casn(state.model, state.query.maps[query_index], state.gallery.maps,
-                             dist_row, k, state.attention_weight, state.threshold,
+    ranked = rank_query_casn(state.model, state.query.maps[query_index], state.gallery.maps, dist_row,
+                             RankingSpec.custom(state.attention_weight, k, state.threshold),
                              state.query.features[query_index], state.gallery.features)
     # the row eval scores (casn_core.engine.inference.casn_distmat): combined distances in rank order
     row, feat_part, att_part, att_dist = (np.empty(num_gallery) for _ in range(4))

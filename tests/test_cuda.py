@@ -164,7 +164,7 @@ def test_per_query_ranking_with_a_cuda_model_equals_the_cpu(data, model, tmp_pat
     query, gallery = _stores(model, data, tmp_path)
     dist = feature_distance(query.features, gallery.features)
     q = int(np.flatnonzero(_decided(model, query, gallery))[0])  # no candidate's indicator decided by rounding
-    args = (query.maps[q], gallery.maps, dist[q], 10, 1.0)
+    args = (query.maps[q], gallery.maps, dist[q], RankingSpec.custom(1.0, 10))
     kwargs = {"query_feature": query.features[q], "gallery_features": gallery.features}
     cpu = rank_query_casn(model, *args, **kwargs)
     gpu = rank_query_casn(model.cuda(), *args, **kwargs)

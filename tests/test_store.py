@@ -241,7 +241,7 @@ def test_batched_reranking_from_the_store_equals_the_per_query_path(data, model,
     dist = feature_distance(query.features, gallery.features)
     reference = np.empty(tuple(dist.shape))
     for i in range(len(query)):
-        ranked = rank_query_casn(model, query.maps[i], gallery.maps, dist[i], 10, 1.0,
+        ranked = rank_query_casn(model, query.maps[i], gallery.maps, dist[i], RankingSpec.custom(1.0, 10),
                                  query_feature=query.features[i], gallery_features=gallery.features)
         reference[i, ranked.order] = ranked.distance
     messages: list[str] = []

@@ -223,9 +223,9 @@ class SearchIndex:
         hits: list[SearchHit] = []
         if k:
             candidates = by_feature[:k]
-            ranked = rank_query_casn(self.rank_model, qmap, self.gallery.maps[candidates], dist[candidates], topk=None,
-                                     weight=self.attention_weight, threshold=self.threshold, query_feature=qfeat,
-                                     gallery_features=self.gallery.features[candidates])
+            ranking = RankingSpec.custom(self.attention_weight, None, self.threshold)  # all k candidates
+            ranked = rank_query_casn(self.rank_model, qmap, self.gallery.maps[candidates], dist[candidates], ranking,
+                                     query_feature=qfeat, gallery_features=self.gallery.features[candidates])
             for rank, position in enumerate(ranked.order[:shown]):
                 index = int(candidates[int(position)])
                 image = self.images[index]
