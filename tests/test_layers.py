@@ -107,3 +107,34 @@ def test_the_library_does_not_import_the_app():
 def test_no_file_over_500_lines():
     sizes = {str(p.relative_to(REPO)): len(p.read_text().splitlines()) for p in _sources().values()}
     assert {name: n for name, n in sizes.items() if n > 500} == {}
+
+
+def long_signatures(source: str, limit: int = 8) -> list[tuple[str, int]]:
+    """Public functions and methods of ``source`` with more than ``limit`` parameters (``self``/``cls``
+    not counted; ``*args``/``**kwargs`` count one each)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or node.name.startswith("_"):
+            continue
+        args = node.args
+        names = [a.arg for a in args.posonlyargs + args.args + args.kwonlyargs]
+        count = len(names) - (1 if names and names[0] in ("self", "cls") else 0)
+        count += (args.vararg is not None) + (args.kwarg is not None)
+        if count > limit:
+            found.append((node.name, count))
+    return found
+
+
+def test_the_signature_counter_counts():
+    source = "def f(a, b, c, *, d, e, f, g, h, i): pass\nclass C:\n    def m(self, a, b, c, d, e, f, g, h): pass\n" \
+             "def _private(a, b, c, d, e, f, g, h, i): pass\ndef g(a, *rest, **named): pass\n"
+    assert long_signatures(source) == [("f", 9)]
+    assert long_signatures(source, limit=2) == [("f", 9), ("g", 3), ("m", 8)]
+
+
+def test_no_public_function_takes_more_than_8_parameters():
+    """Settings travel in frozen dataclasses (``TrainConfig``, ``ExtractionConfig``, ``RankingSpec``,
+    ``Compute``, ...), not in long argument lists."""
+    offenders = {f"{name}: {func}": count for name, path in _sources().items()
+                 for func, count in long_signatures(path.read_text())}
+    assert offenders == {}
