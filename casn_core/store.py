@@ -41,10 +41,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -66,7 +67,7 @@ MAP_DTYPES: dict[str, tuple[np.dtype, torch.dtype]] = {
 }
 MAP_DTYPE_CHOICES = ("auto", *MAP_DTYPES)
 
-Log = Callable[[str], None]
+log = logging.getLogger(__name__)
 
 
 class StoreError(ValueError):
@@ -106,11 +107,12 @@ def float32_map_bytes(model: torch.nn.Module, input_size: tuple[int, int], num_i
 
 
 def resolve_map_dtype(map_dtype: str | torch.dtype, device: torch.device | str = "cpu",
-                      float32_bytes: int | None = None, log: Log | None = None) -> str:
+                      float32_bytes: int | None = None, report: bool = True) -> str:
     """A name of :data:`MAP_DTYPES` from a name, ``auto`` or a torch dtype; a clear error otherwise.
 
     ``auto``: :func:`default_map_dtype` of ``float32_bytes`` (the float32 maps of the split); when
-    that gives bfloat16 because the maps exceed 4 GiB, ``log`` says so.
+    that gives bfloat16 because the maps exceed 4 GiB, it is logged (unless ``report`` is false, as on
+    the other ranks of a sharded extraction).
     """
     if isinstance(map_dtype, torch.dtype):
         for name, (_, tdtype) in MAP_DTYPES.items():
@@ -119,9 +121,9 @@ def resolve_map_dtype(map_dtype: str | torch.dtype, device: torch.device | str =
         raise ValueError(f"map dtype {map_dtype} not supported; choose from {list(MAP_DTYPES)}")
     if map_dtype == "auto":
         name = default_map_dtype(device, float32_bytes)
-        if log is not None and float32_bytes is not None and name != "float32":
-            log(f"map dtype auto: {name} (float32 maps would take {float32_bytes / 2**30:.1f} GiB > "
-                f"{AUTO_FLOAT32_MAX_BYTES / 2**30:.0f} GiB; pass --map-dtype float32 to keep them exact)")
+        if report and float32_bytes is not None and name != "float32":
+            log.info("map dtype auto: %s (float32 maps would take %.1f GiB > %.0f GiB; pass --map-dtype float32 "
+                     "to keep them exact)", name, float32_bytes / 2**30, AUTO_FLOAT32_MAX_BYTES / 2**30)
         return name
     if map_dtype not in MAP_DTYPES:
         raise ValueError(f"--map-dtype {map_dtype!r} not supported; choose from {list(MAP_DTYPE_CHOICES)}")
@@ -396,7 +398,7 @@ def load_store(path: str | os.PathLike, key: StoreKey | None = None) -> MapStore
     return MapStore(path=path, header=header, maps=maps, features=features, pids=pids, camids=camids, paths=paths)
 
 
-def try_open_store(path: str | os.PathLike, key: StoreKey, log: Log = print) -> MapStore | None:
+def try_open_store(path: str | os.PathLike, key: StoreKey) -> MapStore | None:
     """:func:`load_store`, or ``None`` with a logged reason when the store is absent or not trusted."""
     path = Path(path)
     if not path.exists():
@@ -404,7 +406,7 @@ def try_open_store(path: str | os.PathLike, key: StoreKey, log: Log = print) -> 
     try:
         return load_store(path, key)
     except StoreError as exc:
-        log(f"map store not used, rebuilding: {exc}")
+        log.info("map store not used, rebuilding: %s", exc)
         return None
 
 

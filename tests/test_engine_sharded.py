@@ -61,10 +61,10 @@ def test_two_gloo_processes_extract_the_same_store_as_one(setup, tmp_path, caplo
     assert {k: sharded[k] for k in ("feature", "casn")} == {k: single[k] for k in ("feature", "casn")}
 
     model, _ = load_model(ckpt, "cpu")
-    caplog.set_level(logging.INFO, logger="casn_core.engine.store_build")
+    caplog.set_level(logging.INFO, logger="casn_core")  # the store and its builder
     for a, b in zip(split_stores(model, str(data), _config(sharded_dir, "float32"), checkpoint=ckpt),
                     split_stores(model, str(data), _config(single_dir, "float32"), checkpoint=ckpt)):
-        assert caplog.messages == []  # both stores are committed and trusted: nothing extracted again
+        assert not [m for m in caplog.messages if "map store" in m]  # both stores committed and trusted: nothing extracted again
         assert torch.equal(a.read_maps(np.arange(len(a))), b.read_maps(np.arange(len(b))))
         assert torch.equal(a.features, b.features)
         assert a.paths == b.paths and np.array_equal(a.pids, b.pids)
@@ -82,9 +82,9 @@ def test_sharded_store_api_with_two_processes_in_one_test(setup, tmp_path, caplo
     mp.start_processes(_worker, args=(str(data), str(ckpt), str(tmp_path / "two"), _free_port()), nprocs=2,
                        start_method="spawn", join=True)
     model, _ = load_model(ckpt, "cpu")
-    caplog.set_level(logging.INFO, logger="casn_core.engine.store_build")
+    caplog.set_level(logging.INFO, logger="casn_core")  # the store and its builder
     two = split_stores(model, str(data), _config(tmp_path / "two"), checkpoint=ckpt)
-    assert caplog.messages == []  # the workers' store is committed and trusted
+    assert not [m for m in caplog.messages if "map store" in m]  # the workers' store is committed and trusted
     with torch_threads(1):  # the workers' thread count: the same kernels, so the same bits per image
         one = split_stores(model, str(data), _config(tmp_path / "one"), checkpoint=ckpt)
     for a, b in zip(two, one):

@@ -78,12 +78,12 @@ def _in_memory(model, records, map_dtype=torch.float32) -> FeatureCache:
 
 @contextlib.contextmanager
 def _logged(messages: list[str]):
-    """The store builder's messages (log records of casn_core.engine.store_build), appended to ``messages``."""
+    """The map store's and its builder's messages (log records under casn_core), appended to ``messages``."""
     class Append(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             messages.append(record.getMessage())
 
-    logger, handler = logging.getLogger("casn_core.engine.store_build"), Append()
+    logger, handler = logging.getLogger("casn_core"), Append()  # the store and its builder
     level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
@@ -217,7 +217,8 @@ def test_sigkill_during_extraction_leaves_no_trusted_store(data, model, tmp_path
     assert leftovers and all(name.startswith(".tmp-") for name in leftovers), leftovers
     key = build_key(model, records, checkpoint=ckpt, root=None, input_size=SIZE, map_dtype="float32", amp="none")
     messages: list[str] = []
-    assert try_open_store(path, key, messages.append) is None
+    with _logged(messages):
+        assert try_open_store(path, key) is None
     assert any("no header.json" in m for m in messages), messages
     messages.clear()
     store = _build(model, records, path, messages, checkpoint=ckpt)
@@ -336,9 +337,11 @@ def test_auto_map_dtype_is_float32_up_to_4_gib(data, model, tmp_path, monkeypatc
         assert default_map_dtype(device, AUTO_FLOAT32_MAX_BYTES) == "float32"
         assert default_map_dtype(device, AUTO_FLOAT32_MAX_BYTES + 1) == "bfloat16"
     messages: list[str] = []
-    assert resolve_map_dtype("auto", "cpu", 5 << 30, messages.append) == "bfloat16"
-    assert "5.0 GiB > 4 GiB" in messages[0]
-    assert resolve_map_dtype("auto", "cpu", 1 << 30, messages.append) == "float32" and len(messages) == 1
+    with _logged(messages):
+        assert resolve_map_dtype("auto", "cpu", 5 << 30) == "bfloat16"
+        assert resolve_map_dtype("auto", "cpu", 6 << 30, report=False) == "bfloat16"
+        assert resolve_map_dtype("auto", "cpu", 1 << 30) == "float32"
+    assert len(messages) == 1 and "5.0 GiB > 4 GiB" in messages[0], messages
     records = _records(data, "gallery")
     per_image = float32_map_bytes(model, SIZE, 1)
     assert per_image == 1280 * 4 * 2 * 4  # mobilenet_v2 at 64 x 32: 1280 channels of 4 x 2 (stride 16), float32

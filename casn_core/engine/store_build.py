@@ -217,7 +217,7 @@ def open_or_build_store(model: torch.nn.Module, records: Sequence, path: str | o
     records = list(records)
     if config.map_dtype == "auto" and records:
         dtype_name = resolve_map_dtype("auto", device, float32_map_bytes(model, input_size, len(records)),
-                                       logger.info if rank == 0 else None)
+                                       report=rank == 0)
     else:
         dtype_name = resolve_map_dtype(config.map_dtype, device)
     if not records:
@@ -236,7 +236,7 @@ def open_or_build_store(model: torch.nn.Module, records: Sequence, path: str | o
         dist.broadcast_object_list(box, src=0, group=group)
         return box[0]
 
-    store = try_open_store(path, key, logger.info) if rank == 0 else None
+    store = try_open_store(path, key) if rank == 0 else None
     build = broadcast(None if store is not None else "build")
     if build is None:
         return store if store is not None else load_store(path, key)
@@ -306,7 +306,7 @@ def split_stores(model: CASN, data: str, config: ExtractionConfig, *, checkpoint
     float32_bytes = (float32_map_bytes(model, config.input_size, largest)
                      if config.map_dtype == "auto" and largest else None)
     dtype_name = resolve_map_dtype(config.map_dtype, next(model.parameters()).device, float32_bytes,
-                                   logger.info if shard.rank == 0 else None)
+                                   report=shard.rank == 0)
     split_config = replace(config, map_dtype=dtype_name, progress=config.progress and shard.rank == 0)
     source = StoreSource(checkpoint, data)
     stores = []

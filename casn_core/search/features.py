@@ -130,8 +130,7 @@ def load_or_extract_gallery(model: CASN, images: Sequence[GalleryImage], checkpo
     records = [ImageRecord(i.path, -1 if i.pid is None else i.pid, -1 if i.camid is None else i.camid, 0) for i in good]
     root = Path(gallery).resolve()
     float32_bytes = float32_map_bytes(model, config.input_size, len(records)) if config.map_dtype == "auto" else None
-    dtype = resolve_map_dtype(config.map_dtype, next(model.parameters()).device, float32_bytes=float32_bytes,
-                              log=log.info)
+    dtype = resolve_map_dtype(config.map_dtype, next(model.parameters()).device, float32_bytes=float32_bytes)
     path = store_path(cache_dir, root, "gallery", dtype)  # the store keys itself (checkpoint, files, size, dtype)
     store_config = replace(config, input_size=tuple(config.input_size), map_dtype=dtype)
     store = open_or_build_store(model, records, path, store_config, source=StoreSource(checkpoint, root),
