@@ -300,6 +300,8 @@ def test_val_ids_hold_out_identities_and_store_the_chosen_ranking(synth_data, tm
     info = checkpoint_info(payload)
     assert info.attention_weight == ranking["attention_weight"] and "val-ids" in info.attention_weight_source
     assert json.loads((tmp_path / "run" / "tune.json").read_text())["attention_weight"] == info.attention_weight
+    curve_lines = [l for l in (tmp_path / "run" / "train.log").read_text().splitlines() if "validation K=" in l]
+    assert len(curve_lines) == len(ranking["curve"])  # the validation curve, row by row, in the run's log
 
 
 def test_init_checkpoint_starts_from_its_weights(synth_data, tmp_path):

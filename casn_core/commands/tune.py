@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from dataclasses import asdict
 
@@ -32,12 +33,14 @@ def run(args: argparse.Namespace) -> int:
     from casn_core.checkpoint import CheckpointError, checkpoint_info, load_model, save_checkpoint
     from casn_core.engine.pair_signals import dataset_caches
 
+    if not logging.getLogger().handlers:  # the validation curve, row by row, reaches stderr
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         weights, topks = parse_grid(args.weights, float), parse_grid(args.topk, int)
         model, payload = load_model(args.checkpoint, "cpu")
         info = checkpoint_info(payload)
         query, gallery = dataset_caches(model, args.data, info.input_size)
-        result = tune_ranking(model, query, gallery, info.threshold, weights, topks, args.rule, log=print)
+        result = tune_ranking(model, query, gallery, info.threshold, weights, topks, args.rule)
     except (CheckpointError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

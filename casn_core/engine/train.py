@@ -18,6 +18,7 @@ epoch (:mod:`casn_core.engine.tune`) and stored as ``payload["ranking"]``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -67,6 +68,22 @@ def _setup_logging(run_dir: Path, is_main: bool) -> None:
     for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(run_dir / "train.log")):
         handler.setFormatter(fmt)
         log.addHandler(handler)
+
+
+@contextlib.contextmanager
+def _run_log_also_gets(name: str):
+    """While inside, the records of logger ``name`` (at INFO) also reach the run's log handlers."""
+    other = logging.getLogger(name)
+    level, added = other.level, [h for h in log.handlers if h not in other.handlers]
+    other.setLevel(logging.INFO)
+    for handler in added:
+        other.addHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in added:
+            other.removeHandler(handler)
+        other.setLevel(level)
 
 
 def lr_milestone(config: TrainConfig) -> int:
@@ -303,7 +320,8 @@ def tune_after_training(config: TrainConfig, ctx: RunContext, state: TrainState,
     size = (config.height, config.width)
     query = extract_records(state.model, data.val_query, size, desc="validation query")
     gallery = extract_records(state.model, data.val_gallery, size, desc="validation gallery")
-    result = tune_ranking(state.model, query, gallery, config.threshold, rule=config.val_rule, log=log.info)
+    with _run_log_also_gets(tune_ranking.__module__):  # the validation curve, row by row, into train.log
+        result = tune_ranking(state.model, query, gallery, config.threshold, rule=config.val_rule)
     state.model.train(was_training)
     entry = result.ranking_entry(f"train --val-ids {config.val_ids} (held-out training identities)")
     log.info("ranking chosen on %d validation identities: w = %g, K = %s (mAP %.2f%%, feature %.2f%%)",

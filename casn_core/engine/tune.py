@@ -20,6 +20,7 @@ Never tune on the test split: the chosen w would then be fitted to the numbers i
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -28,6 +29,8 @@ import numpy as np
 from casn_core.maps import FeatureCache
 from casn_core.models.casn import CASN
 from casn_core.rankings import topk_to_json
+
+log = logging.getLogger(__name__)
 
 WEIGHT_GRID = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0)
 """Candidate w; 0 is the feature ranking, 1 the paper's."""
@@ -87,12 +90,13 @@ def pick_one_se(curve: Sequence[dict], per_query_ap: Sequence[np.ndarray]) -> di
 
 def tune_ranking(model: CASN, query: FeatureCache, gallery: FeatureCache, threshold: float,
                  weights: Sequence[float] = WEIGHT_GRID, topks: Sequence[int | None] = TOPK_GRID,
-                 rule: str = "one-se", log=None) -> TuneResult:
+                 rule: str = "one-se") -> TuneResult:
     """Score the CASN ranking of every ``(w, K)`` on validation caches and pick one (see the module doc).
 
     The grid always includes w = 0, whatever ``weights`` says, so the choice is never worse than the
     feature ranking on the validation split. Each curve row holds ``mAP``, ``rank1`` and ``gain`` /
-    ``gain_se``: the mean paired per-query AP difference to w = 0 and its standard error.
+    ``gain_se``: the mean paired per-query AP difference to w = 0 and its standard error. Each row is
+    logged (INFO) as it is scored.
     """
     from casn_core.engine.evaluator import RankingEvaluator
     from casn_core.engine.rerank import casn_attention, casn_candidates, combine_block, feature_distance_blocks
@@ -132,9 +136,8 @@ def tune_ranking(model: CASN, query: FeatureCache, gallery: FeatureCache, thresh
                    "gain_se": float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else 0.0}
             curve.append(row)
             aps.append(ap)
-            if log is not None:
-                log(f"validation K={topk} w={weight:g}: mAP {100 * row['mAP']:.2f}% (gain {100 * row['gain']:+.2f} "
-                    f"+- {100 * row['gain_se']:.2f})  rank-1 {100 * row['rank1']:.2f}%")
+            log.info("validation K=%s w=%g: mAP %.2f%% (gain %+.2f +- %.2f)  rank-1 %.2f%%", topk, weight,
+                     100 * row["mAP"], 100 * row["gain"], 100 * row["gain_se"], 100 * row["rank1"])
     best = pick_best(curve) if rule == "best" else pick_one_se(curve, aps)
     return TuneResult(best["attention_weight"], best["topk"], best["mAP"], best["rank1"],
                       feature_summary["mAP"], float(feature_summary["cmc"][0]), curve, rule)
