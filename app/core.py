@@ -13,7 +13,7 @@ from casn_core.attention.similarity import contrastive_map, correspondence, simi
 from casn_core.checkpoint import CheckpointInfo, checkpoint_info
 from casn_core.compute import Compute
 from casn_core.explanation import explain_similarity
-from casn_core.data import ImageDataset, build_test_transform, generate_dataset, load_market
+from casn_core.data import ImageDataset, SynthSpec, build_test_transform, generate_dataset, load_market
 from casn_core.engine.extraction import ExtractionConfig
 from casn_core.engine.store_build import split_stores
 from casn_core.engine.rerank import casn_attention, casn_candidates, combine_block, iter_casn_distmat
@@ -28,13 +28,13 @@ from casn_core.numeric import unit_range
 from casn_core.rankings import PAPER_WEIGHT, RankingSpec, chosen_ranking, paper_ranking, parse_topk, topk_to_json
 from casn_core.data.market import parse_market_name
 from casn_core.search import (
-    GalleryFeatures, GalleryImage, GalleryReport, SearchError, SearchIndex, SearchResult, build_search_index,
-    scan_gallery,
+    GalleryFeatures, GalleryImage, GalleryReport, RankingChoice, SearchError, SearchIndex, SearchResult,
+    build_search_index, scan_gallery,
 )
 from casn_core.visualize import overlay_heatmap, plot_aligned, plot_rows
 
 __all__ = [
-    "CASN", "CheckpointError", "CheckpointInfo", "DEFAULT_THRESHOLD", "FeatureCache", "ImageDataset",
+    "CASN", "CheckpointError", "RankingChoice", "SynthSpec", "CheckpointInfo", "DEFAULT_THRESHOLD", "FeatureCache", "ImageDataset",
     "ImageInputError", "MAX_PIXELS", "QueryResults", "build_test_transform", "checkpoint_info", "contrastive_map",
     "correspondence", "evaluate_rank_per_query", "metrics_junk_mask", "explain_maps", "generate_dataset", "casn_distmat",
     "extract_tensors", "feature_distance", "load_market", "load_model", "load_rgb", "overlay_heatmap",

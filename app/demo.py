@@ -32,8 +32,7 @@ def demo_data_dir(cache_dir: str | os.PathLike) -> Path:
 
 def ensure_demo_data(cache_dir: str | os.PathLike, log=print, settings: dict | None = None) -> Path:
     """The demo dataset folder, generated deterministically on first use."""
-    from app.core import generate_dataset
-    from casn_core.data import SynthSpec  # not (yet) in app.core's list
+    from app.core import SynthSpec, generate_dataset
 
     settings = dict(DEMO_SETTINGS if settings is None else settings)
     out = demo_data_dir(cache_dir) if settings == DEMO_SETTINGS else Path(cache_dir) / "demo_data" / "custom"

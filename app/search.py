@@ -110,8 +110,7 @@ def open_gallery(checkpoint: str | os.PathLike, gallery: str | os.PathLike, cach
     model, payload = load_model(checkpoint, "cpu", arch=settings.arch, input_size=settings.input_size)
     if getattr(model, "explain_refusal", None):  # a torchreid head that cannot be folded: no exact maps to show
         raise CheckpointError(f"{model.explain_refusal}; the app needs exact maps (casn search ranks it)")
-    from app.core import ExtractionConfig
-    from casn_core.search import RankingChoice  # not (yet) in app.core's list
+    from app.core import ExtractionConfig, RankingChoice
 
     extraction = ExtractionConfig(map_dtype=settings.map_dtype, progress=settings.progress)
     ranking = RankingChoice(attention_weight=settings.attention_weight, rerank_k=settings.topk,

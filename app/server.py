@@ -7,6 +7,7 @@ cache (``allowed_paths``); Gradio's upload/cache folder holds what the app itsel
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import socket
 import sys
@@ -150,6 +151,9 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
     start-up line includes the imports (torch, torchvision and gradio: most of a warm start)."""
     started = time.perf_counter() if started is None else started
     args = parse_args(argv)
+    if not logging.getLogger().handlers:  # the library's messages (map stores, search cache) on stderr;
+        logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+        logging.getLogger("casn_core").setLevel(logging.INFO)  # gradio's and httpx's INFO stay quiet
     checkpoint = Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT
     if not checkpoint.is_file():  # before the imports: a mistyped path is answered at once
         hint = ("the bundled demo checkpoint is missing from this checkout; pass --checkpoint CKPT"
