@@ -99,26 +99,33 @@ def test_resume_reproduces_the_uninterrupted_run(synth_data, tmp_path):
         assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6), key
 
 
-def _train_first_epoch_only(config: TrainConfig) -> None:
-    """Run the 2-epoch schedule but stop after epoch 1, as a crash would."""
-    import casn_core.engine.train as train_module
+def _train_until(config: TrainConfig, module, stop_after) -> None:
+    """Run ``config``'s schedule but stop, as a crash would, right after ``module`` (the train or the
+    epoch module) has saved a checkpoint for which ``stop_after(path, payload)`` is true."""
 
     class Stop(Exception):
         pass
 
-    original = train_module.save_checkpoint
+    original = module.save_checkpoint
 
     def save_then_stop(path, payload):
         original(path, payload)
-        if payload["epoch"] == 0 and Path(path).name == "last.pt":
+        if stop_after(Path(path), payload):
             raise Stop
 
-    train_module.save_checkpoint = save_then_stop
+    module.save_checkpoint = save_then_stop
     try:
         with pytest.raises(Stop):
             train(config, progress=False)
     finally:
-        train_module.save_checkpoint = original
+        module.save_checkpoint = original
+
+
+def _train_first_epoch_only(config: TrainConfig) -> None:
+    """Run the 2-epoch schedule but stop after epoch 1, as a crash would."""
+    import casn_core.engine.train as train_module
+
+    _train_until(config, train_module, lambda path, payload: payload["epoch"] == 0 and path.name == "last.pt")
 
 
 def test_resume_inside_an_epoch_reproduces_the_uninterrupted_run(synth_data, tmp_path):
@@ -131,26 +138,15 @@ def test_resume_inside_an_epoch_reproduces_the_uninterrupted_run(synth_data, tmp
                   dropout=0.5, save_every=2, hard_negatives=0.5, height=64, width=32)
     train(_config(synth_data, tmp_path / "straight", **common), progress=False)
 
-    class Stop(Exception):
-        pass
-
-    original = epoch_module.save_checkpoint
     saved = []
 
-    def save_then_stop(path, payload):
-        original(path, payload)
+    def at_epoch_2_step_4(path, payload):
         partial = payload.get(epoch_module.PARTIAL_KEY)
         saved.append(None if partial is None else (partial["epoch"], partial["step"]))
-        if partial is not None and (partial["epoch"], partial["step"]) == (1, 4):
-            raise Stop
+        return saved[-1] == (1, 4)
 
     split = _config(synth_data, tmp_path / "split", **common)
-    epoch_module.save_checkpoint = save_then_stop
-    try:
-        with pytest.raises(Stop):
-            train(split, progress=False)
-    finally:
-        epoch_module.save_checkpoint = original
+    _train_until(split, epoch_module, at_epoch_2_step_4)
     assert saved == [(0, 2), (0, 4), (1, 2), (1, 4)]  # 6 steps an epoch: none after the last step
     stopped = load_checkpoint(tmp_path / "split" / "last.pt")
     assert stopped["epoch"] == 0 and stopped[epoch_module.PARTIAL_KEY]["neighbours"]
