@@ -9,10 +9,13 @@ are unseen by the checkpoint.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = REPO_ROOT / "checkpoints" / "casn_mobilenetv2_synth.pt"
@@ -30,7 +33,7 @@ def demo_data_dir(cache_dir: str | os.PathLike) -> Path:
     return Path(cache_dir) / "demo_data" / tag
 
 
-def ensure_demo_data(cache_dir: str | os.PathLike, log=print, settings: dict | None = None) -> Path:
+def ensure_demo_data(cache_dir: str | os.PathLike, settings: dict | None = None) -> Path:
     """The demo dataset folder, generated deterministically on first use."""
     from app.core import SynthSpec, generate_dataset
 
@@ -39,8 +42,8 @@ def ensure_demo_data(cache_dir: str | os.PathLike, log=print, settings: dict | N
     marker = out / ".complete"
     if marker.is_file():
         return out
-    log(f"demo data: generating {settings['num_ids']} procedural identities x {settings['num_cameras']} cameras "
-        f"(seed {settings['seed']}) into {out} (first start only)")
+    log.info("demo data: generating %d procedural identities x %d cameras (seed %d) into %s (first start only)",
+             settings["num_ids"], settings["num_cameras"], settings["seed"], out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=out.parent))
     try:

@@ -99,7 +99,7 @@ def build_service(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_
     config = resolve(settings, **overrides)
     state = load_state(checkpoint, data, cache_dir, config)
     summary = SummaryJob(state, background=config.background_summary,
-                         progress=config.progress and not config.background_summary, log=config.log)
+                         progress=config.progress and not config.background_summary)
     return AppService(state, summary, config.max_upload_bytes, config.ranking_cache)
 
 
@@ -151,9 +151,11 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
     start-up line includes the imports (torch, torchvision and gradio: most of a warm start)."""
     started = time.perf_counter() if started is None else started
     args = parse_args(argv)
-    if not logging.getLogger().handlers:  # the library's messages (map stores, search cache) on stderr;
+    if not logging.getLogger().handlers:  # the library's and the app's messages (map stores, features,
+        # demo data, dataset summary) on stderr; gradio's and httpx's INFO stay quiet
         logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
-        logging.getLogger("casn_core").setLevel(logging.INFO)  # gradio's and httpx's INFO stay quiet
+        for name in ("casn_core", "app"):
+            logging.getLogger(name).setLevel(logging.INFO)
     checkpoint = Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT
     if not checkpoint.is_file():  # before the imports: a mistyped path is answered at once
         hint = ("the bundled demo checkpoint is missing from this checkout; pass --checkpoint CKPT"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Callable
 
 from app.uploads import MAX_UPLOAD_BYTES
 
@@ -21,7 +20,8 @@ class AppSettings:
     ``topk`` / ``attention_weight``: with neither, the checkpoint's stored (w, K) pair, else the paper's
     (w = 1, K = all); with one, the other is the paper's (:func:`casn_core.rankings.chosen_ranking`).
     ``arch`` / ``input_size``: a torchreid checkpoint. ``background_summary=False`` scores the dataset
-    before the service is returned (tests, benchmarks).
+    before the service is returned (tests, benchmarks). Start-up messages go to the ``app`` loggers
+    (``logging.getLogger(__name__)`` in each module; ``python app.py`` shows them on stderr).
     """
 
     topk: int | str | None = None
@@ -36,7 +36,6 @@ class AppSettings:
     ranking_cache: int = 512
     background_summary: bool = True
     progress: bool = True
-    log: Callable = print
 
 
 def resolve(settings: AppSettings | None = None, **overrides) -> AppSettings:

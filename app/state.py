@@ -12,6 +12,7 @@ Feature distances are computed per query on demand (no query x gallery matrix is
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ import torch
 from app.core import CASN, CheckpointError, CheckpointInfo, ExtractionConfig, FeatureCache, checkpoint_info, \
     chosen_ranking, load_market, load_model, split_stores, unit_distance, unit_features
 from app.settings import AppSettings, resolve
+
+log = logging.getLogger(__name__)
 
 
 class DatasetError(ValueError):
@@ -109,7 +112,7 @@ def load_state(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_dir
     (w = 1, K = all); with one, the other is the paper's (:func:`casn_core.rankings.chosen_ranking`).
     """
     config = resolve(settings, **overrides)
-    topk, threshold, attention_weight, log = config.topk, config.threshold, config.attention_weight, config.log
+    topk, threshold, attention_weight = config.topk, config.threshold, config.attention_weight
     checkpoint, root, cache_dir = Path(checkpoint).resolve(), Path(data).resolve(), Path(cache_dir).resolve()
     model, payload = load_model(checkpoint, "cpu", arch=config.arch,  # arch: a torchreid checkpoint
                                 input_size=config.input_size)
@@ -125,8 +128,8 @@ def load_state(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_dir
     query_store, gallery_store = split_stores(model, str(root), extraction, checkpoint=checkpoint,
                                               records=(query_records, gallery_records))
     built = query_store.built_now or gallery_store.built_now
-    log(f"features: {len(query_store)} query and {len(gallery_store)} gallery images "
-        f"({'extracted now' if built else 'opened'}; map store {query_store.map_dtype} in {store_dir})")
+    log.info("features: %d query and %d gallery images (%s; map store %s in %s)", len(query_store),
+             len(gallery_store), "extracted now" if built else "opened", query_store.map_dtype, store_dir)
     return AppState(model=model, payload=payload, info=info, checkpoint_path=checkpoint, data_root=root,
                     cache_dir=cache_dir, query=query_store.as_cache(), gallery=gallery_store.as_cache(),
                     input_size=info.input_size, threshold=ranking.threshold,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 from pathlib import Path
 
@@ -32,6 +33,8 @@ from app.state import AppState
 FORMAT = "casn-app-summary"
 VERSION = 1
 CACHE_FOLDER = "app-summary"
+
+log = logging.getLogger(__name__)
 
 
 def summary_key(state: AppState) -> dict | None:
@@ -62,7 +65,7 @@ def _from_json(data: dict, num_query: int) -> QueryResults:
     return results
 
 
-def load_cached(state: AppState, log=print) -> DatasetSummary | None:
+def load_cached(state: AppState) -> DatasetSummary | None:
     """The cached summary when its file exists and its key equals this state's; else None (with the reason logged)."""
     key = summary_key(state)
     if key is None:
@@ -77,12 +80,12 @@ def load_cached(state: AppState, log=print) -> DatasetSummary | None:
         casn = _from_json(data["casn"], len(state.query))
         feature = _from_json(data["feature"], len(state.query))
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        log(f"dataset summary cache {path} not used, recomputing: {exc}")
+        log.warning("dataset summary cache %s not used, recomputing: %s", path, exc)
         return None
     return build_summary(state, casn, feature)
 
 
-def save_cached(state: AppState, casn: QueryResults, feature: QueryResults, log=print) -> Path | None:
+def save_cached(state: AppState, casn: QueryResults, feature: QueryResults) -> Path | None:
     """Write the per-query results atomically beside the stores (a failure to write is logged, not raised)."""
     key = summary_key(state)
     if key is None:
@@ -91,15 +94,15 @@ def save_cached(state: AppState, casn: QueryResults, feature: QueryResults, log=
     try:
         write_json_atomic(path, {"key": key, "casn": _to_json(casn), "feature": _to_json(feature)})
     except OSError as exc:
-        log(f"dataset summary not cached ({path}: {exc})")
+        log.warning("dataset summary not cached (%s: %s)", path, exc)
         return None
     return path
 
 
-def compute_summary(state: AppState, progress: bool = False, log=print) -> DatasetSummary:
+def compute_summary(state: AppState, progress: bool = False) -> DatasetSummary:
     """Score the dataset (:func:`score_dataset`) and cache the result."""
     casn, feature = score_dataset(state, progress)
-    save_cached(state, casn, feature, log)
+    save_cached(state, casn, feature)
     return build_summary(state, casn, feature)
 
 
@@ -107,23 +110,23 @@ class SummaryJob:
     """The dataset summary: from the cache at once, or computed in a daemon thread (``background=True``)
     or right here. :meth:`result` waits for it and re-raises the computation's error."""
 
-    def __init__(self, state: AppState, background: bool = True, progress: bool = False, log=print) -> None:
+    def __init__(self, state: AppState, background: bool = True, progress: bool = False) -> None:
         self._done = threading.Event()
-        self._summary: DatasetSummary | None = load_cached(state, log)
+        self._summary: DatasetSummary | None = load_cached(state)
         self._error: BaseException | None = None
         self.cached = self._summary is not None
         if self.cached:
             self._done.set()
         elif background:
-            log("dataset summary: computing in the background (the page is served meanwhile)")
-            threading.Thread(target=self._run, args=(state, progress, log), name="dataset-summary",
+            log.info("dataset summary: computing in the background (the page is served meanwhile)")
+            threading.Thread(target=self._run, args=(state, progress), name="dataset-summary",
                              daemon=True).start()
         else:
-            self._run(state, progress, log)
+            self._run(state, progress)
 
-    def _run(self, state: AppState, progress: bool, log) -> None:
+    def _run(self, state: AppState, progress: bool) -> None:
         try:
-            self._summary = compute_summary(state, progress, log)
+            self._summary = compute_summary(state, progress)
         except BaseException as exc:  # kept for result(); the server keeps answering the other requests
             self._error = exc
         finally:

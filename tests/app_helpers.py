@@ -96,7 +96,7 @@ def running_gallery_app(checkpoint, gallery, cache_dir, topk: int = 10):
     """Unlabelled mode (``python app.py --gallery DIR``) in this process; yields ``(url, SearchService)``."""
     from app.server import build_gallery
 
-    demo, service = build_gallery(checkpoint, gallery, cache_dir, topk=topk, progress=False, log=lambda *_: None)
+    demo, service = build_gallery(checkpoint, gallery, cache_dir, topk=topk, progress=False)
     with serving(demo, service) as url:
         yield url, service
 
@@ -109,7 +109,7 @@ def running_app(checkpoint, data, cache_dir, topk: int = 10, max_upload_bytes: i
     from app.uploads import MAX_UPLOAD_BYTES
 
     demo, service = build(checkpoint, data, cache_dir, topk=topk, max_upload_bytes=max_upload_bytes or MAX_UPLOAD_BYTES,
-                          ranking_cache=ranking_cache, progress=False, log=lambda *_: None)
+                          ranking_cache=ranking_cache, progress=False)
     port = free_port()
     demo.queue(default_concurrency_limit=2).launch(prevent_thread_lock=True, quiet=True,
                                                    **launch_kwargs(service, "127.0.0.1", port))

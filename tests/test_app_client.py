@@ -416,7 +416,7 @@ def test_map_store_is_reused_and_shared_with_eval(served, reference, tmp_path, c
     state = served["service"].state
     assert state.map_dtype == "float32"  # "auto" for a small set
     caplog.set_level(logging.INFO, logger="casn_core")
-    again = load_state(served["checkpoint"], served["data"], state.cache_dir, progress=False, log=lambda *_: None)
+    again = load_state(served["checkpoint"], served["data"], state.cache_dir, progress=False)
     assert again.cache_hit and again.store_paths == state.store_paths, caplog.messages
     assert not any("extracting" in m for m in caplog.messages)
     assert (again.gallery.maps[:] == state.gallery.maps[:]).all()
@@ -444,11 +444,11 @@ def test_map_store_is_reused_and_shared_with_eval(served, reference, tmp_path, c
 
     data = tmp_path / "data"
     shutil.copytree(served["data"], data)
-    first = load_state(served["checkpoint"], data, tmp_path / "cache", progress=False, log=lambda *_: None)
+    first = load_state(served["checkpoint"], data, tmp_path / "cache", progress=False)
     assert not first.cache_hit
     sorted((data / "bounding_box_test").iterdir())[-1].unlink()
     caplog.clear()
-    changed = load_state(served["checkpoint"], data, tmp_path / "cache", progress=False, log=lambda *_: None)
+    changed = load_state(served["checkpoint"], data, tmp_path / "cache", progress=False)
     assert not changed.cache_hit and len(changed.gallery) == len(first.gallery) - 1
     assert any("extracting" in m for m in caplog.messages)
 
@@ -467,7 +467,7 @@ def test_app_refuses_a_pickle_checkpoint(tmp_path, served):
     bad = tmp_path / "evil.pt"
     torch.save({"format": "casn-checkpoint", "model": {}, "model_config": {}, "x": Boom()}, bad)
     with pytest.raises(CheckpointError):
-        load_state(bad, served["data"], tmp_path / "cache", progress=False, log=lambda *_: None)
+        load_state(bad, served["data"], tmp_path / "cache", progress=False)
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):

@@ -50,7 +50,7 @@ def pinned_service(tmp_path_factory):
     root = tmp_path_factory.mktemp("pins")
     checkpoint, data = make_pinned_checkpoint_and_data(root)
     # float32 maps, as the old code kept them for a set this small
-    service = build_service(checkpoint, data, root / "cache", topk=10, progress=False, log=lambda *_: None,
+    service = build_service(checkpoint, data, root / "cache", topk=10, progress=False,
                             map_dtype="float32", background_summary=False)
     return service, json.loads(PINS.read_text())
 

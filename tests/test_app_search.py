@@ -148,8 +148,7 @@ def test_a_gallery_query_is_left_out_and_its_near_duplicate_ranks_first(unlabell
         shutil.copyfile(source, folder / source.name)
     for source in sources[:4]:
         Image.open(source).convert("RGB").save(folder / f"copy-of-{source.stem}.jpg", quality=80)
-    _, service = build_gallery(unlabelled["checkpoint"], folder, tmp_path / "cache", topk=10, progress=False,
-                               log=lambda *_: None)
+    _, service = build_gallery(unlabelled["checkpoint"], folder, tmp_path / "cache", topk=10, progress=False)
     for source in sources[:4]:
         result = service.search("gallery", source.name, 3)
         paths = [hit.path for hit in result.results]

@@ -4,6 +4,7 @@ cache beside the map stores is used only when its key matches; the background jo
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ def state(tmp_path_factory):
     root = tmp_path_factory.mktemp("app-summary")
     checkpoint = make_checkpoint(root / "tiny.pt", seed=2)
     data = make_dataset(root / "data", seed=5)
-    return load_state(checkpoint, data, root / "cache", topk=10, progress=False, log=lambda *_: None)
+    return load_state(checkpoint, data, root / "cache", topk=10, progress=False)
 
 
 def _per_query(summary) -> list:
@@ -62,14 +63,14 @@ def test_blocks_equal_the_whole_matrix(state, monkeypatch):
     assert summary.casn["rank1"] == pytest.approx(sum(e[0] == 1 for e in valid) / len(valid), abs=1e-12)
 
 
-def test_cache_is_used_only_when_its_key_matches(state):
+def test_cache_is_used_only_when_its_key_matches(state, caplog):
     from app.summary import SummaryJob, cache_path, summary_key
 
     path = cache_path(state, summary_key(state))
     path.unlink(missing_ok=True)
-    first = SummaryJob(state, background=False, log=lambda *_: None)
+    first = SummaryJob(state, background=False)
     assert not first.cached and path.is_file()
-    again = SummaryJob(state, background=False, log=lambda *_: None)
+    again = SummaryJob(state, background=False)
     assert again.cached and _per_query(again.result()) == _per_query(first.result())
     assert again.result().casn == first.result().casn and again.result().feature == first.result().feature
 
@@ -78,15 +79,16 @@ def test_cache_is_used_only_when_its_key_matches(state):
     data["key"]["gallery_store"]["checkpoint_sha256"] = "0" * 64
     data["casn"]["ap"] = [0.5] * len(data["casn"]["ap"])
     path.write_text(json.dumps(data))
-    messages = []
-    stale = SummaryJob(state, background=False, log=messages.append)
-    assert not stale.cached and any("recomputing" in m for m in messages)
+    caplog.set_level(logging.INFO, logger="app")
+    caplog.clear()
+    stale = SummaryJob(state, background=False)
+    assert not stale.cached and any("recomputing" in m for m in caplog.messages)
     assert _per_query(stale.result()) == _per_query(first.result())
 
     path.write_text("{truncated")
-    messages.clear()
-    broken = SummaryJob(state, background=False, log=messages.append)
-    assert not broken.cached and any("recomputing" in m for m in messages)
+    caplog.clear()
+    broken = SummaryJob(state, background=False)
+    assert not broken.cached and any("recomputing" in m for m in caplog.messages)
     assert json.loads(path.read_text())["key"] == summary_key(state)  # rewritten whole
 
     # other ranking settings: another key, another file
@@ -100,7 +102,7 @@ def test_background_job_gives_the_same_summary(state):
     from app.summary import SummaryJob, cache_path, summary_key
 
     cache_path(state, summary_key(state)).unlink(missing_ok=True)
-    reference = SummaryJob(state, background=False, log=lambda *_: None).result()
+    reference = SummaryJob(state, background=False).result()
     cache_path(state, summary_key(state)).unlink()
-    job = SummaryJob(state, background=True, log=lambda *_: None)
+    job = SummaryJob(state, background=True)
     assert _per_query(job.result(timeout=120)) == _per_query(reference) and job.ready

@@ -95,7 +95,7 @@ def test_app_loader_refuses_code_running_pickle_without_side_effect(evil, tiny_d
 
     path, marker = evil
     with pytest.raises(CheckpointError, match="refusing") as info:
-        load_state(path, tiny_data, tmp_path / "cache", progress=False, log=lambda *_: None)
+        load_state(path, tiny_data, tmp_path / "cache", progress=False)
     assert str(path) in str(info.value)
     assert not marker.exists(), "the pickle ran code"
     assert not (tmp_path / "cache" / "features").exists(), "nothing is extracted or cached for a refused checkpoint"
@@ -207,7 +207,7 @@ def test_app_loader_names_a_truncated_checkpoint(good_checkpoint, tiny_data, tmp
 
     path, _ = _damaged("truncated", good_checkpoint, tmp_path)
     with pytest.raises(CheckpointError, match="truncated or corrupted") as info:
-        load_state(path, tiny_data, tmp_path / "cache", progress=False, log=lambda *_: None)
+        load_state(path, tiny_data, tmp_path / "cache", progress=False)
     assert str(path) in str(info.value)
 
 

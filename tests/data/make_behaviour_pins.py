@@ -25,7 +25,7 @@ q = sorted((data / "query").glob("*.jpg")); g = sorted((data / "bounding_box_tes
 expl, _, _ = explain_files(model, payload, str(q[0]), str(g[0]), 0.3)
 from app.state import load_state
 from app.ranking import rank_query, summarise_dataset, ranking_dict
-st = load_state(ck, data, out / "cache", topk=10, progress=False, log=lambda *a: None)
+st = load_state(ck, data, out / "cache", topk=10, progress=False)
 ranks = [ranking_dict(st, rank_query(st, i), limit=5) for i in range(len(st.query))]
 summ = summarise_dataset(st)
 fd = st.feature_distances.numpy()
