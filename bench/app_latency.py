@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint, data, note = bench_inputs(args.checkpoint, args.data, Path(tmp), log=lambda *_: None)
+        checkpoint, data, note = bench_inputs(args.checkpoint, args.data, Path(tmp))
         cache = Path(tmp) / "cache"
         extra = ["--topk", str(args.topk), "--ranking-cache", "0"]
         if args.threads:

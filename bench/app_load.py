@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     from app_server import RssSampler, bench_inputs, dataset_images, rss_mib, served_app
 
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint, data, note = bench_inputs(args.checkpoint, args.data, Path(tmp), log=lambda *_: None)
+        checkpoint, data, note = bench_inputs(args.checkpoint, args.data, Path(tmp))
         extra = ["--topk", str(args.topk), "--ranking-cache", "0"]
         with served_app(checkpoint, data, Path(tmp) / "cache", extra, log_file=Path(tmp) / "app.log") as (url, proc, _):
             loaded = rss_mib(proc.pid)

@@ -10,6 +10,7 @@ import nothing of ``app``; memory is the app process's own resident set (``/proc
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -24,8 +25,10 @@ BUNDLED_CHECKPOINT = REPO_ROOT / "checkpoints" / "casn_mobilenetv2_synth.pt"
 DEMO_SET = {"num_ids": 120, "num_cameras": 4, "images_per_id": 8, "seed": 20190616, "height": 256, "width": 128}
 """The app's demo set (``app/demo.py``): 60 test identities, 480 query + gallery images."""
 
+log = logging.getLogger(__name__)
 
-def bench_inputs(checkpoint: str | None, data: str | None, scratch: Path, log=print) -> tuple[Path, Path, str]:
+
+def bench_inputs(checkpoint: str | None, data: str | None, scratch: Path) -> tuple[Path, Path, str]:
     """``(checkpoint, dataset, note)`` for an app benchmark."""
     import torch
 
@@ -43,7 +46,7 @@ def bench_inputs(checkpoint: str | None, data: str | None, scratch: Path, log=pr
     if data:
         return path, Path(data), note
     out = Path(scratch) / "demo_data"
-    log(f"generating the demo-sized set into {out}")
+    log.info("generating the demo-sized set into %s", out)
     generate_dataset(out, SynthSpec(**DEMO_SET), workers=min(4, os.cpu_count() or 1))
     return path, out, note
 
@@ -110,10 +113,10 @@ def served_app(checkpoint: Path, data: Path, cache_dir: Path, extra: list[str] |
     command = [sys.executable, str(REPO_ROOT / "app.py"), "--checkpoint", str(checkpoint), "--data", str(data),
                "--cache-dir", str(cache_dir), "--store-dir", str(store_dir or Path(cache_dir) / "store"), "--port", str(port),
                *(extra or [])]
-    log = open(log_file or os.devnull, "wb")
+    output = open(log_file or os.devnull, "wb")
     child_env = {**os.environ, **(env or {}), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=child_env, cwd=REPO_ROOT)
+    process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=child_env, cwd=REPO_ROOT)
     url = f"http://127.0.0.1:{port}/"
     # one client for the whole wait: httpx.get builds a client (and its TLS context) per call, which
     # took a third of a core from the app it was timing on a 2-core machine and added seconds of noise
@@ -142,7 +145,7 @@ def served_app(checkpoint: Path, data: Path, cache_dir: Path, extra: list[str] |
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        log.close()
+        output.close()
 
 
 def dataset_images(data: Path) -> tuple[list[str], list[str]]:
