@@ -98,6 +98,20 @@ def load_dataset(root: Path) -> tuple[list, list]:
     return query, gallery
 
 
+SLOW_PAIRS_PER_QUERY = 2000
+"""Pair attentions per ranked query above which the start-up says how to bound K (a CPU ranks ~20-50 k a second)."""
+
+
+def warn_if_slow(ranking, num_query: int, num_gallery: int) -> None:
+    """Say at start-up when the default ranking re-ranks so many gallery images per query (the paper's K =
+    all on a large gallery) that every ranking and the background dataset summary take long on a CPU."""
+    k = ranking.effective_topk(num_gallery)
+    if ranking.attention_weight > 0 and k > SLOW_PAIRS_PER_QUERY:
+        log.warning("ranking %s: %d pair attentions per query and %.1f M for the dataset summary; seconds per "
+                    "query on a CPU. --topk 100 (or a (w, K) validated with casn tune) keeps it interactive",
+                    ranking.label(), k, num_query * k / 1e6)
+
+
 def load_state(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_dir: str | os.PathLike,
                settings: AppSettings | None = None, **overrides) -> AppState:
     """Load the model and dataset, and open (or build once) the query and gallery map stores.
@@ -130,6 +144,7 @@ def load_state(checkpoint: str | os.PathLike, data: str | os.PathLike, cache_dir
     built = query_store.built_now or gallery_store.built_now
     log.info("features: %d query and %d gallery images (%s; map store %s in %s)", len(query_store),
              len(gallery_store), "extracted now" if built else "opened", query_store.map_dtype, store_dir)
+    warn_if_slow(ranking, len(query_store), len(gallery_store))
     return AppState(model=model, payload=payload, info=info, checkpoint_path=checkpoint, data_root=root,
                     cache_dir=cache_dir, query=query_store.as_cache(), gallery=gallery_store.as_cache(),
                     input_size=info.input_size, threshold=ranking.threshold,
