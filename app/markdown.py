@@ -110,10 +110,17 @@ def ranking_choice(state: AppState) -> str:
     return f"ranking shown: feature distance + w x attention distance on the top {state.topk}, w = {w:g} ({source}){note}"
 
 
+NO_HEAD_NOTE = ("no trained BCE head (a torchreid checkpoint read with --arch): p(same) (eq. 3), the Siamese "
+                "attention and d_a carry no learned signal; `casn fit-head` trains the head on its frozen features")
+"""What the page says of a checkpoint whose BCE head was never trained."""
+
+
 def model_line(state: AppState, summary: DatasetSummary | None, described: str = "") -> str:
     """One short line: checkpoint, data, the default ranking and its numbers (details: :func:`model_info`)."""
     head = (f"`{state.checkpoint_path.name}` ({state.backbone}) on `{_short(state.data_root.name)}` · "
             f"default ranking {described or f'w = {state.attention_weight:g}, K = {state.topk}'}")
+    if not state.info.has_bce_head:
+        head += f" · ⚠ {NO_HEAD_NOTE}"
     if summary is None:
         return head + " · rank-1 / mAP: being computed"
     return head + (f" · rank-1 **{_pct(summary.casn['rank1'])}** / mAP **{_pct(summary.casn['mAP'])}** "
@@ -134,6 +141,7 @@ def model_info(state: AppState) -> str:
         ("default ranking", f"w = {state.attention_weight:g}, K = {state.topk}"),
         ("where w comes from", state.info.attention_weight_source if state.attention_weight == state.info.attention_weight
          else "set with --attention-weight"),
+        ("BCE head (eq. 3)", "trained" if state.info.has_bce_head else NO_HEAD_NOTE),
         ("data", f"`{_short(state.data_root.name, 40)}`"),
         ("features", f"{cache} (`{state.cache_file.name if state.cache_file else '-'}`, {state.map_dtype} maps "
                      f"on disk, read per request)"),

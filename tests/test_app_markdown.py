@@ -1,9 +1,10 @@
-"""The app says which ranking it shows and why (issue 11: the weight w and where it comes from)."""
+"""The app says which ranking it shows and why (the weight w and where it comes from), and what its model lacks."""
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
-from app.markdown import ranking_choice
+from app.markdown import NO_HEAD_NOTE, model_info, model_line, ranking_choice
 
 
 def _state(weight: float, stored: float, source: str) -> SimpleNamespace:
@@ -17,3 +18,17 @@ def test_ranking_choice_names_the_weight_and_its_source():
     paper = ranking_choice(_state(1.0, 1.0, "the paper's default"))
     assert "w = 1 (the paper's default)" in paper and "top 10" in paper
     assert "set with --attention-weight" in ranking_choice(_state(0.5, 0.0, "casn tune"))
+
+
+def _model_state(has_bce_head: bool) -> SimpleNamespace:
+    info = SimpleNamespace(attention_weight=1.0, attention_weight_source="the paper's default", has_bce_head=has_bce_head)
+    return SimpleNamespace(checkpoint_path=Path("osnet.pth"), backbone="torchreid:osnet_x0_25", attention_weight=1.0,
+                           topk=10, data_root=Path("/data/Market-1501"), info=info, cache_hit=True,
+                           input_size=(256, 128), threshold=0.3, cache_file=None, map_dtype="float32")
+
+
+def test_a_model_without_a_trained_bce_head_says_so_and_how_to_train_one():
+    bare, trained = _model_state(False), _model_state(True)
+    assert NO_HEAD_NOTE in model_line(bare, None) and "casn fit-head" in NO_HEAD_NOTE
+    assert NO_HEAD_NOTE in model_info(bare)
+    assert NO_HEAD_NOTE not in model_line(trained, None) and NO_HEAD_NOTE not in model_info(trained)
