@@ -15,7 +15,8 @@ Checkpoints
 
 Inference on cached feature maps (docs/design.md, sec. 4: the backbone runs once per image)
 - :func:`extract` -> :class:`FeatureCache`; :func:`feature_distance` (the retrieval ``d_f``);
-  :func:`rank_query_casn` (the paper's ``d = d_f + w d_a`` on the top K, sec. 4).
+  :func:`rank_query_casn` (the paper's ``d = d_f + w d_a`` on the top K, sec. 4) of a
+  :class:`RankingSpec` (w, K, threshold; :func:`paper_ranking` is the paper's w = 1, K = all).
 - :func:`pair_attention` / :func:`pair_attention_grid` -- Siamese attention of pairs: indicator
   (eq. 4), maps, row importance vectors, alignment and consistency distance.
 - :func:`similarity_grid` / :func:`explain_similarity` / :func:`correspondence` /
@@ -44,15 +45,16 @@ from casn_core.explanation import PairExplanation, explain_maps
 from casn_core.losses import LossConfig, LossTerms, casn_loss
 from casn_core.metrics import QueryResults, evaluate_rank, evaluate_rank_per_query
 from casn_core.models import BACKBONES, CASN, ModelConfig, build_model
+from casn_core.rankings import RankingSpec, paper_ranking
 
 __version__ = "0.2.0"
 
 __all__ = [
     "BACKBONES", "CASN", "CheckpointError", "CheckpointInfo", "DEFAULT_THRESHOLD", "FeatureCache", "LossConfig",
-    "LossTerms", "ModelConfig", "PairAttention", "PairExplanation", "QueryResults", "RankedQuery",
+    "LossTerms", "ModelConfig", "PairAttention", "PairExplanation", "QueryResults", "RankedQuery", "RankingSpec",
     "SimilarityExplanation", "autocast_context", "build_model", "casn_loss", "checkpoint_info", "contrastive_map",
     "correspondence", "evaluate_rank", "evaluate_rank_per_query", "explain_maps", "explain_similarity", "extract",
     "extract_tensors", "feature_distance", "load_checkpoint", "load_model", "oracle_pair_attention",
-    "pair_attention", "pair_attention_grid", "pooling_weights", "rank_query_casn", "resolve_device",
+    "pair_attention", "pair_attention_grid", "paper_ranking", "pooling_weights", "rank_query_casn", "resolve_device",
     "save_checkpoint", "similarity_grid",
 ]
