@@ -2,7 +2,7 @@
 
 Times :func:`casn_core.data.synth.generate_dataset` end to end -- planning, rendering, writing the
 JPEG, the PNG mask and the manifest -- into a temporary folder, ``--repeats`` times, and reports the
-median. The issue asks for at least 200 images/s on 2 cores at 256x128.
+median. The target is at least 200 images/s on 2 cores at 256x128.
 
     python bench/synth_speed.py [--ids 60 --cameras 4 --images-per-id 20 --workers 0 --repeats 3]
 """

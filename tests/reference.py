@@ -1,6 +1,6 @@
 """Independent references for tests: plain loops and float64, sharing no code path with what they check.
 
-* :func:`reference_evaluate`, :func:`reference_per_query`: the Market-1501 protocol (DESIGN.md section 5)
+* :func:`reference_evaluate`, :func:`reference_per_query`: the Market-1501 protocol (docs/design.md, sec. 5)
   literally, one query at a time with Python loops: rank the gallery with a stable sort on (distance,
   gallery index), drop the entries with the query's id and camera, skip queries without a remaining
   true match, then compute the CMC curve, AP and INP by walking the ranking.

@@ -1,4 +1,4 @@
-"""The app through ``gradio_client`` against a launched server (issue 5; issue 7 items 4 and 6).
+"""The app through ``gradio_client`` against a launched server.
 
 One app for the module: a tiny generated dataset (8 test identities x 2 cameras at 128x64) and a
 randomly initialised MobileNetV2 CASN checkpoint, launched in-process on a free 127.0.0.1 port.
@@ -201,7 +201,7 @@ def test_explain_pair_matches_the_ranking(served):
 
 
 def test_similarity_decomposition_in_explanations(served):
-    """The pair JSON carries the exact decomposition of the feature similarity (issue 12): maps summing to s."""
+    """The pair JSON carries the exact decomposition of the feature similarity: maps summing to s."""
     client = served["client"]
     top = client.predict(2, api_name="/rank_query")["ranking"][0]
     result = client.predict(2, top["gallery_index"], api_name="/explain_pair")

@@ -1,4 +1,4 @@
-"""The app under load (issue 7, item 5; smaller than ``bench/app_load.py``, same code).
+"""The app under load (smaller than ``bench/app_load.py``, same code).
 
 8 concurrent ``gradio_client`` clients x 4 requests x 2 rounds, mixing ``/rank_query``,
 ``/explain_pair`` and ``/explain_upload``, against an app launched in this process on 127.0.0.1
@@ -96,7 +96,7 @@ def test_upload_over_gradio_limit_is_refused_by_the_server(served, tmp_path):
 
 
 def test_no_route_serves_files_outside_the_dataset_and_cache(served):
-    """Issue 7 item 6, beyond ``test_app_client.py::test_files_outside_data_and_cache_are_refused``
+    """Beyond ``test_app_client.py::test_files_outside_data_and_cache_are_refused``
     (which goes through ``httpx``, which normalises ``../`` before sending): raw request paths, sent
     as written, on every route that serves files (``/gradio_api/file=``, the deprecated
     ``/gradio_api/file/``, ``/static/``, ``/assets/``, ``/svelte/``, ``/gradio_api/proxy=``), with

@@ -1,4 +1,4 @@
-"""No behaviour change in the app (issue 10): its rankings and dataset numbers equal the pinned ones.
+"""No behaviour change in the app across refactors: its rankings and dataset numbers equal the pinned ones.
 
 ``tests/data/behaviour_pins.json`` was computed by the code before the metrics and app refactor
 (``app_rankings``: ``ranking_dict`` of every query, first 5 entries; ``app_summary``) on a tiny

@@ -1,4 +1,4 @@
-"""Searching your own images in the app (issue 14): unlabelled mode (``python app.py --gallery DIR``) and
+"""Searching your own images in the app: unlabelled mode (``python app.py --gallery DIR``) and
 query-by-upload in labelled mode, through ``gradio_client``.
 
 The unlabelled gallery is a tiny generated set's test images renamed to random names (half in a nested

@@ -1,4 +1,4 @@
-"""The dataset summary off the app's start path (issue 13): block-wise scoring equals scoring eval's whole
+"""The dataset summary off the app's start path: block-wise scoring equals scoring eval's whole
 CASN matrix (with blocks forced small, so that the 12 queries span several, one of them partial); the disk
 cache beside the map stores is used only when its key matches; the background job gives the same summary."""
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """No behaviour change: ``eval`` and ``explain`` give the numbers the previous code gave.
 
-``tests/data/behaviour_pins.json`` was computed by the code before the refactor of issue 10 (script:
+``tests/data/behaviour_pins.json`` was computed by the code before the first structural refactor (script:
 the lead's ``make_pins.py``, recorded in the closing note) on a tiny BatchNorm-calibrated random
 mobilenet_v2 and a tiny generated Market-layout set, both rebuilt here from fixed seeds by
 :func:`helpers.make_pinned_checkpoint_and_data`.

@@ -1,4 +1,4 @@
-"""The CUDA paths against the CPU (issue 13, item 3). Skipped without a GPU; ``bash bench/gpu.sh`` runs
+"""The CUDA paths against the CPU. Skipped without a GPU; ``bash bench/gpu.sh`` runs
 this file first on a lent one.
 
 Stated tolerances:

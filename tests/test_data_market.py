@@ -1,4 +1,4 @@
-"""Market-layout loaders (DESIGN.md sec. 5): real samples from ../shared/data and edge cases."""
+"""Market-layout loaders (docs/design.md, sec. 5): real samples from ../shared/data and edge cases."""
 from __future__ import annotations
 
 import os

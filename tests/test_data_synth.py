@@ -1,4 +1,4 @@
-"""Procedural pedestrian generator (issue 3; DESIGN.md sec. 6): determinism, masks, protocol, CLI."""
+"""Procedural pedestrian generator (docs/design.md, sec. 6): determinism, masks, protocol, CLI."""
 from __future__ import annotations
 
 import argparse

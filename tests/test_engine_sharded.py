@@ -1,4 +1,4 @@
-"""``torchrun --nproc_per_node 2 -m casn_core eval``: sharded extraction into one store (issue 13)."""
+"""``torchrun --nproc_per_node 2 -m casn_core eval``: sharded extraction into one store."""
 from __future__ import annotations
 
 import json

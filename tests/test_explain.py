@@ -68,7 +68,7 @@ def test_explain_names_a_bad_image(tiny, tmp_path, capsys):
 
 
 def test_extract_leaves_the_callers_model_in_its_memory_format(tiny):
-    """extract(channels_last=True) switches the model only while it runs (issue 10: no silent change)."""
+    """extract(channels_last=True) switches the model only while it runs (no silent change)."""
     import torch
 
     from casn_core.checkpoint import load_model

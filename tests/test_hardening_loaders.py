@@ -1,4 +1,4 @@
-"""Every checkpoint loader refuses hostile, damaged and mismatched files (issue 7, items 1 and 4).
+"""Every checkpoint loader refuses hostile, damaged and mismatched files.
 
 ``tests/test_checkpoint.py`` covers :func:`casn_core.checkpoint.load_checkpoint` itself; this file
 checks the loaders built on it, end to end: ``python -m casn_core eval`` and ``explain`` (through
@@ -315,7 +315,7 @@ def test_resume_through_the_command_line_is_one_clear_line(trained_run, tiny_dat
     assert "backbone" in err and "resnet18" in err and "mobilenet_v2" in err and "Traceback" not in err, err
 
 
-# ---- uploads over the size limit (issue 7, item 4) --------------------------------------------
+# ---- uploads over the size limit ------------------------------------------------------------
 
 def test_oversize_upload_is_refused_before_decoding(tmp_path, monkeypatch):
     """``read_upload`` checks the file size first and never opens an over-limit file as an image."""

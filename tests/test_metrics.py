@@ -1,6 +1,6 @@
 """CMC / mAP / mINP (casn_core.metrics.evaluate_rank) against an independent plain-loop implementation.
 
-The reference (``tests/reference.py``) follows the Market-1501 protocol (DESIGN.md section 5) literally,
+The reference (``tests/reference.py``) follows the Market-1501 protocol (docs/design.md, sec. 5) literally,
 one query at a time with Python loops: rank the gallery with a stable sort on (distance, gallery index),
 drop the entries with the query's id and camera, skip queries without a remaining true match, then
 compute the CMC curve, AP and INP by walking the ranking.

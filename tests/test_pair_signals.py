@@ -1,4 +1,4 @@
-"""Pair signals (issue 11): AUCs of d_f, d_a and p(same) over cross-camera pairs."""
+"""Pair signals: AUCs of d_f, d_a and p(same) over cross-camera pairs."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Searching an unlabelled folder of person crops (issue 14): scan, bad files, cache, ranking, CLI.
+"""Searching an unlabelled folder of person crops: scan, bad files, cache, ranking, CLI.
 
 The gallery is the project's generated pedestrians renamed to random names, spread over nested
 folders, with a text file, a text file named ``.jpg``, a truncated JPEG and a symbolic link to an

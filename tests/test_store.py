@@ -1,4 +1,4 @@
-"""The on-disk map store (issue 13): round trip, stale and damaged stores, SIGKILL, same results as in RAM."""
+"""The on-disk map store: round trip, stale and damaged stores, SIGKILL, same results as in RAM."""
 from __future__ import annotations
 
 import contextlib

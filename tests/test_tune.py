@@ -1,4 +1,4 @@
-"""The validated ranking weight (issue 11): validation split, weight search, stored choice."""
+"""The validated ranking weight: validation split, weight search, stored choice."""
 from __future__ import annotations
 
 import argparse

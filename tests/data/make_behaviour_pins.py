@@ -1,4 +1,4 @@
-"""How tests/data/behaviour_pins.json was made, with the code BEFORE issue 10 checked out elsewhere:
+"""How tests/data/behaviour_pins.json was made, with the code before the first structural refactor checked out elsewhere:
 
     git worktree add /tmp/headwt 21cc3ae
     PYTHONPATH=/tmp/headwt python tests/data/make_behaviour_pins.py    # writes /tmp/pins/run/pins.json
