@@ -138,3 +138,14 @@ def test_no_public_function_takes_more_than_8_parameters():
     offenders = {f"{name}: {func}": count for name, path in _sources().items()
                  for func, count in long_signatures(path.read_text())}
     assert offenders == {}
+
+
+def test_no_code_cites_an_issue_number():
+    """Comments and docstrings give reasons, not tracker numbers a reader does not have."""
+    import re
+
+    pattern = re.compile(r"\b" + "issue" + r"s?\s*#?\d+", re.IGNORECASE)
+    roots = ("casn_core", "app", "bench", "scripts", "tests")
+    hits = [f"{p.relative_to(REPO)}:{n}" for root in roots for p in sorted((REPO / root).rglob("*.py"))
+            for n, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert hits == []
