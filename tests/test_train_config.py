@@ -30,3 +30,16 @@ def test_what_is_ours_says_so_in_the_help():
     text = parser.format_help()
     assert "ours (the paper names none): SGD weight decay" in " ".join(text.split())
     assert "Augmentation is ours" in " ".join(text.split())
+
+
+def test_resume_refuses_exactly_the_settings_that_shape_the_run():
+    """Every field is in the resume key unless declared ``resume=False`` (where data and run live, the
+    initial weights, speed, device and reporting), so a new setting is guarded by default."""
+    key = TrainConfig(data="d", out="o").resume_key()
+    assert set(key) == {
+        "backbone", "losses", "epochs", "batch_size", "height", "width", "seed", "lr", "momentum", "weight_decay",
+        "lr_step_fraction", "lambda1", "lambda2", "alpha", "threshold", "positive_fraction", "pairs_per_epoch",
+        "last_stride", "dropout", "max_steps_per_epoch", "bce_weight", "consistency_margin", "hard_negatives",
+        "hard_negative_pool", "val_ids", "init_checkpoint"}
+    assert TrainConfig(data="d", out="o", save_every=40, amp="bf16", workers=2).resume_key() == key
+    assert TrainConfig(data="d", out="o", lr=0.01).resume_key() != key

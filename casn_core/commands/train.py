@@ -18,6 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     paper's, sec. 4), plus ``--resume``."""
     for f in fields(TrainConfig):
         meta = dict(f.metadata)
+        meta.pop("resume", None)
         if not meta.pop("cli", True):
             continue
         flag = "--" + f.name.replace("_", "-")

@@ -6,16 +6,17 @@ paper's behaviour (docs/design.md, sec. 2).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from casn_core.attention.siamese import DEFAULT_THRESHOLD
 from casn_core.losses import LOSS_CHOICES, LossConfig
 from casn_core.models.backbones import BACKBONES
 
 
-def _option(default, help: str, **cli):
-    """A :class:`TrainConfig` field with its command-line help (each option is declared once)."""
-    return field(default=default, metadata={"help": help, **cli})
+def _option(default, help: str, resume: bool = True, **cli):
+    """A :class:`TrainConfig` field with its command-line help (each option is declared once);
+    ``resume=False``: a ``--resume`` may change it (see :meth:`TrainConfig.resume_key`)."""
+    return field(default=default, metadata={"help": help, "resume": resume, **cli})
 
 
 def _topk(text: str) -> int | None:
@@ -27,15 +28,15 @@ class TrainConfig:
     """Everything a run depends on; stored in every checkpoint. ``python -m casn_core train``'s options
     are built from these fields (:func:`add_train_arguments`)."""
 
-    data: str = field(metadata={"help": "Market-1501-layout dataset root (bounding_box_train/ ...)"})
-    out: str = field(metadata={"help": "run directory (checkpoints, metrics.jsonl, train.log)"})
+    data: str = field(metadata={"help": "Market-1501-layout dataset root (bounding_box_train/ ...)", "resume": False})
+    out: str = field(metadata={"help": "run directory (checkpoints, metrics.jsonl, train.log)", "resume": False})
     backbone: str = _option("resnet50", "backbone", choices=BACKBONES)
     losses: str = _option("ide,ia,sa", "the paper's ablation rows", choices=LOSS_CHOICES)
     epochs: int = _option(40, "training epochs")
     batch_size: int = _option(16, "pairs per step (2x images)")
     height: int | None = _option(None, "input height (default: the paper's, 384 for pcb, else 288)")
     width: int | None = _option(None, "input width (default: the paper's, 128 for pcb, else 144)")
-    pretrained: str = _option("imagenet", "imagenet, none, or a weight file path")
+    pretrained: str = _option("imagenet", "imagenet, none, or a weight file path", resume=False)
     seed: int = _option(0, "seed of initialisation, pairs and augmentation")
     lr: float = _option(0.03, "SGD learning rate")
     momentum: float = _option(0.9, "SGD momentum")
@@ -63,7 +64,7 @@ class TrainConfig:
     head_steps: int = _option(
         0, "ours: after the last epoch, train only the BCE head for this many steps of --batch-size pairs on "
            "frozen, unaugmented features of the training images (classifier re-training, Kang et al., ICLR "
-           "2020); the joint head lags the moving features. 0 = off, the paper's")
+           "2020); the joint head lags the moving features. 0 = off, the paper's", resume=False)
     init_checkpoint: str | None = _option(
         None, "ours: start from the model weights of this CASN checkpoint (same backbone and identity count; "
               "fresh optimizer and schedule), e.g. to fine-tune a paper-default run with the options above")
@@ -71,25 +72,26 @@ class TrainConfig:
         0, "ours: hold out N training identities as validation query/gallery and choose the ranking weight "
            "w and K on them after training (stored in the checkpoint); 0 = off, the paper's protocol")
     val_rule: str = _option("one-se", "ours: how --val-ids picks w: one-se (smallest w within one standard error "
-                                      "of the best validation mAP) or best", choices=("one-se", "best"))
-    device: str = _option("auto", "auto, cpu, cuda, cuda:N")
-    amp: str = _option("none", "mixed precision", choices=("none", "bf16", "fp16"))
-    channels_last: bool = _option(False, "channels-last memory format")
-    compile: bool = _option(False, "torch.compile the backbone")
-    workers: int = _option(0, "DataLoader worker processes")
+                                      "of the best validation mAP) or best", choices=("one-se", "best"), resume=False)
+    device: str = _option("auto", "auto, cpu, cuda, cuda:N", resume=False)
+    amp: str = _option("none", "mixed precision", choices=("none", "bf16", "fp16"), resume=False)
+    channels_last: bool = _option(False, "channels-last memory format", resume=False)
+    compile: bool = _option(False, "torch.compile the backbone", resume=False)
+    workers: int = _option(0, "DataLoader worker processes", resume=False)
     decode_cache: str | None = _option(
         None, "ours: decode and resize the training images once into a uint8 .npy in this folder (memory-mapped, "
               "rebuilt when the files or size change) instead of decoding every image at every step; the same "
-              "augmented tensors, faster on CPUs")
-    eval_every: int = _option(0, "evaluate on query/gallery every N epochs and keep best.pt (off by default)")
-    eval_topk: int | None = _option(100, "CASN re-ranking depth during evaluation, or 'all'", parse=_topk)
+              "augmented tensors, faster on CPUs", resume=False)
+    eval_every: int = _option(0, "evaluate on query/gallery every N epochs and keep best.pt (off by default)",
+                              resume=False)
+    eval_topk: int | None = _option(100, "CASN re-ranking depth during evaluation, or 'all'", parse=_topk, resume=False)
     save_every: int = _option(
         0, "also write last.pt every N steps inside an epoch, so a stopped run loses at most N steps; "
            "--resume continues from that step (exactly with --workers 0 on one process: the same pairs, "
-           "augmentation and dropout draws as the uninterrupted run). 0 = at epoch ends only")
+           "augmentation and dropout draws as the uninterrupted run). 0 = at epoch ends only", resume=False)
     max_steps_per_epoch: int | None = _option(None, "cap steps per epoch (smoke tests)")
-    skip_bad_images: bool = _option(False, "drop unreadable images instead of stopping")
-    extra: dict = field(default_factory=dict, metadata={"cli": False})
+    skip_bad_images: bool = _option(False, "drop unreadable images instead of stopping", resume=False)
+    extra: dict = field(default_factory=dict, metadata={"cli": False, "resume": False})
 
     def __post_init__(self) -> None:
         # the paper's input sizes (sec. 4, "Implementation Details"): 288 x 144, and PCB's 384 x 128
@@ -106,13 +108,10 @@ class TrainConfig:
         )
 
     def resume_key(self) -> dict:
-        """The settings that must not change between a run and its ``--resume``."""
-        keys = ("backbone", "losses", "epochs", "batch_size", "height", "width", "seed", "lr", "momentum",
-                "weight_decay", "lr_step_fraction", "lambda1", "lambda2", "alpha", "threshold",
-                "positive_fraction", "pairs_per_epoch", "last_stride", "dropout", "max_steps_per_epoch",
-                "bce_weight", "consistency_margin", "hard_negatives", "hard_negative_pool", "val_ids",
-                "init_checkpoint")
-        return {k: getattr(self, k) for k in keys}
+        """The settings that must not change between a run and its ``--resume``: every field but those
+        declared with ``resume=False`` (where the data and the run live, the initial weights, which the
+        checkpoint replaces, and how fast, where and how often it runs and reports)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("resume", True)}
 
 
 PAPER_INPUT_SIZES = {"resnet50": (288, 144), "pcb": (384, 128)}
