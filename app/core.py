@@ -6,7 +6,9 @@ module that defines them (and are listed in the app's report as candidates for e
 """
 from __future__ import annotations
 
-from casn_core import CASN, CheckpointError, explain_maps, load_model, pair_attention, pair_attention_grid
+from casn_core import (
+    CASN, CheckpointError, PairExplanation, explain_maps, load_model, pair_attention, pair_attention_grid,
+)
 from casn_core.atomic import write_bytes_atomic, write_json_atomic
 from casn_core.attention import DEFAULT_THRESHOLD
 from casn_core.attention.similarity import contrastive_map, correspondence, similarity_decomposition
@@ -34,7 +36,7 @@ from casn_core.search import (
 from casn_core.visualize import overlay_heatmap, plot_aligned, plot_rows
 
 __all__ = [
-    "CASN", "CheckpointError", "RankingChoice", "SynthSpec", "CheckpointInfo", "DEFAULT_THRESHOLD", "FeatureCache", "ImageDataset",
+    "CASN", "CheckpointError", "PairExplanation", "RankingChoice", "SynthSpec", "CheckpointInfo", "DEFAULT_THRESHOLD", "FeatureCache", "ImageDataset",
     "ImageInputError", "MAX_PIXELS", "QueryResults", "build_test_transform", "checkpoint_info", "contrastive_map",
     "correspondence", "evaluate_rank_per_query", "metrics_junk_mask", "explain_maps", "generate_dataset", "casn_distmat",
     "extract_tensors", "feature_distance", "load_market", "load_model", "load_rgb", "overlay_heatmap",

@@ -110,8 +110,9 @@ def ranking_choice(state: AppState) -> str:
     return f"ranking shown: feature distance + w x attention distance on the top {state.topk}, w = {w:g} ({source}){note}"
 
 
-NO_HEAD_NOTE = ("no trained BCE head (a torchreid checkpoint read with --arch): p(same) (eq. 3), the Siamese "
-                "attention and d_a carry no learned signal; `casn fit-head` trains the head on its frozen features")
+NO_HEAD_NOTE = ("no trained BCE head (a torchreid checkpoint read with --arch, or a model trained without L_sa): "
+                "p(same) (eq. 3), the Siamese attention and d_a carry no learned signal; `casn fit-head` (torchreid) "
+                "or `casn train --head-steps` trains the head on frozen features")
 """What the page says of a checkpoint whose BCE head was never trained."""
 
 
@@ -119,7 +120,7 @@ def model_line(state: AppState, summary: DatasetSummary | None, described: str =
     """One short line: checkpoint, data, the default ranking and its numbers (details: :func:`model_info`)."""
     head = (f"`{state.checkpoint_path.name}` ({state.backbone}) on `{_short(state.data_root.name)}` · "
             f"default ranking {described or f'w = {state.attention_weight:g}, K = {state.topk}'}")
-    if not state.info.has_bce_head:
+    if not state.info.bce_head_trained:
         head += f" · ⚠ {NO_HEAD_NOTE}"
     if summary is None:
         return head + " · rank-1 / mAP: being computed"
@@ -141,7 +142,7 @@ def model_info(state: AppState) -> str:
         ("default ranking", f"w = {state.attention_weight:g}, K = {state.topk}"),
         ("where w comes from", state.info.attention_weight_source if state.attention_weight == state.info.attention_weight
          else "set with --attention-weight"),
-        ("BCE head (eq. 3)", "trained" if state.info.has_bce_head else NO_HEAD_NOTE),
+        ("BCE head (eq. 3)", "trained" if state.info.bce_head_trained else NO_HEAD_NOTE),
         ("data", f"`{_short(state.data_root.name, 40)}`"),
         ("features", f"{cache} (`{state.cache_file.name if state.cache_file else '-'}`, {state.map_dtype} maps "
                      f"on disk, read per request)"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from casn_core import PairExplanation  # not (yet) in app.core's list
+from app.core import PairExplanation
 
 __all__ = ["DATASET_PAIR", "SEARCH_PAIR", "UPLOADED_PAIR", "ExplainedPair", "ImageRef", "PairExplanation", "ScorePart"]
 

@@ -196,6 +196,10 @@ class CheckpointInfo:
     has_bce_head: bool = True
     """False for a plain torchreid checkpoint read with ``--arch``: its null BCE head gives no Siamese
     attention (``casn fit-head`` trains one)."""
+    bce_head_trained: bool = True
+    """Whether anything trained the BCE head (eq. 3): ``L_sa`` in the losses, or a head-only stage
+    (``--head-steps``, ``casn fit-head``). An IDE or IDE+IA model keeps its random initial head, whose
+    p(same), Siamese attention and d_a carry no learned signal."""
 
     def default_ranking(self) -> RankingSpec:
         """The ranking inference uses by default: the stored (w, K) pair, else the paper's (w = 1, K = all)."""
@@ -223,7 +227,17 @@ class CheckpointInfo:
                 tuned.get("source", "stored in the checkpoint")),
             tuned=ranking,
             has_bce_head=payload.get("bce_head") != "none",
+            bce_head_trained=_bce_head_trained(payload),
         )
+
+
+def _bce_head_trained(payload: dict[str, Any]) -> bool:
+    if payload.get("bce_head") == "none":
+        return False
+    losses = (payload.get("train_config") or {}).get("losses")
+    if losses is None or payload.get("head_stage"):  # not trained here (nothing to go by), or a head stage ran
+        return True
+    return "sa" in str(losses).split(",")
 
 
 def checkpoint_info(payload: dict[str, Any]) -> CheckpointInfo:

@@ -43,7 +43,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -316,7 +316,6 @@ class MapStore:
     pids: np.ndarray
     camids: np.ndarray
     paths: list[str]
-    log_messages: list[str] = field(default_factory=list)
     built_now: bool = False
     """True when :func:`casn_core.engine.store_build.open_or_build_store` extracted it in this call, False when it opened a build."""
 

@@ -20,8 +20,8 @@ def test_ranking_choice_names_the_weight_and_its_source():
     assert "set with --attention-weight" in ranking_choice(_state(0.5, 0.0, "casn tune"))
 
 
-def _model_state(has_bce_head: bool) -> SimpleNamespace:
-    info = SimpleNamespace(attention_weight=1.0, attention_weight_source="the paper's default", has_bce_head=has_bce_head)
+def _model_state(trained: bool) -> SimpleNamespace:
+    info = SimpleNamespace(attention_weight=1.0, attention_weight_source="the paper's default", bce_head_trained=trained)
     return SimpleNamespace(checkpoint_path=Path("osnet.pth"), backbone="torchreid:osnet_x0_25", attention_weight=1.0,
                            topk=10, data_root=Path("/data/Market-1501"), info=info, cache_hit=True,
                            input_size=(256, 128), threshold=0.3, cache_file=None, map_dtype="float32")

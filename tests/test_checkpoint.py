@@ -178,3 +178,16 @@ def test_export_refuses_a_checkpoint_from_inside_an_epoch(model, tmp_path):
     with pytest.raises(CheckpointError, match="inside epoch 4"):
         export_checkpoint(last, tmp_path / "out.pt")
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_checkpoint_info_says_whether_anything_trained_the_bce_head(model):
+    from casn_core.checkpoint import checkpoint_info
+
+    def trained(**entries) -> bool:
+        return checkpoint_info({**model_payload(model), **entries}).bce_head_trained
+
+    assert trained(train_config={"losses": "ide,ia,sa"}) and trained(train_config={"losses": "ide,sa"})
+    assert not trained(train_config={"losses": "ide"}) and not trained(train_config={"losses": "ide,ia"})
+    assert trained(train_config={"losses": "ide"}, head_stage={"head_steps": 100})  # --head-steps
+    assert trained()  # not trained here: nothing says otherwise
+    assert not trained(bce_head="none", head_stage=None)  # a torchreid model read with --arch

@@ -163,6 +163,32 @@ def test_resume_inside_an_epoch_reproduces_the_uninterrupted_run(synth_data, tmp
         assert metrics[1][1][key] == pytest.approx(metrics[0][1][key], rel=1e-5), key
 
 
+def test_resume_refuses_an_exported_checkpoint(synth_data, tmp_path):
+    from casn_core.checkpoint import CheckpointError, export_checkpoint
+
+    config = _config(synth_data, tmp_path / "run", backbone="resnet18", pretrained="none", epochs=2,
+                     max_steps_per_epoch=1, batch_size=2, losses="ide", height=64, width=32)
+    train(config, progress=False)
+    export_checkpoint(tmp_path / "run" / "last.pt", tmp_path / "shipped.pt")
+    (tmp_path / "shipped.pt").replace(tmp_path / "run" / "last.pt")
+    with pytest.raises(CheckpointError, match="cannot be resumed: it has no optimizer, scheduler state"):
+        train(config, resume=True, progress=False)
+
+
+def test_resume_inside_an_epoch_refuses_another_process_count(synth_data, tmp_path):
+    """The pairs a run stopped inside an epoch had not trained on are split by its process count."""
+    from casn_core.checkpoint import PARTIAL_EPOCH_KEY, CheckpointError, save_checkpoint
+
+    config = _config(synth_data, tmp_path / "run", backbone="resnet18", pretrained="none", epochs=2,
+                     max_steps_per_epoch=1, batch_size=2, losses="ide", height=64, width=32)
+    train(config, progress=False)
+    payload = load_checkpoint(tmp_path / "run" / "last.pt")
+    payload.update(epoch=0, **{PARTIAL_EPOCH_KEY: {"epoch": 1, "step": 1, "world": 2}})
+    save_checkpoint(tmp_path / "run" / "last.pt", {k: v for k, v in payload.items() if k not in ("format", "version")})
+    with pytest.raises(CheckpointError, match="on 2 process"):
+        train(config, resume=True, progress=False)
+
+
 def test_resume_refuses_changed_settings(synth_data, tmp_path):
     config = _config(synth_data, tmp_path / "run", backbone="resnet18", pretrained="none", epochs=1,
                      max_steps_per_epoch=1, batch_size=2, losses="ide")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from typing import NamedTuple
 
@@ -33,6 +34,15 @@ COMMANDS = (
     Command("fit-head", "train CASN's BCE head (eq. 3) on a frozen torchreid model: its Siamese attention and "
             "CASN ranking", "fit_head"),
 )
+
+
+def show_library_log() -> None:
+    """The library's INFO messages (map stores, estimates, validation curves) on stderr, other libraries'
+    warnings only; nothing changes when the caller has configured logging already."""
+    if logging.getLogger().handlers:
+        return
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("casn_core").setLevel(logging.INFO)
 
 
 def _module(command: Command):

@@ -8,9 +8,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-
 from casn_core.atomic import write_json_atomic
 from casn_core.checkpoint import CheckpointError, checkpoint_info, load_model
+from casn_core.commands import show_library_log
 from casn_core.engine.evaluate import evaluate_model
 from casn_core.dist import cpu_group, finish_distributed, init_distributed
 from casn_core.engine.extraction import ExtractionConfig, resolve_device
@@ -82,8 +82,7 @@ def eval_rankings(args: argparse.Namespace, info) -> tuple[list[RankingSpec], Ra
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``python -m casn_core eval`` (and ``torchrun -m casn_core eval``: sharded extraction)."""
-    if not logging.getLogger().handlers:  # the pair-attention estimate and store messages reach stderr
-        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    show_library_log()  # the pair-attention estimate and store messages reach stderr
     library = logging.getLogger("casn_core")
     level_before = library.level
     launch = None

@@ -21,6 +21,9 @@ def run(args: argparse.Namespace) -> int:
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # the folder of --out missing or not writable
+        print(f"error: cannot write {args.out}: {exc}", file=sys.stderr)
+        return 1
     info = checkpoint_info(payload)
     ranking = info.default_ranking()
     size = Path(args.out).stat().st_size / 2**20

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from casn_core.checkpoint import CheckpointError
+from casn_core.commands import show_library_log
 from casn_core.engine.fit_head import FitHeadSettings, fit_head
 from casn_core.models.torchreid_adapter import DEFAULT_SIZE_TEXT, parse_input_size
 
@@ -32,8 +32,7 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of ``casn fit-head``."""
     from casn_core.data.market import DatasetError
 
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    show_library_log()
     settings = FitHeadSettings(checkpoint=args.checkpoint, arch=args.arch, data=args.data, out=args.out,
                                input_size=args.input_size, head_steps=args.head_steps, batch_size=args.batch_size,
                                lr=args.lr, val_ids=args.val_ids, seed=args.seed, device=args.device)

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from pathlib import Path
 
 from casn_core.atomic import write_text_atomic
+from casn_core.commands import show_library_log
 from casn_core.engine.extraction import ExtractionConfig
 from casn_core.models.torchreid_adapter import add_arch_arguments
 from casn_core.search.features import DEFAULT_CACHE_DIR
@@ -77,8 +77,7 @@ def run(args: argparse.Namespace) -> int:
     if args.topk < 1:
         print(f"error: --topk must be >= 1, got {args.topk}", file=sys.stderr)
         return 1
-    if not logging.getLogger().handlers:  # the library's messages (skipped files, cache, store) reach stderr
-        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    show_library_log()  # the library's messages (skipped files, cache, store) reach stderr
     log = lambda message: print(message, file=sys.stderr)  # noqa: E731 -- results go to stdout, the log to stderr
     try:
         # --input-size is a torchreid checkpoint's (with --arch); a CASN checkpoint brings its own

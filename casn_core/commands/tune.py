@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from dataclasses import asdict
 
 from casn_core.atomic import write_json_atomic
+from casn_core.commands import show_library_log
 from casn_core.engine.tune import RULES, TOPK_GRID, WEIGHT_GRID, parse_grid, tune_ranking
 
 
@@ -33,8 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from casn_core.checkpoint import CheckpointError, checkpoint_info, load_model, save_checkpoint
     from casn_core.engine.pair_signals import dataset_caches
 
-    if not logging.getLogger().handlers:  # the validation curve, row by row, reaches stderr
-        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    show_library_log()  # the validation curve, row by row, reaches stderr
     try:
         weights, topks = parse_grid(args.weights, float), parse_grid(args.topk, int)
         model, payload = load_model(args.checkpoint, "cpu")

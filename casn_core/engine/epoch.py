@@ -59,7 +59,8 @@ def save_partial(config: TrainConfig, ctx: RunContext, state: TrainState, epoch:
     bookkeeping, the weights and optimizer as they are now, and ``progress`` (next step, loss sums,
     images, seconds, hard-negative table) with the random state to continue from."""
     payload = epoch_payload(config, state, epoch - 1)
-    payload[PARTIAL_KEY] = {"epoch": epoch, **progress, "random_state": _random_state(ctx.device)}
+    payload[PARTIAL_KEY] = {"epoch": epoch, **progress, "world": ctx.world,
+                            "random_state": _random_state(ctx.device)}
     save_checkpoint(ctx.last_path, payload)
 
 

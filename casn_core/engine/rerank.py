@@ -31,7 +31,7 @@ rows at a time (:func:`iter_casn_distmat`, :func:`feature_distance_blocks`):
 nothing grows with queries x gallery unless the caller asks for the whole matrix
 (:func:`casn_distmat`).
 
-CUDA: with ``device="cuda"`` the products run on the GPU; maps given as device tensors stay there
+CUDA: with ``Compute(device="cuda")`` the products run on the GPU; maps given as device tensors stay there
 (:func:`maps_on_device` puts a store's maps on the device when they fit), otherwise each batch of rows
 is read on the host and moved.
 """

@@ -4,8 +4,8 @@ Paper sec. 4 defaults: SGD momentum 0.9, lr 0.03, lr x0.1 at 3/4 of the epochs (
 16 pairs, lambda1 0.5, lambda2 0.05, alpha 0.2, half positive and half negative pairs. Options marked
 "ours" in :class:`TrainConfig` are not in the paper; each defaults to the paper's behaviour.
 
-Every epoch writes ``RUN_DIR/last.pt`` atomically (weights, optimizer, scheduler, epoch, RNG state,
-the full config), and ``best.pt`` when ``--eval-every`` asks for evaluation on the test split. The
+Every epoch writes ``RUN_DIR/last.pt`` atomically (weights, optimizer, scheduler, epoch, the full
+config; the random state is seeded per epoch, and saved only inside one, see :mod:`casn_core.engine.epoch`), and ``best.pt`` when ``--eval-every`` asks for evaluation on the test split. The
 data order and the random augmentation of epoch ``e`` are seeded from ``(seed, e)``, so ``--resume``
 continues exactly where a run stopped and reproduces the uninterrupted run. With ``--val-ids N``,
 N training identities are held out and the ranking weight w (and K) is chosen on them after the last
@@ -74,8 +74,9 @@ def _setup_logging(run_dir: Path, is_main: bool) -> None:
 def _run_log_also_gets(name: str):
     """While inside, the records of logger ``name`` (at INFO) also reach the run's log handlers."""
     other = logging.getLogger(name)
-    level, added = other.level, [h for h in log.handlers if h not in other.handlers]
+    level, propagate, added = other.level, other.propagate, [h for h in log.handlers if h not in other.handlers]
     other.setLevel(logging.INFO)
+    other.propagate = False  # as the run's own logger: a configured root logger would print each record twice
     for handler in added:
         other.addHandler(handler)
     try:
@@ -84,6 +85,7 @@ def _run_log_also_gets(name: str):
         for handler in added:
             other.removeHandler(handler)
         other.setLevel(level)
+        other.propagate = propagate
 
 
 def lr_milestone(config: TrainConfig) -> int:
@@ -202,6 +204,11 @@ def build_model(config: TrainConfig, num_classes: int, ctx: RunContext, resume: 
         train_state.best_map = float(state.get("best_map", -1.0))
         train_state.head_done = bool(state.get("head_stage"))
         train_state.partial = state.get(PARTIAL_KEY)
+        if train_state.partial and int(train_state.partial.get("world", 1)) != ctx.world:
+            raise CheckpointError(
+                f"{ctx.last_path} stopped inside epoch {train_state.start_epoch + 1} of a run on "
+                f"{train_state.partial.get('world', 1)} process(es); resume it on as many (the pairs it has "
+                f"not trained on are that run's), or resume the previous epoch's end")
         if ctx.is_main:
             _trim_metrics(ctx.run_dir / "metrics.jsonl", train_state.start_epoch)
         if train_state.partial:
@@ -215,6 +222,10 @@ def build_model(config: TrainConfig, num_classes: int, ctx: RunContext, resume: 
 def resume_state(config: TrainConfig, num_classes: int, ctx: RunContext) -> dict:
     """Step 3a: ``last.pt``, refused when a setting that shapes the run has changed."""
     state = load_checkpoint(ctx.last_path)
+    missing = [key for key in ("optimizer", "scheduler", "train_config") if key not in state]
+    if missing:
+        raise CheckpointError(f"{ctx.last_path} cannot be resumed: it has no {', '.join(missing)} state (an "
+                              f"exported checkpoint keeps only the model; --init-checkpoint starts a new run from it)")
     saved = TrainConfig(**state["train_config"]).resume_key()
     now = config.resume_key()
     if saved != now:
@@ -342,6 +353,9 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
     data = build_data(config)
     state = build_model(config, data.num_classes, ctx, resume)
     step_module = wrap_step(config, state, ctx)
+    if ctx.is_main and config.save_every and ctx.world > 1:
+        log.warning("--save-every is for one process: under torchrun (%d processes) last.pt is written at "
+                    "epoch ends only", ctx.world)
     if ctx.is_main:
         log.info("training %s on %s: %d images, %d identities, %d pairs/epoch, device %s x%d, losses %s",
                  config.backbone, config.data, len(data.records), data.num_classes, len(data.pairs), ctx.device,

@@ -26,7 +26,7 @@ def _topk(text: str) -> int | None:
 @dataclass
 class TrainConfig:
     """Everything a run depends on; stored in every checkpoint. ``python -m casn_core train``'s options
-    are built from these fields (:func:`add_train_arguments`)."""
+    are built from these fields (:func:`casn_core.commands.train.add_arguments`)."""
 
     data: str = field(metadata={"help": "Market-1501-layout dataset root (bounding_box_train/ ...)", "resume": False})
     out: str = field(metadata={"help": "run directory (checkpoints, metrics.jsonl, train.log)", "resume": False})
@@ -87,8 +87,9 @@ class TrainConfig:
     eval_topk: int | None = _option(100, "CASN re-ranking depth during evaluation, or 'all'", parse=_topk, resume=False)
     save_every: int = _option(
         0, "also write last.pt every N steps inside an epoch, so a stopped run loses at most N steps; "
-           "--resume continues from that step (exactly with --workers 0 on one process: the same pairs, "
-           "augmentation and dropout draws as the uninterrupted run). 0 = at epoch ends only", resume=False)
+           "--resume continues from that step (exactly with --workers 0: the same pairs, "
+           "augmentation and dropout draws as the uninterrupted run). One process only: under torchrun at "
+           "epoch ends. 0 = at epoch ends only", resume=False)
     max_steps_per_epoch: int | None = _option(None, "cap steps per epoch (smoke tests)")
     skip_bad_images: bool = _option(False, "drop unreadable images instead of stopping", resume=False)
     extra: dict = field(default_factory=dict, metadata={"cli": False, "resume": False})
@@ -109,7 +110,7 @@ class TrainConfig:
 
     def resume_key(self) -> dict:
         """The settings that must not change between a run and its ``--resume``: every field but those
-        declared with ``resume=False`` (where the data and the run live, the initial weights, which the
+        declared with ``resume=False`` (where the data and the run live, ``--pretrained``, which the
         checkpoint replaces, and how fast, where and how often it runs and reports)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("resume", True)}
 
