@@ -31,7 +31,7 @@ class Compute:
       CASN distances (``None``: :func:`casn_core.engine.rerank.query_chunk`, ~32 MB blocks).
     - ``state_bytes``: per-pair state (indicator bits, attention rows) held at once; queries are
       re-ranked in groups that fit it (:func:`casn_core.engine.rerank.grouped_casn_blocks`).
-    - ``progress``: show a progress bar.
+    - ``progress``: show a progress bar (off by default, as library calls should be; the commands turn it on).
     """
 
     device: torch.device | str | None = None
