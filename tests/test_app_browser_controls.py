@@ -36,6 +36,9 @@ def _chromium() -> str:
 def browser_app(tmp_path_factory):
     executable = _chromium()
     sync_api = pytest.importorskip("playwright.sync_api")
+    # every wait of this module, not only those given WAIT: under CI the app, Chromium and pytest share two cores,
+    # and a chained step (the pair after the strip) can take longer than Playwright's default of 5 s
+    sync_api.expect.set_options(timeout=WAIT)
     root = tmp_path_factory.mktemp("app-browser-controls")
     checkpoint, data = make_checkpoint(root / "tiny.pt", seed=1), make_dataset(root / "data", seed=3)
     with running_app(checkpoint, data, root / "cache", topk=10) as (url, service):
@@ -46,6 +49,7 @@ def browser_app(tmp_path_factory):
                        "root": root}
             finally:
                 browser.close()
+                sync_api.expect.set_options()  # back to Playwright's default, for other modules
 
 
 def _open(env):
