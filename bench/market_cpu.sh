@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # The CPU ablation on Market-1501: IDE and CASN (the paper's objective, eq. 6, with eq. 4 per pair)
-# under one identical budget that fits two CPU cores, each evaluated on the full test split.
+# under one identical budget that fits two CPU cores, and ours on top of CASN (the BCE head re-trained
+# on frozen features), each evaluated on the full test split.
 #
 #     bash bench/market_cpu.sh /path/to/Market-1501 runs/market      # RUNS="ide,ia,sa" to pick one
 #
-# Budget (both runs): mobilenet_v2 from ImageNet (the offline wheel), 256 x 128, 20 epochs of 6,468
-# pairs (12,936 images, one pass over the training images per epoch), batch 16 pairs, SGD momentum 0.9,
-# lr 0.03, x0.1 after epoch 15, bf16 autocast, channels-last; 100 training identities held out to
-# choose w and K (--val-ids). Each run resumes where it stopped (--save-every 40: a stopped process
-# loses at most 40 steps), so the same command is repeated until every line says "done".
+# Budget (every run): mobilenet_v2 from ImageNet (the offline wheel), HEIGHT x WIDTH (default 256 x 128),
+# EPOCHS (default 20) epochs of 6,468 pairs (12,936 images, one pass over the training images per epoch),
+# batch 16 pairs, SGD momentum 0.9, lr 0.03, x0.1 after three quarters of the epochs, bf16 autocast,
+# channels-last; 100 training identities held out to choose w and K (--val-ids). Each run resumes where
+# it stopped (--save-every 40: a stopped process loses at most 40 steps), so the same command is repeated
+# until every line says "done". The run "head" starts from the finished CASN run and trains only its BCE
+# head (--epochs 0 --head-steps HEAD_STEPS, default 3000), then chooses w and K again.
 # Evaluation: `casn eval` rows feature, paper (w = 1; K = all unless PAPER_TOPK bounds it, and the row
-# says so) and tuned, with the pair signals; OUT/<losses>/eval.json, one JSON line per run on stdout.
+# says so) and tuned, with the pair signals; OUT/<run>/eval.json, one JSON line per run on stdout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:?usage: bash bench/market_cpu.sh MARKET_ROOT OUT_DIR}
@@ -18,16 +21,23 @@ OUT=${2:?usage: bash bench/market_cpu.sh MARKET_ROOT OUT_DIR}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736 OMP_WAIT_POLICY=PASSIVE
 PY="${PYTHON:-$(command -v python3 || command -v python)}"
-RUNS=${RUNS:-"ide,ia,sa ide"}
+RUNS=${RUNS:-"ide,ia,sa head ide"}
+HEIGHT=${HEIGHT:-256} WIDTH=${WIDTH:-128} EPOCHS=${EPOCHS:-20} HEAD_STEPS=${HEAD_STEPS:-3000}
 paper=(); [ -n "${PAPER_TOPK:-}" ] && paper=(--paper-topk "$PAPER_TOPK")
-for losses in $RUNS; do
-  dir="$OUT/${losses//,/-}"
+common=(--data "$DATA" --backbone mobilenet_v2 --batch-size 16 --height "$HEIGHT" --width "$WIDTH"
+        --pretrained imagenet --lr 0.03 --amp bf16 --channels-last --seed 0 --device cpu --val-ids 100
+        --decode-cache "$OUT/decoded")
+for run in $RUNS; do
+  dir="$OUT/${run//,/-}"
   if [ -f "$dir/eval.json" ]; then echo "{\"run\": \"$dir\", \"status\": \"done\"}"; continue; fi
-  resume=(); [ -f "$dir/last.pt" ] && resume=(--resume)
-  "$PY" -m casn_core train --data "$DATA" --out "$dir" --backbone mobilenet_v2 --losses "$losses" \
-      --epochs 20 --pairs-per-epoch 6468 --batch-size 16 --height 256 --width 128 --pretrained imagenet \
-      --lr 0.03 --amp bf16 --channels-last --seed 0 --device cpu --val-ids 100 \
-      --decode-cache "$OUT/decoded" --save-every 40 "${resume[@]}"
+  if [ "$run" = head ]; then
+    [ -f "$dir/last.pt" ] || "$PY" -m casn_core train "${common[@]}" --out "$dir" --losses ide,ia,sa \
+        --epochs 0 --init-checkpoint "$OUT/ide-ia-sa/last.pt" --head-steps "$HEAD_STEPS" --lr 0.01
+  else
+    resume=(); [ -f "$dir/last.pt" ] && resume=(--resume)
+    "$PY" -m casn_core train "${common[@]}" --out "$dir" --losses "$run" --epochs "$EPOCHS" \
+        --pairs-per-epoch 6468 --save-every 40 "${resume[@]}"
+  fi
   "$PY" -m casn_core eval --checkpoint "$dir/last.pt" --data "$DATA" --device cpu --amp bf16 \
       --store-dir "$OUT/store" "${paper[@]}" --json "$dir/eval.json.tmp" > "$dir/eval.txt"
   mv "$dir/eval.json.tmp" "$dir/eval.json"
