@@ -3,6 +3,7 @@
 #
 #     SKIP_SCALE=1 bash bench/gpu.sh     # 0-4 below (about 6 minutes on one H200)
 #     SCALE_ONLY=1 bash bench/gpu.sh     # 5 below (about 8 minutes)
+#     MARKET=/path/to/Market-1501 bash bench/gpu.sh   # 6 below only: the paper's training on the real data
 #
 #   0. the CUDA tests (tests/test_cuda.py: re-ranking, eval, explanations and training on CUDA against
 #      the CPU, with their stated tolerances); a JSON summary line, the whole log in $OUT/cuda_tests.log;
@@ -14,7 +15,16 @@
 #      and times the oracle on the CPU), with its max abs difference to the CPU float32 result (a few
 #      indicator bits may flip between the devices: then the difference is above float rounding);
 #   4. the exact similarity decomposition on CUDA (bench/similarity_speed.py --device cuda);
-#   5. eval on the map store at Market size in the paper's setting (bench/scale.py, ResNet50 288x144).
+#   5. eval on the map store at Market size in the paper's setting (bench/scale.py, ResNet50 288x144);
+#   6. with MARKET set (and nothing else run): the paper's setting on Market-1501 (sec. 4.2): CASN(IDE)
+#      with ResNet50 at 288 x 144 and CASN(PCB) at 384 x 128, 40 epochs, batch 16 pairs, SGD lr 0.03, x0.1
+#      after epoch 30 (three quarters), from ImageNet weights (PRETRAINED=imagenet, torchvision's: they
+#      download once where there is a network; PRETRAINED=none otherwise), bf16 autocast, channels-last,
+#      100 training identities held out to choose w and K; then `casn eval` of each on the full test split
+#      (the paper's ranking with K = all on the GPU). Runs write last.pt every 200 steps and the same command
+#      resumes them, so the work can be split over several calls (MARKET_OUT holds the runs, default
+#      runs/market_gpu). The dataset must be on that machine: the lent one cannot fetch it, and the three
+#      folders used (145 MB of JPEGs) are more than a device call carries.
 # Every measurement is one JSON line on stdout and in $OUT/gpu_bench.jsonl when $OUT is set.
 # The interpreter is $PYTHON, else python3 (the lent machine's, with PyTorch), else python; the
 # repository root goes on PYTHONPATH, so nothing needs installing there (the machine has no network).
@@ -29,6 +39,28 @@ if [ -n "$OUT_DIR" ]; then mkdir -p "$OUT_DIR"; LOG="$OUT_DIR/gpu_bench.jsonl"; 
 emit() { tee -a "$LOG"; }
 started=$(date +%s)
 SCALE_WORK="${SCALE_WORK:-/tmp/casn-scale-gpu}"
+
+if [ -n "${MARKET:-}" ]; then
+  MARKET_OUT=${MARKET_OUT:-runs/market_gpu}
+  mkdir -p "$MARKET_OUT"
+  for setting in "resnet50 288 144" "pcb 384 128"; do
+    read -r backbone height width <<< "$setting"
+    dir="$MARKET_OUT/$backbone"
+    resume=(); [ -f "$dir/last.pt" ] && resume=(--resume)
+    [ -f "$dir/eval.json" ] && { echo "{\"bench\": \"market_paper\", \"run\": \"$dir\", \"status\": \"done\"}" | emit; continue; }
+    "$PY" -m casn_core train --data "$MARKET" --out "$dir" --backbone "$backbone" --losses ide,ia,sa \
+        --epochs 40 --batch-size 16 --height "$height" --width "$width" \
+        --pretrained "${PRETRAINED:-imagenet}" --lr 0.03 --amp bf16 --channels-last --seed 0 --device cuda \
+        --workers 8 --val-ids 100 --save-every 200 "${resume[@]}" > "$dir.train.log" 2>&1 || exit 1
+    "$PY" -m casn_core eval --checkpoint "$dir/last.pt" --data "$MARKET" --device cuda --amp bf16 \
+        --store-dir "$MARKET_OUT/store-$backbone" --json "$dir/eval.json" > "$dir.eval.txt" 2>&1 || exit 1
+    "$PY" -c 'import json, sys; r = json.load(open(sys.argv[1]))
+print(json.dumps({"bench": "market_paper", "run": sys.argv[2], **{k: {m: round(100 * r[k][m], 2)
+      for m in ("rank1", "mAP")} for k in ("feature", "paper", "tuned") if k in r}}))' "$dir/eval.json" "$dir" | emit
+  done
+  echo "{\"bench\": \"gpu_sh\", \"wall_s\": $(( $(date +%s) - started ))}" | emit
+  exit 0
+fi
 
 if [ "${SCALE_ONLY:-0}" != 1 ]; then
 "$PY" - <<'EOF' | emit
@@ -137,12 +169,12 @@ for (n, m) in ((32, 256), (1, 1024), (1, 4096), (32, 4096)):
         del q, g; torch.cuda.empty_cache()
 EOF
 
-# 4. the exact similarity decomposition vs pair_attention_grid on CUDA (issue 12), one query x 1,024 maps
+# 4. the exact similarity decomposition vs pair_attention_grid on CUDA, one query x 1,024 maps
 timeout 120 "$PY" bench/similarity_speed.py --device cuda --repeats 10 | emit
 
 fi  # SCALE_ONLY
 
-# 5. the paper's setting at Market size (issue 13): ResNet50 288x144, eval on the map store, on a
+# 5. the paper's setting at Market size: ResNet50 288x144, eval on the map store, on a
 #    generated Market-sized set (about 8 minutes; its own device call: SCALE_ONLY=1). float32 maps:
 #    26 GB of gallery maps, held on the GPU for the re-ranking (maps_on_device), 31 GB of disk.
 if [ "${SKIP_SCALE:-0}" != 1 ]; then
