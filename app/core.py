@@ -18,6 +18,7 @@ from casn_core.explanation import explain_similarity
 from casn_core.data import ImageDataset, SynthSpec, build_test_transform, generate_dataset, load_market
 from casn_core.engine.extraction import ExtractionConfig
 from casn_core.engine.store_build import split_stores
+from casn_core.engine.evaluator import RankingEvaluator
 from casn_core.engine.rerank import casn_attention, casn_candidates, combine_block, iter_casn_distmat
 from casn_core.engine.inference import (
     FeatureCache, casn_distmat, extract_tensors, feature_distance,
@@ -45,5 +46,5 @@ __all__ = [
     "build_search_index", "parse_market_name", "scan_gallery", "casn_candidates", "iter_casn_distmat",
     "explain_similarity", "unit_distance", "unit_features", "write_bytes_atomic", "write_json_atomic",
     "RankingSpec", "chosen_ranking", "parse_topk", "topk_to_json", "PAPER_WEIGHT", "paper_ranking",
-    "pair_attention_grid", "casn_attention", "combine_block", "Compute",
+    "pair_attention_grid", "casn_attention", "combine_block", "Compute", "RankingEvaluator",
 ]

@@ -4,7 +4,8 @@ Every number comes from the project's one metrics implementation,
 :func:`casn_core.metrics.evaluate_rank_per_query`, fed with the distance rows ``python -m casn_core
 eval`` scores (paper sec. 4, "Evaluation Protocol"; docs/design.md, sec. 3 and 5):
 :func:`score_dataset` builds them with the library's ``casn_candidates`` and ``iter_casn_distmat``
-blocks of ~32 MB, scored and dropped one block at a time, so no query x gallery matrix is held.
+blocks of ~32 MB and scores them with its :class:`casn_core.engine.evaluator.RankingEvaluator` (the one
+``casn eval`` uses), one block at a time, so no query x gallery matrix is held.
 
 The attention distances ``d_a`` of the candidates do not depend on w, so a caller that keeps them
 (:class:`app.reranking.DatasetAttention`) scores any w on the same K without a pair-attention pass.
@@ -18,7 +19,8 @@ import numpy as np
 import torch
 
 from app.core import (
-    Compute, QueryResults, RankingSpec, casn_candidates, evaluate_rank_per_query, iter_casn_distmat, metrics_junk_mask,
+    Compute, QueryResults, RankingEvaluator, RankingSpec, casn_candidates, evaluate_rank_per_query, iter_casn_distmat,
+    metrics_junk_mask,
 )
 from app.state import AppState
 
@@ -85,11 +87,6 @@ def scores_dict(results: QueryResults, max_rank: int) -> dict:
             "mAP": float(summary["mAP"]), "mINP": float(summary["mINP"]), "cmc": cmc}
 
 
-def concat_results(parts: list[QueryResults]) -> QueryResults:
-    return QueryResults(*(np.concatenate([getattr(p, name) for p in parts])
-                          for name in ("first_true_rank", "ap", "inp", "valid")))
-
-
 def score_dataset(state: AppState, progress: bool = False, weight: float | None = None, topk: int | None = None,
                   attention: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[QueryResults, QueryResults]:
     """``(casn, feature)`` per-query results of every query, computed and scored in query blocks.
@@ -101,27 +98,16 @@ def score_dataset(state: AppState, progress: bool = False, weight: float | None 
     """
     weight = state.attention_weight if weight is None else float(weight)
     topk = state.topk if topk is None else int(topk)
-    q_pids, q_camids = np.asarray(state.query.pids), np.asarray(state.query.camids)
-    g_pids, g_camids = np.asarray(state.gallery.pids), np.asarray(state.gallery.camids)
-
-    def scorer(into: list) -> Callable:
-        def score(start: int, block) -> None:
-            stop = start + block.shape[0]
-            into.append(evaluate_rank_per_query(block, q_pids[start:stop], g_pids, q_camids[start:stop], g_camids))
-        return score
-
-    feature_parts: list[QueryResults] = []
-    casn_parts: list[QueryResults] = []
-    candidates = casn_candidates(state.query.features, state.gallery.features, topk, on_block=scorer(feature_parts))
+    feature = RankingEvaluator(state.query, state.gallery)
+    candidates = casn_candidates(state.query.features, state.gallery.features, topk, on_block=feature.process)
     if weight == 0:  # the top K by d_f, then the rest by d_f: the feature order itself (as eval scores it)
-        return concat_results(feature_parts), concat_results(feature_parts)
+        return feature.results(), feature.results()
     known = None if attention is None else attention(candidates)
-    score = scorer(casn_parts)
     ranking = RankingSpec.custom(weight, topk, state.threshold)
-    for start, block in iter_casn_distmat(state.model, state.query, state.gallery, ranking, Compute(progress=progress),
-                                          candidates=candidates, attention=known):
-        score(start, block)
-    return concat_results(casn_parts), concat_results(feature_parts)
+    casn = RankingEvaluator(state.query, state.gallery).process_all(iter_casn_distmat(
+        state.model, state.query, state.gallery, ranking, Compute(progress=progress), candidates=candidates,
+        attention=known))
+    return casn.results(), feature.results()
 
 
 def build_summary(state: AppState, casn: QueryResults, feature: QueryResults,

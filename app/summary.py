@@ -7,7 +7,7 @@ start (and its memory) grow with the gallery. Here:
 
 - :func:`app.scoring.score_dataset` computes the same per-query results as ``python -m casn_core eval`` does
   (:func:`casn_core.engine.evaluator.evaluate_rankings`'s way: ``casn_candidates`` and
-  ``iter_casn_distmat`` blocks of ~32 MB, each scored by :func:`casn_core.metrics.evaluate_rank_per_query`
+  ``iter_casn_distmat`` blocks of ~32 MB, each scored by the library's ``RankingEvaluator``
   and dropped), so no query x gallery matrix is held;
 - :func:`load_cached` / :func:`save_cached`: the per-query results in one JSON file beside the map
   stores, keyed by both stores' keys (checkpoint hash, file-list hash, input size, map dtype) and
