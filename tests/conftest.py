@@ -6,7 +6,10 @@ folder is absent (a user's fresh clone has no ``../shared``).
 
 Tests marked ``slow`` (end-to-end training, browser, subprocess kills) are deselected by a plain
 ``python -m pytest`` (the quick run, under two minutes on two cores); ``python -m pytest --slow``
-runs everything (the README's test command and CI).
+runs everything (the README's test command and CI). The README's command spreads the test files over one
+worker process per core (pytest-xdist, ``-n auto``; ``--dist loadfile`` in ``pytest.ini`` keeps each
+file's module fixtures in one process); most tests are single-threaded Python, so a serial run leaves
+cores idle.
 
 Tests marked ``numeric`` compare floats with pinned values, oracles or each other; ``.ci/run`` runs them
 again at ``OMP_NUM_THREADS=1`` and ``3``, since rounding depends on how many threads split a
@@ -39,6 +42,10 @@ if os.environ.get("OMP_NUM_THREADS", "").strip().isdigit() and int(os.environ["O
     # torch can start with fewer threads than OMP_NUM_THREADS asks for (capped at the cores it sees); the
     # numeric runs of .ci/run need the asked-for count, or the 3-thread run would repeat the 2-thread one
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+elif os.environ.get("PYTEST_XDIST_WORKER_COUNT", "").isdigit():
+    # under pytest-xdist (``-n``) every worker is a process with torch's default of one thread per core;
+    # share the cores out instead, since OpenMP threads that outnumber the cores spin against each other
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 # variables that libraries write by themselves (on first import, or on every call) while a test runs
 ENV_WRITTEN_BY_LIBRARIES = {
