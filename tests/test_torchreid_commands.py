@@ -145,14 +145,18 @@ def test_app_answers_every_view(fitted, route, tmp_path):
         query = sorted((fitted["market"] / "query").glob("*.jpg"))[0]
         answer = client.predict(handle_file(str(query)), 5, api_name="/search_upload")
         assert len(answer["results"]) == 5
-        first = answer["results"][0]
-        explained = client.predict(handle_file(str(query)), first.get("path", first.get("name")),
-                                   api_name="/explain_search")
-        assert np.asarray(explained["similarity_map1"]).sum() == pytest.approx(explained["similarity"], abs=1e-5)
+        explained = [client.predict(handle_file(str(query)), result.get("path", result.get("name")),
+                                    api_name="/explain_search") for result in answer["results"]]
+        for pair in explained:
+            assert np.asarray(pair["similarity_map1"]).sum() == pytest.approx(pair["similarity"], abs=1e-5)
         if route == "fit-head":
-            assert explained["same_probability"] != 0.5 and np.asarray(explained["map1"]).any()
+            # the Siamese map of one pair is empty when its eq. 4 indicator selects no channel, which for a
+            # head fitted on a random network depends on float rounding (the thread count of the fit); over
+            # the top five pairs the attention must be there
+            assert all(pair["same_probability"] != 0.5 for pair in explained)
+            assert any(np.asarray(pair["map1"]).any() for pair in explained)
         else:  # the null head: no attention, so the feature order whatever w
-            assert explained["same_probability"] == 0.5
+            assert all(pair["same_probability"] == 0.5 and not np.asarray(pair["map1"]).any() for pair in explained)
             assert all(r["attention_distance"] == 0 for r in answer["results"])
             distances = [r["feature_distance"] for r in answer["results"]]
             assert distances == sorted(distances)
