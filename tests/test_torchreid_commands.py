@@ -70,23 +70,30 @@ def test_fit_head_writes_a_casn_checkpoint_of_the_frozen_model(fitted):
     assert load_checkpoint(fitted["head"])["fit_head"]["held_out"] == held
 
 
-def _explain(args: list[str], out: Path, market: Path, capsys) -> dict:
+def _explain(args: list[str], out: Path, market: Path, capsys, gallery_index: int = 0) -> dict:
     query, gallery = sorted((market / "query").glob("*.jpg"))[:1], sorted((market / "bounding_box_test").glob("*.jpg"))
-    code = main(["explain", *args, "--image1", str(query[0]), "--image2", str(gallery[0]), "--json", str(out),
-                 "--device", "cpu"])
+    code = main(["explain", *args, "--image1", str(query[0]), "--image2", str(gallery[gallery_index]), "--json",
+                 str(out), "--device", "cpu"])
     assert code == 0, capsys.readouterr().err
     return json.loads(out.read_text())
 
 
 def test_explain_with_and_without_the_head(fitted, tmp_path, capsys):
-    raw = _explain(["--checkpoint", str(fitted["raw"]), "--arch", ARCH, "--input-size", "128x64"], tmp_path / "a.json",
-                   fitted["market"], capsys)
+    raw_args = ["--checkpoint", str(fitted["raw"]), "--arch", ARCH, "--input-size", "128x64"]
+    raw = [_explain(raw_args, tmp_path / f"a{i}.json", fitted["market"], capsys, i) for i in range(5)]
     assert "no trained BCE head" in capsys.readouterr().err
-    assert raw["same_probability"] == 0.5 and not np.asarray(raw["map1"]).any()  # the null head: no attention
-    assert np.asarray(raw["similarity_map1"]).sum() == pytest.approx(raw["similarity"], abs=1e-5)
-    head = _explain(["--checkpoint", str(fitted["head"])], tmp_path / "b.json", fitted["market"], capsys)
-    assert head["same_probability"] != 0.5 and np.asarray(head["map1"]).any()
-    assert head["similarity"] == pytest.approx(raw["similarity"], abs=1e-6)  # the same features
+    for pair in raw:  # the null head: p(same) = 0.5, no channel selected, no attention
+        assert pair["same_probability"] == 0.5 and not np.asarray(pair["map1"]).any()
+        assert np.asarray(pair["similarity_map1"]).sum() == pytest.approx(pair["similarity"],
+                                                                          abs=1e-5 * max(1.0, abs(pair["similarity"])))
+    head = [_explain(["--checkpoint", str(fitted["head"])], tmp_path / f"b{i}.json", fitted["market"], capsys, i)
+            for i in range(5)]
+    assert all(pair["same_probability"] != 0.5 for pair in head)
+    # whether one pair's eq. 4 indicator selects any channel of a head fitted on a random network is a step
+    # function of float rounding (it changes with the thread count), so ask for a map on one of five pairs
+    assert any(np.asarray(pair["map1"]).any() for pair in head)
+    for with_head, without in zip(head, raw):  # the same features
+        assert with_head["similarity"] == pytest.approx(without["similarity"], rel=1e-5, abs=1e-6)
 
 
 def test_eval_tune_and_search(fitted, tmp_path, capsys):
