@@ -12,8 +12,8 @@ file's module fixtures in one process); most tests are single-threaded Python, s
 cores idle.
 
 Tests marked ``numeric`` compare floats with pinned values, oracles or each other; ``.ci/run`` runs them
-again at ``OMP_NUM_THREADS=1`` and ``3``, since rounding depends on how many threads split a
-reduction. torch's thread count follows ``OMP_NUM_THREADS`` here (torch may cap it at the core count).
+again at ``OMP_NUM_THREADS=3`` after the README's command has run them at one thread per worker, since
+rounding depends on how many threads split a reduction. torch's thread count follows ``OMP_NUM_THREADS`` here (torch may cap it at the core count).
 
 No test may leave global state changed: torch's thread count, the working directory, the environment,
 torch's default dtype, grad mode or deterministic-algorithms flag left changed after a test is restored
