@@ -47,6 +47,7 @@ class LossConfig:
     aligned_length: int | None = None
     bce_weight: float | None = None  # ours: None = the paper's (L_bce inside lambda2 L_sa)
     consistency_margin: float | None = None  # ours: None = the paper's (positives only)
+    label_smoothing: float = 0.0  # ours: 0 = the paper's plain cross-entropy in L_ide
 
     @classmethod
     def from_names(cls, names: str, **overrides) -> "LossConfig":
@@ -103,9 +104,12 @@ class LossTerms:
         return {name: float(value.detach()) for name, value in vars(self).items() if value is not None}
 
 
-def ide_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``L_ide``: cross-entropy over identities (eq. 1)."""
-    return F.cross_entropy(logits.float(), labels)
+def ide_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """``L_ide``: cross-entropy over identities (eq. 1); with ``label_smoothing`` eps > 0 (ours) the target
+    puts 1 - eps on the true identity and eps spread evenly over all (Szegedy et al., CVPR 2016; torchreid's
+    softmax default, eps = 0.1), which keeps the classifier from driving the training loss to zero on
+    identities it has memorised."""
+    return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
 
 
 def bce_loss(pair_logits: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
@@ -200,7 +204,7 @@ def casn_loss(
     labels = torch.cat([labels1, labels2])
     out = model(images)
     zero = out.features.new_zeros(())
-    ide = ide_loss(out.logits, labels)
+    ide = ide_loss(out.logits, labels, config.label_smoothing)
     total = ide
     ia = bce = consistency = sa = zero
     hinge = None

@@ -120,6 +120,23 @@ def test_default_is_the_papers_eq6_and_bce_weight_takes_bce_out_of_lambda2():
     assert torch.allclose(ours.total, ours.ide + 0.5 * ours.ia + 1.0 * ours.bce + 1.0 * 0.2 * ours.consistency)
 
 
+def test_label_smoothing_changes_only_l_ide_to_the_smoothed_cross_entropy():
+    eps = 0.1
+    plain = _terms(LossConfig.from_names("ide,ia,sa"))
+    smooth = _terms(LossConfig.from_names("ide,ia,sa", label_smoothing=eps))
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=4, dropout=0.0).train()
+    images1, images2, labels1, labels2, _ = _pair_batch()
+    log_p = torch.log_softmax(model(torch.cat([images1, images2])).logits.float(), dim=1)
+    labels = torch.cat([labels1, labels2])
+    nll = -log_p.gather(1, labels[:, None]).squeeze(1)
+    expected = ((1 - eps) * nll - eps * log_p.mean(dim=1)).mean()  # 1 - eps on the identity, eps spread over all
+    assert torch.allclose(plain.ide, nll.mean(), rtol=1e-5) and torch.allclose(smooth.ide, expected, rtol=1e-5)
+    assert float(smooth.ide.detach()) > float(plain.ide.detach())
+    for name in ("ia", "bce", "consistency", "sa"):  # the attention terms do not see it
+        assert torch.allclose(getattr(smooth, name), getattr(plain, name), rtol=1e-5, atol=1e-7)
+
+
 def test_consistency_margin_adds_a_hinge_on_negative_pairs_that_reaches_the_backbone():
     model, maps, feats, same = _model_maps_and_labels()
     margin = 10.0  # above any distance of vectors in [0, 1]^H with H <= 100: every negative is inside

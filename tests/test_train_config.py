@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
+
 from casn_core.commands.train import add_arguments as add_train_arguments
 from casn_core.commands.train import config_from_args
 from casn_core.engine.train_config import TrainConfig
@@ -39,7 +41,14 @@ def test_resume_refuses_exactly_the_settings_that_shape_the_run():
     assert set(key) == {
         "backbone", "losses", "epochs", "batch_size", "height", "width", "seed", "lr", "momentum", "weight_decay",
         "lr_step_fraction", "lambda1", "lambda2", "alpha", "threshold", "positive_fraction", "pairs_per_epoch",
-        "last_stride", "dropout", "max_steps_per_epoch", "bce_weight", "consistency_margin", "hard_negatives",
+        "last_stride", "dropout", "max_steps_per_epoch", "bce_weight", "consistency_margin", "label_smoothing", "hard_negatives",
         "hard_negative_pool", "val_ids", "init_checkpoint"}
     assert TrainConfig(data="d", out="o", save_every=40, amp="bf16", workers=2).resume_key() == key
     assert TrainConfig(data="d", out="o", lr=0.01).resume_key() != key
+
+
+def test_label_smoothing_reaches_the_loss_and_is_checked():
+    assert _parsed().loss_config().label_smoothing == 0.0  # the paper's plain cross-entropy
+    assert _parsed("--label-smoothing", "0.1").loss_config().label_smoothing == 0.1
+    with pytest.raises(ValueError, match="--label-smoothing must be in \\[0, 1\\); got 1.0"):
+        TrainConfig(data="d", out="o", label_smoothing=1.0)

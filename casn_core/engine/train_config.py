@@ -57,6 +57,9 @@ class TrainConfig:
     consistency_margin: float | None = _option(
         None, "ours: also push the consistency distance of negative pairs above this margin "
               "(alpha * ReLU(m - d_a)); default: the paper's, positives only")
+    label_smoothing: float = _option(
+        0.0, "ours: label smoothing eps of L_ide (Szegedy et al., 2016; torchreid's softmax default 0.1); "
+             "default 0: the paper's plain cross-entropy")
     hard_negatives: float = _option(
         0.0, "ours: fraction of negative pairs drawn from the nearest other identities in feature space, "
              "re-mined at every epoch start (default 0: the paper's random negatives)")
@@ -101,11 +104,14 @@ class TrainConfig:
             self.height = default[0]
         if self.width is None:
             self.width = default[1]
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"--label-smoothing must be in [0, 1); got {self.label_smoothing}")
 
     def loss_config(self) -> LossConfig:
         return LossConfig.from_names(
             self.losses, lambda1=self.lambda1, lambda2=self.lambda2, alpha=self.alpha, threshold=self.threshold,
             bce_weight=self.bce_weight, consistency_margin=self.consistency_margin,
+            label_smoothing=self.label_smoothing,
         )
 
     def resume_key(self) -> dict:
