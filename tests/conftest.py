@@ -13,7 +13,8 @@ cores idle.
 
 Tests marked ``numeric`` compare floats with pinned values, oracles or each other; ``.ci/run`` runs them
 again at ``OMP_NUM_THREADS=3`` after the README's command has run them at one thread per worker, since
-rounding depends on how many threads split a reduction. torch's thread count follows ``OMP_NUM_THREADS`` here (torch may cap it at the core count).
+rounding depends on how many threads split a reduction. torch's thread count follows
+``OMP_NUM_THREADS`` here (torch may cap it at the core count).
 
 No test may leave global state changed: torch's thread count, the working directory, the environment,
 torch's default dtype, grad mode or deterministic-algorithms flag left changed after a test is restored

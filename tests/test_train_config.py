@@ -41,8 +41,8 @@ def test_resume_refuses_exactly_the_settings_that_shape_the_run():
     assert set(key) == {
         "backbone", "losses", "epochs", "batch_size", "height", "width", "seed", "lr", "momentum", "weight_decay",
         "lr_step_fraction", "lambda1", "lambda2", "alpha", "threshold", "positive_fraction", "pairs_per_epoch",
-        "last_stride", "dropout", "max_steps_per_epoch", "bce_weight", "consistency_margin", "label_smoothing", "hard_negatives",
-        "hard_negative_pool", "val_ids", "init_checkpoint"}
+        "last_stride", "dropout", "max_steps_per_epoch", "bce_weight", "consistency_margin", "label_smoothing",
+        "hard_negatives", "hard_negative_pool", "val_ids", "init_checkpoint"}
     assert TrainConfig(data="d", out="o", save_every=40, amp="bf16", workers=2).resume_key() == key
     assert TrainConfig(data="d", out="o", lr=0.01).resume_key() != key
 
