@@ -5,7 +5,7 @@ Each term is switchable for the paper's ablation (Table 3): ``ide``, ``ide,ia``,
 GAIN's omega 10 and sigma 0.5 for the soft mask; alignment threshold 0.3 (docs/design.md, sec. 2).
 Batch losses are means over the batch (the paper writes sums; means keep lr independent of batch size).
 
-Two options are ours, not the paper's; both default to the paper's objective:
+Options of ours, not the paper's; each defaults to the paper's objective:
 
 * ``bce_weight``: a weight on ``L_bce`` of its own. In eq. 6 ``L_bce`` sits inside ``lambda2 L_sa``, so
   the BCE head learns at ``lambda2`` = 0.05 times the backbone's rate; measured on the bundled
@@ -16,6 +16,10 @@ Two options are ours, not the paper's; both default to the paper's objective:
   stops other people's attention from being just as consistent (measured: d_a AUC 0.53). With a
   margin ``m``, negative pairs add ``alpha * mean(ReLU(m - d_a))`` (a contrastive hinge, Hadsell et
   al., CVPR 2006), inside the same weight as the positive term.
+* ``label_smoothing``: the smoothed cross-entropy in ``L_ide`` (:func:`ide_loss`).
+* ``triplet_weight``: a batch-hard triplet term on the L2-normalised features (:func:`triplet_loss`), the
+  metric loss that torchreid's and fast-reid's strong baselines add to the identity loss; the ranking
+  compares exactly these normalised features.
 """
 from __future__ import annotations
 
@@ -48,6 +52,8 @@ class LossConfig:
     bce_weight: float | None = None  # ours: None = the paper's (L_bce inside lambda2 L_sa)
     consistency_margin: float | None = None  # ours: None = the paper's (positives only)
     label_smoothing: float = 0.0  # ours: 0 = the paper's plain cross-entropy in L_ide
+    triplet_weight: float = 0.0  # ours: 0 = no metric loss, the paper's
+    triplet_margin: float = 0.3
 
     @classmethod
     def from_names(cls, names: str, **overrides) -> "LossConfig":
@@ -99,6 +105,7 @@ class LossTerms:
     consistency: torch.Tensor
     sa: torch.Tensor
     negative_consistency: torch.Tensor | None = None  # the margin term (ours); None when off
+    triplet: torch.Tensor | None = None  # the batch-hard triplet term (ours); None when off
 
     def as_floats(self) -> dict[str, float]:
         return {name: float(value.detach()) for name, value in vars(self).items() if value is not None}
@@ -110,6 +117,26 @@ def ide_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float 
     softmax default, eps = 0.1), which keeps the classifier from driving the training loss to zero on
     identities it has memorised."""
     return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+
+
+def triplet_loss(features: torch.Tensor, labels: torch.Tensor, margin: float = 0.3) -> torch.Tensor:
+    """Batch-hard triplet loss (Hermans, Beyer and Leibe, "In Defense of the Triplet Loss for Person
+    Re-Identification", 2017) on L2-normalised features, Euclidean distance (the ranking's metric):
+    for every anchor with another image of its identity in the batch, ``ReLU(margin + max d(positive)
+    - min d(negative))``, averaged over those anchors. An anchor without a positive or a negative in the
+    batch is skipped; no such anchor gives a zero loss that still reaches the graph."""
+    normed = F.normalize(features.float(), dim=1)
+    # |a - b|^2 = 2 - 2 a.b for unit vectors; the clamp keeps sqrt's gradient finite on the diagonal
+    distance = (2.0 - 2.0 * normed @ normed.T).clamp_min(1e-12).sqrt()
+    same = labels[:, None] == labels[None, :]
+    eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    positive = same & ~eye
+    valid = positive.any(dim=1) & (~same).any(dim=1)
+    if not valid.any():
+        return distance.sum() * 0.0
+    hardest_positive = distance.masked_fill(~positive, float("-inf")).amax(dim=1)
+    hardest_negative = distance.masked_fill(same, float("inf")).amin(dim=1)
+    return torch.relu(margin + hardest_positive - hardest_negative)[valid].mean()
 
 
 def bce_loss(pair_logits: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
@@ -207,7 +234,7 @@ def casn_loss(
     ide = ide_loss(out.logits, labels, config.label_smoothing)
     total = ide
     ia = bce = consistency = sa = zero
-    hinge = None
+    hinge = triplet = None
     if config.use_ia:
         ia, _ = identification_attention_loss(
             model, images, out.feature_map, out.logits, labels, config.omega, config.sigma
@@ -227,4 +254,7 @@ def casn_loss(
             total = total + config.lambda2 * sa
         else:  # ours: L_bce on its own weight, lambda2 on the consistency part only
             total = total + config.bce_weight * bce + config.lambda2 * (sa - bce)
-    return LossTerms(total, ide, ia, bce, consistency, sa, hinge)
+    if config.triplet_weight > 0:
+        triplet = triplet_loss(out.features, labels, config.triplet_margin)
+        total = total + config.triplet_weight * triplet
+    return LossTerms(total, ide, ia, bce, consistency, sa, hinge, triplet)

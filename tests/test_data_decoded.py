@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from casn_core.data import SynthSpec, build_train_transform, generate_dataset, load_market
@@ -15,11 +16,14 @@ def _records(tmp_path):
     return list(load_market(root, splits=("train",)).train)
 
 
-def test_decoded_pairs_equal_the_pil_pipeline_draw_for_draw(tmp_path):
+@pytest.mark.parametrize("erasing", [False, True])
+def test_decoded_pairs_equal_the_pil_pipeline_draw_for_draw(tmp_path, erasing):
     records = _records(tmp_path)
     images = DecodedImages(records, 40, 20, tmp_path / "cache", progress=False)
-    pil = PairDataset(records, build_train_transform(40, 20, pad=4), seed=3)
-    fast = PairDataset(records, build_uint8_train_transform(40, 20, pad=4), seed=3, images=images)
+    pil = PairDataset(records, build_train_transform(40, 20, pad=4, random_erasing=erasing), seed=3)
+    fast = PairDataset(records, build_uint8_train_transform(40, 20, pad=4, random_erasing=erasing), seed=3,
+                       images=images)
+    erased = 0
     for index in range(len(pil)):
         torch.manual_seed(index)
         expected = pil[index]
@@ -28,6 +32,8 @@ def test_decoded_pairs_equal_the_pil_pipeline_draw_for_draw(tmp_path):
         # the same random draws and the same arithmetic on the same uint8 pixels: equal to float rounding
         assert torch.allclose(got[0], expected[0], atol=1e-6) and torch.allclose(got[1], expected[1], atol=1e-6)
         assert got[2:] == expected[2:]
+        erased += int((got[0] == 0).all(dim=0).sum() > 20)  # an erased patch: zeros in all three channels
+    assert (erased > 0) == erasing
 
 
 def test_decoded_file_is_reused_and_rebuilt_when_it_does_not_match(tmp_path):

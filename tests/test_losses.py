@@ -8,6 +8,7 @@ import torch
 
 from casn_core.losses import (
     LOSS_CHOICES, LossConfig, SiameseLossConfig, casn_loss, identification_attention_loss, siamese_attention_loss,
+    triplet_loss,
 )
 from casn_core.models import build_model
 
@@ -202,3 +203,45 @@ def test_training_indicator_is_per_pair_and_equals_the_test_time_one():
         return (grad[0] > 0).float()
     torch.manual_seed(0)
     assert int((train_mode_indicator(f1, f2) != train_mode_indicator(mixed1, mixed2)).sum()) > 0.1 * dim
+
+
+def test_triplet_loss_is_the_batch_hard_hinge_of_hermans_et_al():
+    torch.manual_seed(0)
+    features = torch.randn(8, 5)
+    labels = torch.tensor([0, 0, 1, 1, 2, 3, 3, 4])  # ids 2 and 4 have no positive: not anchors
+    margin = 0.3
+    normed = features / features.norm(dim=1, keepdim=True)
+    expected = []
+    for a in range(8):
+        pos = [float((normed[a] - normed[p]).norm()) for p in range(8) if p != a and labels[p] == labels[a]]
+        neg = [float((normed[a] - normed[n]).norm()) for n in range(8) if labels[n] != labels[a]]
+        if pos:
+            expected.append(max(0.0, margin + max(pos) - min(neg)))
+    got = triplet_loss(features, labels, margin)
+    assert got.item() == pytest.approx(sum(expected) / len(expected), rel=1e-5)
+    assert triplet_loss(features * 3.0, labels, margin).item() == pytest.approx(got.item(), rel=1e-5)  # normalised
+    # no anchor with a positive: zero, and backward still works
+    lonely = torch.randn(4, 5, requires_grad=True)
+    zero = triplet_loss(lonely, torch.arange(4), margin)
+    zero.backward()
+    assert zero.item() == 0.0 and torch.all(lonely.grad == 0)
+
+
+def test_triplet_weight_adds_the_triplet_term_on_the_features_and_reaches_the_backbone():
+    plain = _terms(LossConfig.from_names("ide,ia,sa"))
+    ours = _terms(LossConfig.from_names("ide,ia,sa", triplet_weight=1.0, triplet_margin=0.3))
+    assert plain.triplet is None and ours.triplet is not None
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=4, dropout=0.0).train()
+    images1, images2, labels1, labels2, _ = _pair_batch()
+    features = model(torch.cat([images1, images2])).features
+    expected = triplet_loss(features, torch.cat([labels1, labels2]), 0.3)
+    assert torch.allclose(ours.triplet, expected, rtol=1e-5)
+    assert torch.allclose(ours.total, plain.total + ours.triplet, rtol=1e-5)
+    assert float(ours.triplet.detach()) > 0  # a random network leaves some anchor inside the margin
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=4, dropout=0.0).train()
+    loss = triplet_loss(model(torch.cat([images1, images2])).features, torch.cat([labels1, labels2]), 0.3)
+    loss.backward()
+    grads = [p.grad for p in model.backbone.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)

@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=parse, default=f.default, help=help_text, **meta)
     parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
     parser.epilog = ("Augmentation is ours (the paper states only the resize): random horizontal flip and a 10-pixel "
-                     "zero pad with a random crop back to the input size, as the IDE and PCB baselines' public code.")
+                     "zero pad with a random crop back to the input size, as the IDE and PCB baselines' public code; "
+                     "--random-erasing adds random erasing.")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

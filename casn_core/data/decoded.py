@@ -28,7 +28,7 @@ from torchvision import transforms as T
 from tqdm import tqdm
 
 from casn_core.data.market import ImageRecord, read_image
-from casn_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from casn_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD, random_erasing_step
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,8 @@ class DecodedImages:
         return torch.from_numpy(np.array(self.array[index])).permute(2, 0, 1)
 
 
-def build_uint8_train_transform(height: int, width: int, flip: bool = True, pad: int = 10) -> T.Compose:
+def build_uint8_train_transform(height: int, width: int, flip: bool = True, pad: int = 10,
+                                random_erasing: bool = False) -> T.Compose:
     """uint8 ``(3, H, W)`` tensor, already resized -> normalised float tensor, augmented.
 
     The steps of :func:`casn_core.data.transforms.build_train_transform` after its resize, on tensors:
@@ -119,4 +120,6 @@ def build_uint8_train_transform(height: int, width: int, flip: bool = True, pad:
     if pad:
         steps += [T.Pad(pad), T.RandomCrop((height, width))]
     steps += [T.ConvertImageDtype(torch.float32), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    if random_erasing:
+        steps.append(random_erasing_step())
     return T.Compose(steps)

@@ -3,7 +3,7 @@
 Training: resize, random horizontal flip, pad-and-random-crop, ImageNet normalisation and optional
 random erasing. The augmentation is ours: the paper (sec. 4, "Implementation Details") states only the
 resize, so we use the standard re-id augmentation of the IDE and PCB baselines' public code (flip and
-pad-crop; random erasing off). Test: resize and normalise.
+pad-crop; random erasing, ``casn train --random-erasing``, off by default). Test: resize and normalise.
 """
 from __future__ import annotations
 
@@ -30,8 +30,15 @@ def build_train_transform(height: int, width: int, flip: bool = True, pad: int =
         steps += [T.Pad(pad), T.RandomCrop((height, width))]
     steps += [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     if random_erasing:
-        steps.append(T.RandomErasing(p=0.5, scale=(0.02, 0.4), ratio=(0.3, 3.3), value=0))
+        steps.append(random_erasing_step())
     return T.Compose(steps)
+
+
+def random_erasing_step() -> T.RandomErasing:
+    """Random erasing (Zhong et al., AAAI 2020), with the re-id settings of its authors' code and of
+    torchreid and fast-reid: p 0.5, area 2-40% of the image, aspect 0.3-3.3. It fills with zeros after
+    normalisation, i.e. with the ImageNet mean colour (their code fills with the mean too)."""
+    return T.RandomErasing(p=0.5, scale=(0.02, 0.4), ratio=(0.3, 3.3), value=0)
 
 
 def build_test_transform(height: int, width: int) -> T.Compose:

@@ -162,9 +162,9 @@ def build_data(config: TrainConfig) -> TrainData:
         from casn_core.data.decoded import DecodedImages, build_uint8_train_transform
 
         images = DecodedImages(records, config.height, config.width, config.decode_cache)
-        transform = build_uint8_train_transform(config.height, config.width)
+        transform = build_uint8_train_transform(config.height, config.width, random_erasing=config.random_erasing)
     else:
-        transform = build_train_transform(config.height, config.width)
+        transform = build_train_transform(config.height, config.width, random_erasing=config.random_erasing)
     pairs = PairDataset(records, transform, config.positive_fraction, config.pairs_per_epoch, config.seed,
                         hard_fraction=config.hard_negatives, images=images)
     return TrainData(pairs, records, num_classes, val_query, val_gallery)

@@ -60,6 +60,13 @@ class TrainConfig:
     label_smoothing: float = _option(
         0.0, "ours: label smoothing eps of L_ide (Szegedy et al., 2016; torchreid's softmax default 0.1); "
              "default 0: the paper's plain cross-entropy")
+    random_erasing: bool = _option(
+        False, "ours: random erasing augmentation (Zhong et al., AAAI 2020; p 0.5, 2-40%% of the image, as in "
+               "torchreid and fast-reid); default off, the paper's resize-only input")
+    triplet_weight: float = _option(
+        0.0, "ours: weight of a batch-hard triplet loss on the L2-normalised features (Hermans et al., 2017), "
+             "over the 2B images of each step; its positives come from the positive pairs. 0 = off, the paper's")
+    triplet_margin: float = _option(0.3, "ours: margin of --triplet-weight's triplet loss")
     hard_negatives: float = _option(
         0.0, "ours: fraction of negative pairs drawn from the nearest other identities in feature space, "
              "re-mined at every epoch start (default 0: the paper's random negatives)")
@@ -106,12 +113,16 @@ class TrainConfig:
             self.width = default[1]
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"--label-smoothing must be in [0, 1); got {self.label_smoothing}")
+        if self.triplet_weight < 0 or self.triplet_margin < 0:
+            raise ValueError(f"--triplet-weight and --triplet-margin must be >= 0; got {self.triplet_weight} "
+                             f"and {self.triplet_margin}")
 
     def loss_config(self) -> LossConfig:
         return LossConfig.from_names(
             self.losses, lambda1=self.lambda1, lambda2=self.lambda2, alpha=self.alpha, threshold=self.threshold,
             bce_weight=self.bce_weight, consistency_margin=self.consistency_margin,
-            label_smoothing=self.label_smoothing,
+            label_smoothing=self.label_smoothing, triplet_weight=self.triplet_weight,
+            triplet_margin=self.triplet_margin,
         )
 
     def resume_key(self) -> dict:
