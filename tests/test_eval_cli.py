@@ -65,7 +65,7 @@ def test_eval_without_a_stored_weight_uses_the_papers(tiny, tmp_path, capsys):
 
 def test_paper_ranking_with_k_all_in_query_groups_equals_one_pass(tiny):
     """K = all is scored in query groups of bounded memory; the blocks equal the single pass's."""
-    from casn_core.checkpoint import load_model
+    from casn_core.checkpoint import checkpoint_info, load_model
     from casn_core.engine.pair_signals import dataset_caches
     from casn_core.compute import Compute
     from casn_core.engine.rerank import grouped_casn_blocks, iter_casn_distmat
@@ -97,7 +97,7 @@ def test_tuned_k_all_survives_the_checkpoint_round_trip(tiny, tmp_path):
 
 
 def test_pair_signals_sample_a_large_set_with_every_true_match_of_the_sampled_queries(tiny):
-    from casn_core.checkpoint import load_model
+    from casn_core.checkpoint import checkpoint_info, load_model
     from casn_core.engine.pair_signals import dataset_caches, sampled_pair_signals
 
     checkpoint, data = tiny
@@ -110,3 +110,31 @@ def test_pair_signals_sample_a_large_set_with_every_true_match_of_the_sampled_qu
     assert small == again  # seeded
     assert small["sampled"] is True and small["num_queries"] == 4 and small["num_gallery"] >= 1
     assert small["num_pairs_positive"] > 0 and small["num_pairs_negative"] > 0
+
+
+def test_k_reciprocal_adds_its_own_row_scored_from_the_features(tiny, tmp_path, capsys):
+    from casn_core.checkpoint import checkpoint_info, load_model
+    from casn_core.data import load_market
+    from casn_core.engine.evaluator import summarise
+    from casn_core.engine.extraction import ExtractionConfig, extract_split
+    from casn_core.k_reciprocal import KReciprocalConfig, k_reciprocal_distance
+    from casn_core.metrics import evaluate_rank
+
+    checkpoint, data = tiny
+    result = _eval(checkpoint, data, tmp_path, "--no-pair-signals", "--in-memory",
+                   "--k-reciprocal", "--kr-k1", "6", "--kr-k2", "3")
+    row = result["feature_k_reciprocal"]
+    assert (row["k1"], row["k2"], row["lambda_value"]) == (6, 3, 0.3)
+    assert "feature + k-reciprocal (k1 6, k2 3, lambda 0.3)" in capsys.readouterr().out
+    # the same numbers as re-ranking the extracted features by hand and scoring the whole matrix
+    model, payload = load_model(checkpoint, torch.device("cpu"))
+    splits = load_market(data, splits=("query", "gallery"))
+    config = ExtractionConfig(checkpoint_info(payload).input_size, progress=False)
+    query = extract_split(model, list(splits.query), config)
+    gallery = extract_split(model, list(splits.gallery), config)
+    reranked = k_reciprocal_distance(query.features, gallery.features, KReciprocalConfig(k1=6, k2=3))
+    expected = summarise(evaluate_rank(reranked, query.pids, gallery.pids, query.camids, gallery.camids,
+                                       max_rank=min(50, len(gallery.pids))))
+    for key in ("rank1", "mAP", "mINP"):
+        assert row[key] == pytest.approx(expected[key], abs=1e-9)
+    assert "feature_k_reciprocal" not in _eval(checkpoint, data, tmp_path, "--no-pair-signals", "--in-memory")

@@ -15,6 +15,7 @@ from casn_core.engine.evaluate import evaluate_model
 from casn_core.dist import cpu_group, finish_distributed, init_distributed
 from casn_core.engine.extraction import ExtractionConfig, resolve_device
 from casn_core.engine.store_build import Shard
+from casn_core.k_reciprocal import KReciprocalConfig
 from casn_core.models.torchreid_adapter import add_arch_arguments
 from casn_core.rankings import PAPER_WEIGHT, RankingSpec, paper_ranking, parse_topk
 from casn_core.store import MAP_DTYPE_CHOICES
@@ -23,6 +24,9 @@ from casn_core.store import MAP_DTYPE_CHOICES
 def format_table(results: dict, rankings: Sequence[RankingSpec] = ()) -> str:
     """A readable table of the evaluation results (percentages), one row per ranking named with its w and K."""
     rows = [("feature", results["feature"])] + [(spec.label(), results[spec.name]) for spec in rankings]
+    if "feature_k_reciprocal" in results:
+        kr = results["feature_k_reciprocal"]
+        rows.insert(1, (f"feature + k-reciprocal (k1 {kr['k1']}, k2 {kr['k2']}, lambda {kr['lambda_value']:g})", kr))
     width = max(len(name) for name, _ in rows) + 2
     lines = [f"query {results['num_query']}  gallery {results['num_gallery']}",
              f"{'ranking':<{width}}{'R-1':>8}{'R-5':>8}{'R-10':>8}{'mAP':>8}{'mINP':>8}"]
@@ -47,6 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bound the paper's ranking to the top K by feature distance (default all, the paper's: "
                              "one pair attention per query-gallery pair, 53.6 M for Market-1501; the row says the K)")
     parser.add_argument("--threshold", type=float, default=None, help="alignment threshold (default: the checkpoint's)")
+    parser.add_argument("--k-reciprocal", action="store_true",
+                        help="also score the feature ranking re-ranked by k-reciprocal encoding (Zhong et al., CVPR "
+                             "2017; torchreid's --rerank), a row of its own: not part of CASN")
+    parser.add_argument("--kr-k1", type=int, default=20, help="k1 of --k-reciprocal (the paper's 20)")
+    parser.add_argument("--kr-k2", type=int, default=6, help="k2 of --k-reciprocal (the paper's 6)")
+    parser.add_argument("--kr-lambda", type=float, default=0.3, help="lambda of --k-reciprocal (the paper's 0.3)")
     parser.add_argument("--no-pair-signals", action="store_true",
                         help="skip the pair signals (AUCs of d_f, d_a and p(same); sampled on large sets)")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -104,8 +114,9 @@ def run(args: argparse.Namespace) -> int:
         extraction = ExtractionConfig((height, width), args.batch_size, args.workers, args.amp,
                                       map_dtype=args.map_dtype, store_dir=store_dir, progress=launch.is_main)
         shard = Shard(launch.rank, launch.world_size, cpu_group(launch))
+        k_reciprocal = (KReciprocalConfig(args.kr_k1, args.kr_k2, args.kr_lambda) if args.k_reciprocal else None)
         results = evaluate_model(model, args.data, extraction, rankings, checkpoint=args.checkpoint, shard=shard,
-                                 signals=not args.no_pair_signals and info.has_bce_head)
+                                 signals=not args.no_pair_signals and info.has_bce_head, k_reciprocal=k_reciprocal)
     except (CheckpointError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -17,12 +17,14 @@ from casn_core.engine.extraction import ExtractionConfig, extract_split
 from casn_core.engine.store_build import Shard, split_stores
 from casn_core.engine.evaluator import evaluate_rankings, summarise  # noqa: F401  (summarise re-exported)
 from casn_core.engine.pair_signals import sampled_pair_signals
+from casn_core.k_reciprocal import KReciprocalConfig
 from casn_core.models.casn import CASN
 from casn_core.rankings import RankingSpec
 
 
 def evaluate_model(model: CASN, data: str, config: ExtractionConfig, rankings: Sequence[RankingSpec] = (), *,
-                   checkpoint: str | Path | None = None, shard: Shard = Shard(), signals: bool = False) -> dict | None:
+                   checkpoint: str | Path | None = None, shard: Shard = Shard(), signals: bool = False,
+                   k_reciprocal: KReciprocalConfig | None = None) -> dict | None:
     """Evaluate ``model`` on the query/gallery splits of the dataset at ``data``: the feature ranking and
     every CASN ranking of ``rankings`` (:func:`casn_core.engine.evaluator.evaluate_rankings`).
 
@@ -33,7 +35,8 @@ def evaluate_model(model: CASN, data: str, config: ExtractionConfig, rankings: S
     returns the results, the other ranks return None. ``signals``: add ``"pair_signals"``
     (:func:`casn_core.engine.pair_signals.sampled_pair_signals`: AUCs of d_f, d_a and p(same), mean
     p(same) of true and other pairs; all cross-camera pairs, or a seeded sample of a large set), at the
-    alignment threshold of the first ranking. CASN rankings run on the model's device. Messages (the
+    alignment threshold of the first ranking. ``k_reciprocal``: also the feature ranking re-ranked by
+    k-reciprocal encoding (:mod:`casn_core.k_reciprocal`). CASN rankings run on the model's device. Messages (the
     stores, the pair attentions each ranking needs) go to the loggers of
     :mod:`casn_core.engine.store_build` and :mod:`casn_core.engine.evaluator`.
     """
@@ -55,7 +58,7 @@ def evaluate_model(model: CASN, data: str, config: ExtractionConfig, rankings: S
         storage = {"maps": "memory", "map_dtype": "float32"}
     extract_s = time.perf_counter() - started
     compute = Compute(device=next(model.parameters()).device, progress=config.progress)
-    results = evaluate_rankings(model, query, gallery, rankings, compute)
+    results = evaluate_rankings(model, query, gallery, rankings, compute, k_reciprocal)
     results["seconds"]["extract_or_open"] = extract_s
     results["storage"] = storage
     if signals:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import asdict
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -21,6 +22,7 @@ import torch
 
 from casn_core.compute import Compute
 from casn_core.engine.rerank import feature_distance_blocks, grouped_casn_blocks
+from casn_core.k_reciprocal import KReciprocalConfig, k_reciprocal_distance
 from casn_core.maps import FeatureCache
 from casn_core.metrics import QueryResults, evaluate_rank_per_query
 from casn_core.models.casn import CASN
@@ -93,7 +95,7 @@ def pair_attention_estimate(spec: RankingSpec, num_query: int, num_gallery: int)
 
 
 def evaluate_rankings(model: CASN, query: FeatureCache, gallery: FeatureCache, rankings: Sequence[RankingSpec] = (),
-                      compute: Compute = Compute()) -> dict:
+                      compute: Compute = Compute(), k_reciprocal: KReciprocalConfig | None = None) -> dict:
     """Score the feature ranking and every CASN ranking in ``rankings`` on cached query and gallery features.
 
     Returns ``{"num_query", "num_gallery", "feature": metrics, <ranking name>: metrics + its settings,
@@ -105,7 +107,9 @@ def evaluate_rankings(model: CASN, query: FeatureCache, gallery: FeatureCache, r
     query's numbers depend on its own row only), so the metrics equal ``evaluate_rank`` of the whole
     matrix; with K = all the pairs are scored in query groups of bounded memory
     (:func:`casn_core.engine.rerank.grouped_casn_blocks`, ``compute.state_bytes``). The CASN rankings run
-    on ``compute.device`` (``None``: the model's).
+    on ``compute.device`` (``None``: the model's). ``k_reciprocal``: also score the feature ranking re-ranked
+    by k-reciprocal encoding (:mod:`casn_core.k_reciprocal`, not part of CASN), as ``"feature_k_reciprocal"``;
+    it holds its ``(Q, G)`` distance whole.
     """
     def scored(blocks) -> dict:
         return RankingEvaluator(query, gallery).process_all(blocks).evaluate()
@@ -115,6 +119,12 @@ def evaluate_rankings(model: CASN, query: FeatureCache, gallery: FeatureCache, r
     results = {"num_query": len(query), "num_gallery": len(gallery),
                "feature": scored(feature_distance_blocks(query.features, gallery.features, compute.chunk))}
     timing["feature_ranking"] = time.perf_counter() - started
+    if k_reciprocal is not None:
+        started = time.perf_counter()
+        reranked = k_reciprocal_distance(query.features, gallery.features, k_reciprocal)
+        results["feature_k_reciprocal"] = {**scored([(0, reranked)]), **asdict(k_reciprocal)}
+        del results["feature_k_reciprocal"]["block_rows"]
+        timing["feature_k_reciprocal_ranking"] = time.perf_counter() - started
     done: dict[tuple, dict] = {}
     for spec in rankings:
         key = (spec.attention_weight, spec.effective_topk(len(gallery)), spec.threshold)
