@@ -18,9 +18,11 @@ The arithmetic follows the authors' reference code (as copied into torchreid's
    min`` for rows that sum to one) and ``d* = (1 - lambda) d_J + lambda d`` (eq. 12).
 
 What is ours is how it runs: the nearest neighbours come from ``torch.topk`` on blocks of rows (never an
-``N x N`` sort), ``V`` is kept sparse (CSR arrays), and the Jaccard sums are one ``bincount`` per query
-over an inverted index, so memory is a block of distances plus ``V``'s non-zeros, not several ``N x N``
-matrices (the reference holds three: 4.5 GB at Market-1501's 19,281 images). On inputs without distance
+``N x N`` sort), which also keeps each image's 4 (k1 + 1) nearest distances for the weights of eq. 7;
+the reciprocity and expansion tests are broadcast comparisons instead of per-image loops; ``V`` is kept
+sparse (CSR arrays); and the Jaccard sums are one ``bincount`` per query over an inverted index. Memory is
+a block of distances plus ``V``'s non-zeros, not several ``N x N`` matrices (the reference holds three:
+4.5 GB at Market-1501's 19,281 images). Speed and memory against the reference: ``bench/k_reciprocal.py``. On inputs without distance
 ties it gives the reference's numbers (tests/test_k_reciprocal.py compares with torchreid's copy).
 """
 from __future__ import annotations
@@ -68,8 +70,11 @@ def k_reciprocal_distance(query_features: torch.Tensor | np.ndarray, gallery_fea
     if total < config.k1 + 1:
         raise ValueError(f"k-reciprocal re-ranking with k1={config.k1} needs more than {config.k1} images; "
                          f"got {total}")
-    nearest, row_max = _nearest(features, config.k1 + 1, config.block_rows)
-    weights = _encode(features, nearest, row_max, config.k1)
+    # the expanded sets lie almost entirely among each image's 4 (k1 + 1) nearest, whose distances the
+    # neighbour search keeps; the few others are computed pair by pair (_set_distances)
+    kept = min(total, 4 * (config.k1 + 1))
+    nearest, near_distance, row_max = _nearest(features, kept, config.block_rows)
+    weights = _encode(features, nearest[:, :config.k1 + 1], (nearest, near_distance), row_max, config.k1)
     if config.k2 != 1:
         weights = _query_expansion(weights, nearest[:, :config.k2])
     jaccard = _jaccard_to_gallery(weights, num_query, total)
@@ -83,59 +88,95 @@ def _squared_distance(rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor
     return (2.0 - 2.0 * rows @ columns.T).clamp_min_(0.0)
 
 
-def _nearest(features: torch.Tensor, count: int, block_rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``count`` nearest of every row (itself first), nearest first, and every row's largest distance."""
+def _nearest(features: torch.Tensor, count: int, block_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``count`` nearest of every row (itself first), nearest first, their squared distances, and every
+    row's largest distance."""
     nearest = np.empty((len(features), count), dtype=np.int64)
+    distance = np.empty((len(features), count), dtype=np.float32)
     row_max = np.empty(len(features), dtype=np.float32)
     for start in range(0, len(features), block_rows):
         block = _squared_distance(features[start:start + block_rows], features)
         rows = torch.arange(start, start + len(block))
         block[torch.arange(len(block)), rows] = 0.0  # the reference's diagonal is exactly 0: itself first
-        nearest[start:start + len(block)] = torch.topk(block, count, dim=1, largest=False).indices.numpy()
+        top = torch.topk(block, count, dim=1, largest=False)
+        nearest[start:start + len(block)] = top.indices.numpy()
+        distance[start:start + len(block)] = top.values.numpy()
         row_max[start:start + len(block)] = block.amax(dim=1).numpy()
     np.maximum(row_max, np.finfo(np.float32).tiny, out=row_max)  # all images identical: avoid 0 / 0
-    return nearest, row_max
+    return nearest, distance, row_max
 
 
-def _reciprocal(nearest: np.ndarray, k: int) -> list[np.ndarray]:
-    """``R(i, k)``: the members of each row's k + 1 nearest that have the row among their own k + 1 nearest."""
+def _mutual(nearest: np.ndarray, k: int) -> np.ndarray:
+    """``(N, k + 1)`` mask of ``R(i, k)`` over each row's k + 1 nearest: the members that have the row among
+    their own k + 1 nearest."""
     forward = nearest[:, :k + 1]
     backward = forward[forward]  # (N, k + 1, k + 1): the k + 1 nearest of each forward neighbour
-    mutual = (backward == np.arange(len(nearest))[:, None, None]).any(axis=2)
-    return [forward[i][mutual[i]] for i in range(len(nearest))]
+    return (backward == np.arange(len(nearest))[:, None, None]).any(axis=2)
 
 
-def _encode(features: torch.Tensor, nearest: np.ndarray, row_max: np.ndarray, k1: int) -> "_Sparse":
-    """``V`` (eq. 7) over the expanded k1-reciprocal sets (eq. 6), as CSR arrays."""
-    full = _reciprocal(nearest, k1)
-    half = _reciprocal(nearest, int(np.around(k1 / 2.0)))
-    rows: list[np.ndarray] = []
-    values: list[np.ndarray] = []
-    for i, members in enumerate(full):
-        expansion = [members]
-        for candidate in members:
-            theirs = half[candidate]
-            if len(np.intersect1d(theirs, members)) > 2.0 / 3.0 * len(theirs):
-                expansion.append(theirs)
-        columns = np.unique(np.concatenate(expansion))
-        distance = _squared_distance(features[i:i + 1], features[torch.from_numpy(columns)])[0].numpy()
-        weight = np.exp(-distance / row_max[i])
-        rows.append(columns)
-        values.append((weight / weight.sum()).astype(np.float32))
-    return _Sparse.from_rows(rows, values, len(nearest))
+def _segments(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The indices ``starts[s] .. starts[s] + lengths[s] - 1`` of every segment, concatenated."""
+    offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    return offsets + np.arange(lengths.sum())
+
+
+def _encode(features: torch.Tensor, nearest: np.ndarray, known: tuple[np.ndarray, np.ndarray], row_max: np.ndarray,
+            k1: int) -> "_Sparse":
+    """``V`` (eq. 7) over the expanded k1-reciprocal sets (eq. 6), as CSR arrays.
+
+    The reference loops over images and candidates with ``intersect1d``; here every membership test is one
+    broadcast comparison over ``(N, k1 + 1, k1/2 + 1, k1 + 1)`` booleans (about 90 MB at Market-1501's size)."""
+    total = len(nearest)
+    half_k = int(np.around(k1 / 2.0))
+    forward, mutual = nearest[:, :k1 + 1], _mutual(nearest, k1)
+    half, half_mutual = nearest[:, :half_k + 1], _mutual(nearest, half_k)
+    theirs, theirs_mask = half[forward], half_mutual[forward]  # (N, k1 + 1, k/2 + 1): each candidate's R(c, k1/2)
+    shared = np.zeros(theirs.shape, dtype=bool)
+    for j in range(forward.shape[1]):  # membership of their members in R(i, k1), one column of R at a time
+        shared |= (theirs == forward[:, j, None, None]) & mutual[:, j, None, None]
+    count, size = (shared & theirs_mask).sum(axis=2), theirs_mask.sum(axis=2)
+    accepted = mutual & (count > 2.0 / 3.0 * size)  # candidate c's set joins i's expansion
+    rows = np.concatenate([np.broadcast_to(np.arange(total)[:, None], forward.shape)[mutual],
+                           np.broadcast_to(np.arange(total)[:, None, None], theirs.shape)[accepted[..., None] & theirs_mask]])
+    columns = np.concatenate([forward[mutual], theirs[accepted[..., None] & theirs_mask]])
+    keys = np.unique(rows.astype(np.int64) * total + columns)  # sorted by row, then column; duplicates gone
+    rows, columns = keys // total, keys % total
+    distance = _set_distances(features, rows, columns, *known)
+    weight = np.exp(-distance / row_max[rows])
+    weight /= np.bincount(rows, weights=weight, minlength=total)[rows]
+    return _Sparse.from_coo(rows, columns, weight, total)
+
+
+def _set_distances(features: torch.Tensor, rows: np.ndarray, columns: np.ndarray, nearest: np.ndarray,
+                   near_distance: np.ndarray) -> np.ndarray:
+    """``|a - b|^2`` of the pairs ``(rows, columns)``: looked up among each row's kept nearest, and computed
+    from the features for the pairs that are not there."""
+    total = len(nearest)
+    known_keys = (np.arange(total)[:, None] * total + nearest).reshape(-1)
+    order = np.argsort(known_keys)
+    known_keys, known_values = known_keys[order], near_distance.reshape(-1)[order]
+    keys = rows.astype(np.int64) * total + columns
+    where = np.minimum(np.searchsorted(known_keys, keys), len(known_keys) - 1)
+    found = known_keys[where] == keys
+    distance = np.where(found, known_values[where], 0.0).astype(np.float64)
+    missing = np.flatnonzero(~found)
+    for part in np.array_split(missing, max(1, len(missing) // 16384)):
+        if len(part):
+            dots = (features[torch.from_numpy(rows[part])] * features[torch.from_numpy(columns[part])]).sum(dim=1)
+            distance[part] = (2.0 - 2.0 * dots).clamp_min_(0.0).double().numpy()
+    return distance
 
 
 def _query_expansion(weights: "_Sparse", nearest: np.ndarray) -> "_Sparse":
     """Each row of ``V`` replaced by the mean of the rows of its k2 nearest (eq. 11)."""
-    rows: list[np.ndarray] = []
-    values: list[np.ndarray] = []
-    for neighbours in nearest:
-        columns = np.concatenate([weights.row(j)[0] for j in neighbours])
-        data = np.concatenate([weights.row(j)[1] for j in neighbours])
-        unique, inverse = np.unique(columns, return_inverse=True)
-        rows.append(unique)
-        values.append((np.bincount(inverse, weights=data) / len(neighbours)).astype(np.float32))
-    return _Sparse.from_rows(rows, values, weights.size)
+    total, k2 = len(nearest), nearest.shape[1]
+    sources = nearest.reshape(-1)
+    lengths = np.diff(weights.indptr)[sources]
+    take = _segments(weights.indptr[sources], lengths)
+    rows = np.repeat(np.repeat(np.arange(total), k2), lengths)
+    keys, inverse = np.unique(rows.astype(np.int64) * total + weights.indices[take], return_inverse=True)
+    sums = np.bincount(inverse, weights=weights.data[take].astype(np.float64)) / k2
+    return _Sparse.from_coo(keys // total, keys % total, sums, total)
 
 
 def _jaccard_to_gallery(weights: "_Sparse", num_query: int, total: int) -> np.ndarray:
@@ -149,7 +190,7 @@ def _jaccard_to_gallery(weights: "_Sparse", num_query: int, total: int) -> np.nd
         columns, mine = weights.row(i)
         starts, stops = column_ptr[columns], column_ptr[columns + 1]
         lengths = stops - starts
-        take = np.repeat(starts - np.cumsum(np.concatenate([[0], lengths[:-1]])), lengths) + np.arange(lengths.sum())
+        take = _segments(starts, lengths)
         shared = np.minimum(np.repeat(mine, lengths), column_values[take])
         overlap = np.bincount(column_rows[take], weights=shared, minlength=total)[num_query:]
         jaccard[i] = 1.0 - overlap / (2.0 - overlap)
@@ -166,9 +207,10 @@ class _Sparse:
     size: int
 
     @classmethod
-    def from_rows(cls, rows: list[np.ndarray], values: list[np.ndarray], size: int) -> "_Sparse":
-        indptr = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
-        return cls(indptr, np.concatenate(rows).astype(np.int64), np.concatenate(values).astype(np.float32), size)
+    def from_coo(cls, rows: np.ndarray, columns: np.ndarray, values: np.ndarray, size: int) -> "_Sparse":
+        """From entries sorted by row (as ``np.unique`` of ``row * size + column`` leaves them)."""
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=size))]).astype(np.int64)
+        return cls(indptr, columns.astype(np.int64), values.astype(np.float32), size)
 
     def row(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         return self.indices[self.indptr[i]:self.indptr[i + 1]], self.data[self.indptr[i]:self.indptr[i + 1]]
