@@ -22,8 +22,9 @@ What is ours is how it runs: the nearest neighbours come from ``torch.topk`` on 
 the reciprocity and expansion tests are broadcast comparisons instead of per-image loops; ``V`` is kept
 sparse (CSR arrays); and the Jaccard sums are one ``bincount`` per query over an inverted index. Memory is
 a block of distances plus ``V``'s non-zeros, not several ``N x N`` matrices (the reference holds three:
-4.5 GB at Market-1501's 19,281 images). Speed and memory against the reference: ``bench/k_reciprocal.py``. On inputs without distance
-ties it gives the reference's numbers (tests/test_k_reciprocal.py compares with torchreid's copy).
+4.5 GB at Market-1501's 19,281 images). Speed and memory against the reference: ``bench/k_reciprocal.py``.
+On inputs without distance ties it gives the reference's numbers (tests/test_k_reciprocal.py compares
+with torchreid's copy).
 """
 from __future__ import annotations
 
@@ -124,8 +125,8 @@ def _encode(features: torch.Tensor, nearest: np.ndarray, known: tuple[np.ndarray
             k1: int) -> "_Sparse":
     """``V`` (eq. 7) over the expanded k1-reciprocal sets (eq. 6), as CSR arrays.
 
-    The reference loops over images and candidates with ``intersect1d``; here every membership test is one
-    broadcast comparison over ``(N, k1 + 1, k1/2 + 1, k1 + 1)`` booleans (about 90 MB at Market-1501's size)."""
+    The reference loops over images and candidates with ``intersect1d``; here the membership tests are
+    broadcast comparisons of ``(N, k1 + 1, k1/2 + 1)`` arrays, one per member of ``R(i, k1)``."""
     total = len(nearest)
     half_k = int(np.around(k1 / 2.0))
     forward, mutual = nearest[:, :k1 + 1], _mutual(nearest, k1)
@@ -136,9 +137,10 @@ def _encode(features: torch.Tensor, nearest: np.ndarray, known: tuple[np.ndarray
         shared |= (theirs == forward[:, j, None, None]) & mutual[:, j, None, None]
     count, size = (shared & theirs_mask).sum(axis=2), theirs_mask.sum(axis=2)
     accepted = mutual & (count > 2.0 / 3.0 * size)  # candidate c's set joins i's expansion
+    joined = accepted[..., None] & theirs_mask
     rows = np.concatenate([np.broadcast_to(np.arange(total)[:, None], forward.shape)[mutual],
-                           np.broadcast_to(np.arange(total)[:, None, None], theirs.shape)[accepted[..., None] & theirs_mask]])
-    columns = np.concatenate([forward[mutual], theirs[accepted[..., None] & theirs_mask]])
+                           np.broadcast_to(np.arange(total)[:, None, None], theirs.shape)[joined]])
+    columns = np.concatenate([forward[mutual], theirs[joined]])
     keys = np.unique(rows.astype(np.int64) * total + columns)  # sorted by row, then column; duplicates gone
     rows, columns = keys // total, keys % total
     distance = _set_distances(features, rows, columns, *known)
