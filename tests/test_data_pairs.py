@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from casn_core.data import ImageRecord, PairDataset, PairSamplingError, build_test_transform, pair_indices
-from casn_core.data.pairs import nearest_identities
+from casn_core.data.pairs import identity_batch_pair_indices, nearest_identities
 
 
 def _labels(rng_seed: int = 0) -> np.ndarray:
@@ -150,3 +150,57 @@ def test_pair_dataset_uses_the_epochs_neighbour_table(records):
     for i, j, same in dataset.pairs:
         if not same:
             assert labels[j] in table[labels[i]] or labels[i] in table[labels[j]]
+
+
+def _batch_ids(labels, batch) -> set:
+    return set(labels[batch[:, 0]].tolist()) | set(labels[batch[:, 1]].tolist())
+
+
+@pytest.mark.parametrize("batch_size, fraction", [(16, 0.5), (8, 0.25), (6, 0.5)])
+def test_identity_batches_draw_each_batch_from_its_positive_identities(batch_size, fraction):
+    labels = _labels()
+    pairs = identity_batch_pair_indices(labels, 200, fraction, batch_size, np.random.default_rng(2))
+    assert pairs.shape == (200, 3)
+    _check_pairs(labels, pairs)
+    per_batch = int(round(batch_size * fraction))
+    for start in range(0, 200 - batch_size + 1, batch_size):
+        batch = pairs[start:start + batch_size]
+        positives = batch[batch[:, 2] == 1]
+        assert len(positives) == per_batch
+        ids = set(labels[positives[:, 0]].tolist())
+        assert len(ids) == per_batch  # one positive pair per identity, no identity twice
+        assert _batch_ids(labels, batch) == ids  # negatives join two of the batch's identities
+    # every identity with two images is used over an epoch; singletons never are
+    used = set(labels[pairs[:, :2].ravel()].tolist())
+    counts = np.bincount(labels)
+    assert used == set(np.flatnonzero(counts >= 2).tolist())
+    again = identity_batch_pair_indices(labels, 200, fraction, batch_size, np.random.default_rng(2))
+    assert np.array_equal(pairs, again)
+
+
+def test_identity_batches_are_whole_on_every_process():
+    from torch.utils.data import DistributedSampler
+
+    labels = _labels()
+    world, batch_size = 3, 8
+    pairs = identity_batch_pair_indices(labels, 240, 0.5, batch_size, np.random.default_rng(0), world=world)
+    single = identity_batch_pair_indices(labels, 240, 0.5, batch_size, np.random.default_rng(0))
+    assert sorted(map(tuple, pairs.tolist())) == sorted(map(tuple, single.tolist()))  # the same pairs, laid out
+    for rank in range(world):
+        mine = pairs[list(DistributedSampler(range(len(pairs)), world, rank, shuffle=False))]
+        for start in range(0, len(mine), batch_size):
+            batch = mine[start:start + batch_size]
+            assert len(set(labels[batch[batch[:, 2] == 1, 0]].tolist())) == 4
+            assert len(_batch_ids(labels, batch)) == 4  # a whole identity batch, as with one process
+
+
+def test_identity_batches_refuse_what_they_cannot_draw(records):
+    labels = _labels()
+    with pytest.raises(PairSamplingError, match="2 to 16 positive pairs per batch of 16; positive_fraction 0.05"):
+        identity_batch_pair_indices(labels, 10, 0.05, 16, np.random.default_rng(0))
+    with pytest.raises(PairSamplingError, match="need 50 identities with two images; found"):
+        identity_batch_pair_indices(labels, 10, 0.5, 100, np.random.default_rng(0))
+    with pytest.raises(PairSamplingError, match="cannot be combined with hard negatives"):
+        PairDataset(records, None, 0.5, 40, hard_fraction=0.5, identity_batch=8)
+    data = PairDataset(records, None, 0.5, 40, identity_batch=4)
+    assert len(data) == 40 and data.positive_count == 20

@@ -347,3 +347,25 @@ def test_init_checkpoint_starts_from_its_weights(synth_data, tmp_path):
     finally:
         train_module.run_epoch = original
     assert all(torch.equal(seen[k], start[k]) for k in start)
+
+
+def test_identity_batches_with_the_triplet_term_train_on_batches_of_few_identities(synth_data, tmp_path, monkeypatch):
+    """``--identity-batches --triplet-weight 1 --random-erasing``: every step's 8 pairs come from 4
+    identities, and the triplet term is in the loss and its record."""
+    import casn_core.engine.train as train_module
+    from casn_core.losses import casn_loss
+
+    batches = []
+
+    def spy(model, images1, images2, labels1, labels2, same, config):
+        batches.append((labels1.clone(), labels2.clone(), same.clone()))
+        return casn_loss(model, images1, images2, labels1, labels2, same, config)
+
+    monkeypatch.setattr(train_module, "casn_loss", spy)
+    config = _config(synth_data, tmp_path / "run", pretrained="none", epochs=1, max_steps_per_epoch=2, batch_size=8,
+                     height=64, width=32, identity_batches=True, triplet_weight=1.0, random_erasing=True)
+    record = train(config, progress=False).record
+    assert record["steps"] == 2 and record["loss_triplet"] > 0
+    for labels1, labels2, same in batches:
+        assert len(set(labels1[same > 0.5].tolist())) == 4  # one positive pair per identity
+        assert set(labels1.tolist()) | set(labels2.tolist()) == set(labels1[same > 0.5].tolist())

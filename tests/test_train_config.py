@@ -42,7 +42,7 @@ def test_resume_refuses_exactly_the_settings_that_shape_the_run():
         "backbone", "losses", "epochs", "batch_size", "height", "width", "seed", "lr", "momentum", "weight_decay",
         "lr_step_fraction", "lambda1", "lambda2", "alpha", "threshold", "positive_fraction", "pairs_per_epoch",
         "last_stride", "dropout", "max_steps_per_epoch", "bce_weight", "consistency_margin", "label_smoothing",
-        "random_erasing", "triplet_weight", "triplet_margin",
+        "random_erasing", "triplet_weight", "triplet_margin", "identity_batches",
         "hard_negatives", "hard_negative_pool", "val_ids", "init_checkpoint"}
     assert TrainConfig(data="d", out="o", save_every=40, amp="bf16", workers=2).resume_key() == key
     assert TrainConfig(data="d", out="o", lr=0.01).resume_key() != key
@@ -55,11 +55,12 @@ def test_label_smoothing_reaches_the_loss_and_is_checked():
         TrainConfig(data="d", out="o", label_smoothing=1.0)
 
 
-def test_random_erasing_and_triplet_options_reach_the_run_and_are_checked():
+def test_random_erasing_triplet_and_identity_batch_options_reach_the_run_and_are_checked():
     plain = _parsed()
     assert not plain.random_erasing and plain.loss_config().triplet_weight == 0.0  # the paper's
-    ours = _parsed("--random-erasing", "--triplet-weight", "1", "--triplet-margin", "0.5")
-    assert ours.random_erasing and ours.loss_config().triplet_weight == 1.0
+    assert not plain.identity_batches
+    ours = _parsed("--random-erasing", "--triplet-weight", "1", "--triplet-margin", "0.5", "--identity-batches")
+    assert ours.random_erasing and ours.identity_batches and ours.loss_config().triplet_weight == 1.0
     assert ours.loss_config().triplet_margin == 0.5
     with pytest.raises(ValueError, match="--triplet-weight and --triplet-margin must be >= 0; got -1"):
         TrainConfig(data="d", out="o", triplet_weight=-1)

@@ -11,6 +11,13 @@ Hard negatives are ours, not the paper's (the paper draws negatives at random): 
 ``k`` nearest other identities in feature space (:func:`nearest_identities`, on identity centroids
 of L2-normalised features; "batch hard" mining of Hermans et al., 2017, at the identity level).
 The default 0 keeps the paper's sampling, draw for draw.
+
+Identity batches are ours too (:func:`identity_batch_pair_indices`): every run of ``batch_size``
+consecutive pairs is drawn from ``round(batch_size * positive_fraction)`` identities only, one positive
+pair each, and its negative pairs join two of those same identities. Each image of a batch then has other
+images of its identity and of other identities beside it, which a batch-hard triplet term needs (the
+P x K batches of Hermans et al., 2017, built from pairs); independent pairs leave the images of the
+negative pairs without a positive in their batch.
 """
 from __future__ import annotations
 
@@ -134,6 +141,68 @@ def pair_indices(labels: Sequence[int] | np.ndarray, num_pairs: int, positive_fr
     return pairs[rng.permutation(len(pairs))]
 
 
+def identity_batch_pair_indices(labels: Sequence[int] | np.ndarray, num_pairs: int, positive_fraction: float,
+                                batch_size: int, rng: np.random.Generator, world: int = 1) -> np.ndarray:
+    """``(num_pairs, 3)`` rows ``(index1, index2, same)`` in batches of ``batch_size`` pairs drawn from few
+    identities (module docstring).
+
+    A batch has ``P = round(batch_size * positive_fraction)`` positive pairs, one per identity, the
+    identities cycling through random permutations of those with two images or more; each of its
+    ``batch_size - P`` negative pairs takes an image of one of the P identities (in turn) and an image of
+    another of them. ``world`` processes: the rows are laid out so that a ``DistributedSampler`` without
+    shuffling (process r takes rows r, r + world, ...) gives every process whole batches.
+    """
+    labels = np.asarray(labels)
+    if batch_size < 2:
+        raise PairSamplingError(f"identity batches need at least 2 pairs per batch, got {batch_size}")
+    per_batch = int(round(batch_size * positive_fraction))
+    if not 2 <= per_batch <= batch_size:
+        raise PairSamplingError(f"identity batches need 2 to {batch_size} positive pairs per batch of {batch_size}; "
+                                f"positive_fraction {positive_fraction} gives {per_batch}")
+    if num_pairs < 0 or world < 1:
+        raise PairSamplingError(f"num_pairs must be >= 0 and world >= 1, got {num_pairs} and {world}")
+    unique, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    order = np.argsort(inverse, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    eligible = np.flatnonzero(counts >= 2)
+    if eligible.size < per_batch:
+        raise PairSamplingError(f"identity batches of {per_batch} identities need {per_batch} identities with two "
+                                f"images; found {eligible.size}")
+    num_batches = -(-num_pairs // batch_size)
+    ids = eligible[_cycled_permutations(eligible.size, num_batches * per_batch, rng)].reshape(num_batches, per_batch)
+    for row in ids:  # a permutation boundary can repeat an identity inside a batch: redraw that batch's ids
+        if len(set(row.tolist())) < per_batch:
+            row[:] = rng.choice(eligible, per_batch, replace=False)
+    image = lambda who: order[starts[who] + rng.integers(0, counts[who])]  # noqa: E731  one image of each
+    n = counts[ids]
+    a = rng.integers(0, n)
+    b = rng.integers(0, n - 1)
+    b = b + (b >= a)
+    positive = np.stack([order[starts[ids] + a], order[starts[ids] + b], np.ones_like(ids)], axis=2)
+    negatives = batch_size - per_batch
+    slot = np.arange(negatives) % per_batch
+    shift = 1 + rng.integers(0, per_batch - 1, size=(num_batches, negatives))
+    anchor_ids = ids[:, slot]
+    partner_ids = np.take_along_axis(ids, (slot + shift) % per_batch, axis=1)
+    negative = np.stack([image(anchor_ids), image(partner_ids), np.zeros_like(anchor_ids)], axis=2)
+    batches = np.concatenate([positive, negative], axis=1)  # (batches, batch_size, 3)
+    swap = rng.random(batches.shape[:2]) < 0.5
+    batches[swap, :2] = batches[swap, 1::-1]
+    for one in batches:
+        one[:] = one[rng.permutation(batch_size)]
+    rows = batches.reshape(-1, 3)[:num_pairs].astype(np.int64)
+    if world > 1:  # row i of the sequence goes to process i % world: batch t of process r is group t * world + r
+        group = np.arange(len(rows)) // batch_size
+        position = (group // world) * world * batch_size + (np.arange(len(rows)) % batch_size) * world + group % world
+        if position.max(initial=-1) >= len(rows):  # an incomplete round of groups at the end: keep the prefix
+            keep = (len(rows) // (world * batch_size)) * world * batch_size
+            rows, position = rows[:keep], position[:keep]
+        laid = np.empty_like(rows)
+        laid[position] = rows
+        rows = laid
+    return rows
+
+
 def _hard_partners(other: np.ndarray, own: np.ndarray, unique: np.ndarray, hard_fraction: float,
                    neighbours: dict[int, Sequence[int]], rng: np.random.Generator) -> np.ndarray:
     """Replace the random partner identity (indices into ``unique``) of a ``hard_fraction`` of the
@@ -157,12 +226,14 @@ class PairDataset(Dataset):
     ``same`` is 1.0 or 0.0. :attr:`pairs` lists ``(index1, index2, same)`` into ``records``;
     :meth:`set_epoch` redraws them from ``(seed, epoch)``. ``images``: a sequence whose item ``i`` is
     the input of ``transform`` for ``records[i]`` (e.g. :class:`casn_core.data.decoded.DecodedImages`);
-    default, the file read as a PIL image.
+    default, the file read as a PIL image. ``identity_batch``: draw the pairs in identity batches of that
+    many pairs (:func:`identity_batch_pair_indices`), laid out for ``world`` processes.
     """
 
     def __init__(self, records: Sequence[ImageRecord], transform: Callable | None = None,
                  positive_fraction: float = 0.5, pairs_per_epoch: int | None = None, seed: int = 0,
-                 hard_fraction: float = 0.0, images: Sequence | None = None) -> None:
+                 hard_fraction: float = 0.0, images: Sequence | None = None, identity_batch: int | None = None,
+                 world: int = 1) -> None:
         self.records = list(records)
         # images[i] is what ``transform`` takes for records[i]; default: the file read as a PIL image
         self.images = images
@@ -179,6 +250,11 @@ class PairDataset(Dataset):
             raise PairSamplingError(f"pairs_per_epoch must be >= 1, got {self.pairs_per_epoch}")
         self.seed = int(seed)
         self.hard_fraction = float(hard_fraction)
+        if identity_batch is not None and self.hard_fraction > 0:
+            raise PairSamplingError("identity batches choose each negative's identity among the batch's; "
+                                    "they cannot be combined with hard negatives")
+        self.identity_batch = identity_batch
+        self.world = int(world)
         self.neighbours: dict[int, list[int]] | None = None
         self.labels = np.array([r.label for r in self.records], dtype=np.int64)
         self.epoch = 0
@@ -191,8 +267,12 @@ class PairDataset(Dataset):
         self.epoch = int(epoch)
         self.neighbours = neighbours
         rng = np.random.default_rng([self.seed, self.epoch])
-        rows = pair_indices(self.labels, self.pairs_per_epoch, self.positive_fraction, rng,
-                            self.hard_fraction, neighbours)
+        if self.identity_batch is not None:
+            rows = identity_batch_pair_indices(self.labels, self.pairs_per_epoch, self.positive_fraction,
+                                               self.identity_batch, rng, self.world)
+        else:
+            rows = pair_indices(self.labels, self.pairs_per_epoch, self.positive_fraction, rng,
+                                self.hard_fraction, neighbours)
         self.pairs = [tuple(int(v) for v in row) for row in rows]
 
     @property

@@ -145,7 +145,7 @@ def setup_run(config: TrainConfig) -> RunContext:
     return RunContext(launch.rank, launch.world_size, launch.device, run_dir, launch.owns_group)
 
 
-def build_data(config: TrainConfig) -> TrainData:
+def build_data(config: TrainConfig, world: int = 1) -> TrainData:
     """Step 2: check and relabel the training images, hold out ``--val-ids`` identities, build the pairs."""
     from casn_core.data import PairDataset, build_train_transform, load_market
     from casn_core.engine.tune import validation_split
@@ -166,7 +166,8 @@ def build_data(config: TrainConfig) -> TrainData:
     else:
         transform = build_train_transform(config.height, config.width, random_erasing=config.random_erasing)
     pairs = PairDataset(records, transform, config.positive_fraction, config.pairs_per_epoch, config.seed,
-                        hard_fraction=config.hard_negatives, images=images)
+                        hard_fraction=config.hard_negatives, images=images,
+                        identity_batch=config.batch_size if config.identity_batches else None, world=world)
     return TrainData(pairs, records, num_classes, val_query, val_gallery)
 
 
@@ -350,7 +351,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
     """Train CASN (see the module docstring). Under torchrun the process group is created here
     and destroyed at the end, unless the caller had already created it."""
     ctx = setup_run(config)
-    data = build_data(config)
+    data = build_data(config, ctx.world)
     state = build_model(config, data.num_classes, ctx, resume)
     step_module = wrap_step(config, state, ctx)
     if ctx.is_main and config.save_every and ctx.world > 1:

@@ -67,6 +67,10 @@ class TrainConfig:
         0.0, "ours: weight of a batch-hard triplet loss on the L2-normalised features (Hermans et al., 2017), "
              "over the 2B images of each step; its positives come from the positive pairs. 0 = off, the paper's")
     triplet_margin: float = _option(0.3, "ours: margin of --triplet-weight's triplet loss")
+    identity_batches: bool = _option(
+        False, "ours: draw each batch's pairs from batch-size x positive-fraction identities only (one positive "
+               "pair each, negatives between them), so every image has positives and negatives in its batch, as "
+               "the P x K batches of a triplet loss (Hermans et al., 2017); default: independent pairs, the paper's")
     hard_negatives: float = _option(
         0.0, "ours: fraction of negative pairs drawn from the nearest other identities in feature space, "
              "re-mined at every epoch start (default 0: the paper's random negatives)")
