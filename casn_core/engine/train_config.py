@@ -65,7 +65,8 @@ class TrainConfig:
                "torchreid and fast-reid); default off, the paper's resize-only input")
     triplet_weight: float = _option(
         0.0, "ours: weight of a batch-hard triplet loss on the L2-normalised features (Hermans et al., 2017), "
-             "over the 2B images of each step; its positives come from the positive pairs. 0 = off, the paper's")
+             "over the 2B images of each step (its positives: the positive pairs' images, or every image's with "
+             "--identity-batches). 0 = off, the paper's")
     triplet_margin: float = _option(0.3, "ours: margin of --triplet-weight's triplet loss")
     identity_batches: bool = _option(
         False, "ours: draw each batch's pairs from batch-size x positive-fraction identities only (one positive "
