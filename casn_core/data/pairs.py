@@ -116,11 +116,7 @@ def pair_indices(labels: Sequence[int] | np.ndarray, num_pairs: int, positive_fr
                 f"pair exists; use positive_fraction=0 or add images"
             )
         ids = eligible[_cycled_permutations(eligible.size, num_pos, rng)]
-        n = counts[ids]
-        a = rng.integers(0, n)
-        b = rng.integers(0, n - 1)
-        b = b + (b >= a)
-        pos = np.stack([order[starts[ids] + a], order[starts[ids] + b], np.ones(num_pos, dtype=np.int64)], 1)
+        pos = _positive_pairs(ids, counts, order, starts, rng)
 
     neg = np.zeros((0, 3), dtype=np.int64)
     if num_neg:
@@ -139,6 +135,17 @@ def pair_indices(labels: Sequence[int] | np.ndarray, num_pairs: int, positive_fr
     swap = rng.random(len(pairs)) < 0.5
     pairs[swap, :2] = pairs[swap, 1::-1]
     return pairs[rng.permutation(len(pairs))]
+
+
+def _positive_pairs(ids: np.ndarray, counts: np.ndarray, order: np.ndarray, starts: np.ndarray,
+                    rng: np.random.Generator) -> np.ndarray:
+    """Rows ``(index1, index2, 1)`` of two different images of each identity in ``ids`` (any shape; the
+    rows add a last axis of 3). ``order[starts[i]:starts[i] + counts[i]]`` are identity i's images."""
+    n = counts[ids]
+    a = rng.integers(0, n)
+    b = rng.integers(0, n - 1)
+    b = b + (b >= a)  # a second, different image: draw among the n - 1 others
+    return np.stack([order[starts[ids] + a], order[starts[ids] + b], np.ones_like(ids)], axis=-1)
 
 
 def identity_batch_pair_indices(labels: Sequence[int] | np.ndarray, num_pairs: int, positive_fraction: float,
@@ -174,11 +181,7 @@ def identity_batch_pair_indices(labels: Sequence[int] | np.ndarray, num_pairs: i
         if len(set(row.tolist())) < per_batch:
             row[:] = rng.choice(eligible, per_batch, replace=False)
     image = lambda who: order[starts[who] + rng.integers(0, counts[who])]  # noqa: E731  one image of each
-    n = counts[ids]
-    a = rng.integers(0, n)
-    b = rng.integers(0, n - 1)
-    b = b + (b >= a)
-    positive = np.stack([order[starts[ids] + a], order[starts[ids] + b], np.ones_like(ids)], axis=2)
+    positive = _positive_pairs(ids, counts, order, starts, rng)
     negatives = batch_size - per_batch
     slot = np.arange(negatives) % per_batch
     shift = 1 + rng.integers(0, per_batch - 1, size=(num_batches, negatives))
