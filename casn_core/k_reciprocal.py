@@ -74,12 +74,11 @@ def k_reciprocal_distance(query_features: torch.Tensor | np.ndarray, gallery_fea
     # the expanded sets lie almost entirely among each image's 4 (k1 + 1) nearest, whose distances the
     # neighbour search keeps; the few others are computed pair by pair (_set_distances)
     kept = min(total, 4 * (config.k1 + 1))
-    nearest, near_distance, row_max = _nearest(features, kept, config.block_rows)
+    nearest, near_distance, row_max, distance = _nearest(features, kept, config.block_rows, num_query)
     weights = _encode(features, nearest[:, :config.k1 + 1], (nearest, near_distance), row_max, config.k1)
     if config.k2 != 1:
         weights = _query_expansion(weights, nearest[:, :config.k2])
     jaccard = _jaccard_to_gallery(weights, num_query, total)
-    distance = _squared_distance(features[:num_query], features[num_query:]).numpy()
     distance /= row_max[:num_query, None]
     return ((1.0 - config.lambda_value) * jaccard + config.lambda_value * distance).astype(np.float32)
 
@@ -89,12 +88,15 @@ def _squared_distance(rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor
     return (2.0 - 2.0 * rows @ columns.T).clamp_min_(0.0)
 
 
-def _nearest(features: torch.Tensor, count: int, block_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The ``count`` nearest of every row (itself first), nearest first, their squared distances, and every
-    row's largest distance."""
+def _nearest(features: torch.Tensor, count: int, block_rows: int,
+             num_query: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The ``count`` nearest of every row (itself first), nearest first, their squared distances, every
+    row's largest distance, and the first ``num_query`` rows' squared distances to the other rows (the
+    query x gallery block that eq. 12 needs, kept so it is computed once)."""
     nearest = np.empty((len(features), count), dtype=np.int64)
     distance = np.empty((len(features), count), dtype=np.float32)
     row_max = np.empty(len(features), dtype=np.float32)
+    query_to_gallery = np.empty((num_query, len(features) - num_query), dtype=np.float32)
     for start in range(0, len(features), block_rows):
         block = _squared_distance(features[start:start + block_rows], features)
         rows = torch.arange(start, start + len(block))
@@ -103,8 +105,10 @@ def _nearest(features: torch.Tensor, count: int, block_rows: int) -> tuple[np.nd
         nearest[start:start + len(block)] = top.indices.numpy()
         distance[start:start + len(block)] = top.values.numpy()
         row_max[start:start + len(block)] = block.amax(dim=1).numpy()
+        if start < num_query:  # the zeroed diagonal lies in the query columns, so these are plain distances
+            query_to_gallery[start:start + len(block)] = block[:num_query - start, num_query:].numpy()
     np.maximum(row_max, np.finfo(np.float32).tiny, out=row_max)  # all images identical: avoid 0 / 0
-    return nearest, distance, row_max
+    return nearest, distance, row_max, query_to_gallery
 
 
 def _mutual(nearest: np.ndarray, k: int) -> np.ndarray:
