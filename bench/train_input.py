@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from casn_core.data import PairDataset, build_train_transform, load_market
+from casn_core.data import PairDataset, PairSampling, build_train_transform, load_market
 from casn_core.data.decoded import DecodedImages, build_uint8_train_transform
 from casn_core.engine.inference import autocast_context
 from casn_core.losses import LossConfig, casn_loss
@@ -26,9 +26,10 @@ from casn_core.models import build_model
 
 
 def _pair_sets(args, records, cache_dir):
-    jpeg = PairDataset(records, build_train_transform(args.height, args.width), seed=0)
+    jpeg = PairDataset(records, build_train_transform(args.height, args.width), PairSampling(seed=0))
     images = DecodedImages(records, args.height, args.width, cache_dir, progress=False)
-    decoded = PairDataset(records, build_uint8_train_transform(args.height, args.width), seed=0, images=images)
+    decoded = PairDataset(records, build_uint8_train_transform(args.height, args.width), PairSampling(seed=0),
+                           images=images)
     return {"jpeg": jpeg, "decoded": decoded}
 
 

@@ -7,7 +7,7 @@ import torch
 
 from casn_core.data import SynthSpec, build_train_transform, generate_dataset, load_market
 from casn_core.data.decoded import DecodedImages, build_uint8_train_transform
-from casn_core.data.pairs import PairDataset
+from casn_core.data.pairs import PairDataset, PairSampling
 
 
 def _records(tmp_path):
@@ -20,9 +20,9 @@ def _records(tmp_path):
 def test_decoded_pairs_equal_the_pil_pipeline_draw_for_draw(tmp_path, erasing):
     records = _records(tmp_path)
     images = DecodedImages(records, 40, 20, tmp_path / "cache", progress=False)
-    pil = PairDataset(records, build_train_transform(40, 20, pad=4, random_erasing=erasing), seed=3)
-    fast = PairDataset(records, build_uint8_train_transform(40, 20, pad=4, random_erasing=erasing), seed=3,
-                       images=images)
+    pil = PairDataset(records, build_train_transform(40, 20, pad=4, random_erasing=erasing), PairSampling(seed=3))
+    fast = PairDataset(records, build_uint8_train_transform(40, 20, pad=4, random_erasing=erasing),
+                       PairSampling(seed=3), images=images)
     erased = 0
     for index in range(len(pil)):
         torch.manual_seed(index)

@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from casn_core.data import ImageRecord, PairDataset, PairSamplingError, build_test_transform, pair_indices
+from casn_core.data import (ImageRecord, PairDataset, PairSampling, PairSamplingError, build_test_transform,
+                            pair_indices)
 from casn_core.data.pairs import identity_batch_pair_indices, nearest_identities
 
 
@@ -70,15 +71,15 @@ def records(tmp_path) -> list[ImageRecord]:
 
 
 def test_pair_dataset_epochs_and_items(records):
-    data = PairDataset(records, build_test_transform(32, 16), positive_fraction=0.5, pairs_per_epoch=200, seed=3)
+    data = PairDataset(records, build_test_transform(32, 16), PairSampling(positive_fraction=0.5, pairs_per_epoch=200, seed=3))
     assert len(data) == 200 and abs(data.positive_count / 200 - 0.5) <= 0.02
     first = list(data.pairs)
     data.set_epoch(1)
     assert data.pairs != first
     data.set_epoch(0)
     assert data.pairs == first
-    assert PairDataset(records, None, 0.5, 200, seed=3).pairs == first
-    assert PairDataset(records, None, 0.5, 200, seed=4).pairs != first
+    assert PairDataset(records, None, PairSampling(0.5, 200, seed=3)).pairs == first
+    assert PairDataset(records, None, PairSampling(0.5, 200, seed=4)).pairs != first
     img1, img2, label1, label2, same = data[0]
     i, j, s = data.pairs[0]
     assert img1.shape == img2.shape == (3, 32, 16)
@@ -143,7 +144,7 @@ def test_hard_fraction_zero_keeps_the_papers_draws_and_bad_fractions_fail():
 
 
 def test_pair_dataset_uses_the_epochs_neighbour_table(records):
-    dataset = PairDataset(records, pairs_per_epoch=40, seed=1, hard_fraction=1.0)
+    dataset = PairDataset(records, sampling=PairSampling(pairs_per_epoch=40, seed=1, hard_fraction=1.0))
     labels = dataset.labels
     table = {int(l): [int(m) for m in np.unique(labels) if m != l][:1] for l in np.unique(labels)}
     dataset.set_epoch(0, table)
@@ -201,6 +202,6 @@ def test_identity_batches_refuse_what_they_cannot_draw(records):
     with pytest.raises(PairSamplingError, match="need 50 identities with two images; found"):
         identity_batch_pair_indices(labels, 10, 0.5, 100, np.random.default_rng(0))
     with pytest.raises(PairSamplingError, match="cannot be combined with hard negatives"):
-        PairDataset(records, None, 0.5, 40, hard_fraction=0.5, identity_batch=8)
-    data = PairDataset(records, None, 0.5, 40, identity_batch=4)
+        PairSampling(0.5, 40, hard_fraction=0.5, identity_batch=8)
+    data = PairDataset(records, None, PairSampling(0.5, 40, identity_batch=4))
     assert len(data) == 40 and data.positive_count == 20

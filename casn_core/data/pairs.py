@@ -21,6 +21,7 @@ negative pairs without a positive in their batch.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -223,20 +224,44 @@ def _hard_partners(other: np.ndarray, own: np.ndarray, unique: np.ndarray, hard_
     return other
 
 
+@dataclass(frozen=True)
+class PairSampling:
+    """How :class:`PairDataset` draws an epoch's pairs.
+
+    ``positive_fraction`` of the ``pairs_per_epoch`` pairs (default: one per record) are positive;
+    ``seed`` and the epoch fix the draw. ``hard_fraction``: that share of the negatives pairs an image
+    with a nearby identity (:func:`pair_indices`). ``identity_batch``: draw the pairs in identity batches
+    of that many pairs (:func:`identity_batch_pair_indices`), laid out for ``world`` processes.
+    """
+
+    positive_fraction: float = 0.5
+    pairs_per_epoch: int | None = None
+    seed: int = 0
+    hard_fraction: float = 0.0
+    identity_batch: int | None = None
+    world: int = 1
+
+    def __post_init__(self) -> None:
+        if self.pairs_per_epoch is not None and self.pairs_per_epoch < 1:
+            raise PairSamplingError(f"pairs_per_epoch must be >= 1, got {self.pairs_per_epoch}")
+        if self.world < 1:
+            raise PairSamplingError(f"world must be >= 1, got {self.world}")
+        if self.identity_batch is not None and self.hard_fraction > 0:
+            raise PairSamplingError("identity batches choose each negative's identity among the batch's; "
+                                    "they cannot be combined with hard negatives")
+
+
 class PairDataset(Dataset):
     """Pairs of training images: item ``i`` is ``(img1, img2, label1, label2, same)``.
 
     ``same`` is 1.0 or 0.0. :attr:`pairs` lists ``(index1, index2, same)`` into ``records``;
-    :meth:`set_epoch` redraws them from ``(seed, epoch)``. ``images``: a sequence whose item ``i`` is
-    the input of ``transform`` for ``records[i]`` (e.g. :class:`casn_core.data.decoded.DecodedImages`);
-    default, the file read as a PIL image. ``identity_batch``: draw the pairs in identity batches of that
-    many pairs (:func:`identity_batch_pair_indices`), laid out for ``world`` processes.
+    :meth:`set_epoch` redraws them as ``sampling`` says, from its seed and the epoch. ``images``: a
+    sequence whose item ``i`` is the input of ``transform`` for ``records[i]`` (e.g.
+    :class:`casn_core.data.decoded.DecodedImages`); default, the file read as a PIL image.
     """
 
     def __init__(self, records: Sequence[ImageRecord], transform: Callable | None = None,
-                 positive_fraction: float = 0.5, pairs_per_epoch: int | None = None, seed: int = 0,
-                 hard_fraction: float = 0.0, images: Sequence | None = None, identity_batch: int | None = None,
-                 world: int = 1) -> None:
+                 sampling: PairSampling = PairSampling(), images: Sequence | None = None) -> None:
         self.records = list(records)
         # images[i] is what ``transform`` takes for records[i]; default: the file read as a PIL image
         self.images = images
@@ -247,17 +272,8 @@ class PairDataset(Dataset):
 
             transform = T.ToTensor()
         self.transform = transform
-        self.positive_fraction = float(positive_fraction)
-        self.pairs_per_epoch = len(self.records) if pairs_per_epoch is None else int(pairs_per_epoch)
-        if self.pairs_per_epoch < 1:
-            raise PairSamplingError(f"pairs_per_epoch must be >= 1, got {self.pairs_per_epoch}")
-        self.seed = int(seed)
-        self.hard_fraction = float(hard_fraction)
-        if identity_batch is not None and self.hard_fraction > 0:
-            raise PairSamplingError("identity batches choose each negative's identity among the batch's; "
-                                    "they cannot be combined with hard negatives")
-        self.identity_batch = identity_batch
-        self.world = int(world)
+        self.sampling = sampling
+        self.pairs_per_epoch = len(self.records) if sampling.pairs_per_epoch is None else sampling.pairs_per_epoch
         self.neighbours: dict[int, list[int]] | None = None
         self.labels = np.array([r.label for r in self.records], dtype=np.int64)
         self.epoch = 0
@@ -269,13 +285,14 @@ class PairDataset(Dataset):
         table of :func:`nearest_identities`; without one, negatives are random)."""
         self.epoch = int(epoch)
         self.neighbours = neighbours
-        rng = np.random.default_rng([self.seed, self.epoch])
-        if self.identity_batch is not None:
-            rows = identity_batch_pair_indices(self.labels, self.pairs_per_epoch, self.positive_fraction,
-                                               self.identity_batch, rng, self.world)
+        sampling = self.sampling
+        rng = np.random.default_rng([sampling.seed, self.epoch])
+        if sampling.identity_batch is not None:
+            rows = identity_batch_pair_indices(self.labels, self.pairs_per_epoch, sampling.positive_fraction,
+                                               sampling.identity_batch, rng, sampling.world)
         else:
-            rows = pair_indices(self.labels, self.pairs_per_epoch, self.positive_fraction, rng,
-                                self.hard_fraction, neighbours)
+            rows = pair_indices(self.labels, self.pairs_per_epoch, sampling.positive_fraction, rng,
+                                sampling.hard_fraction, neighbours)
         self.pairs = [tuple(int(v) for v in row) for row in rows]
 
     @property

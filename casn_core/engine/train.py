@@ -147,7 +147,7 @@ def setup_run(config: TrainConfig) -> RunContext:
 
 def build_data(config: TrainConfig, world: int = 1) -> TrainData:
     """Step 2: check and relabel the training images, hold out ``--val-ids`` identities, build the pairs."""
-    from casn_core.data import PairDataset, build_train_transform, load_market
+    from casn_core.data import PairDataset, PairSampling, build_train_transform, load_market
     from casn_core.engine.tune import validation_split
 
     dataset = load_market(config.data, splits=("train",))
@@ -165,9 +165,10 @@ def build_data(config: TrainConfig, world: int = 1) -> TrainData:
         transform = build_uint8_train_transform(config.height, config.width, random_erasing=config.random_erasing)
     else:
         transform = build_train_transform(config.height, config.width, random_erasing=config.random_erasing)
-    pairs = PairDataset(records, transform, config.positive_fraction, config.pairs_per_epoch, config.seed,
-                        hard_fraction=config.hard_negatives, images=images,
-                        identity_batch=config.batch_size if config.identity_batches else None, world=world)
+    sampling = PairSampling(config.positive_fraction, config.pairs_per_epoch, config.seed,
+                            hard_fraction=config.hard_negatives,
+                            identity_batch=config.batch_size if config.identity_batches else None, world=world)
+    pairs = PairDataset(records, transform, sampling, images=images)
     return TrainData(pairs, records, num_classes, val_query, val_gallery)
 
 
