@@ -1,6 +1,8 @@
 """Siamese training pairs (paper sec. 3.3; half positive, half negative by default)."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -94,8 +96,14 @@ def test_pair_dataset_default_length_and_errors(records):
     singles = [r for r in records if r.label % 3 == 0]  # one image each
     with pytest.raises(PairSamplingError, match="no identity has two images"):
         PairDataset(singles)
-    with pytest.raises(PairSamplingError):
+    with pytest.raises(PairSamplingError, match="no training records"):
         PairDataset([])
+    with pytest.raises(PairSamplingError, match="pairs_per_epoch must be >= 1, got 0"):
+        PairSampling(pairs_per_epoch=0)
+    with pytest.raises(PairSamplingError, match="world must be >= 1, got 0"):
+        PairSampling(world=0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        PairSampling().seed = 1  # type: ignore[misc]  settings are fixed once a dataset holds them
 
 
 def _clustered_features(labels: np.ndarray, seed: int = 0) -> torch.Tensor:
