@@ -104,9 +104,8 @@ def pair_indices(labels: Sequence[int] | np.ndarray, num_pairs: int, positive_fr
         raise PairSamplingError(f"num_pairs must be >= 0, got {num_pairs}")
     num_pos = int(round(num_pairs * positive_fraction))
     num_neg = num_pairs - num_pos
-    unique, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    order = np.argsort(inverse, kind="stable")  # image indices grouped by identity
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    groups = _Identities.of(labels)
+    unique, counts = groups.unique, groups.counts
 
     pos = np.zeros((0, 3), dtype=np.int64)
     if num_pos:
@@ -117,19 +116,19 @@ def pair_indices(labels: Sequence[int] | np.ndarray, num_pairs: int, positive_fr
                 f"pair exists; use positive_fraction=0 or add images"
             )
         ids = eligible[_cycled_permutations(eligible.size, num_pos, rng)]
-        pos = _positive_pairs(ids, counts, order, starts, rng)
+        pos = groups.positive_pairs(ids, rng)
 
     neg = np.zeros((0, 3), dtype=np.int64)
     if num_neg:
         if unique.size < 2:
             raise PairSamplingError(f"negative pairs need two identities, found {unique.size}")
         anchors = _cycled_permutations(len(labels), num_neg, rng)
-        own = inverse[anchors]
+        own = groups.inverse[anchors]
         other = rng.integers(0, unique.size - 1, size=num_neg)
         other = other + (other >= own)
         if hard_fraction > 0 and neighbours:
             other = _hard_partners(other, own, unique, hard_fraction, neighbours, rng)
-        partner = order[starts[other] + rng.integers(0, counts[other])]
+        partner = groups.one_image(other, rng)
         neg = np.stack([anchors, partner, np.zeros(num_neg, dtype=np.int64)], 1)
 
     pairs = np.concatenate([pos, neg]).astype(np.int64)
@@ -138,15 +137,36 @@ def pair_indices(labels: Sequence[int] | np.ndarray, num_pairs: int, positive_fr
     return pairs[rng.permutation(len(pairs))]
 
 
-def _positive_pairs(ids: np.ndarray, counts: np.ndarray, order: np.ndarray, starts: np.ndarray,
-                    rng: np.random.Generator) -> np.ndarray:
-    """Rows ``(index1, index2, 1)`` of two different images of each identity in ``ids`` (any shape; the
-    rows add a last axis of 3). ``order[starts[i]:starts[i] + counts[i]]`` are identity i's images."""
-    n = counts[ids]
-    a = rng.integers(0, n)
-    b = rng.integers(0, n - 1)
-    b = b + (b >= a)  # a second, different image: draw among the n - 1 others
-    return np.stack([order[starts[ids] + a], order[starts[ids] + b], np.ones_like(ids)], axis=-1)
+@dataclass(frozen=True)
+class _Identities:
+    """Image indices grouped by identity: identity i (the i-th of ``unique``) owns the ``counts[i]`` images
+    ``order[starts[i]:starts[i] + counts[i]]``; ``inverse`` maps each image to its identity."""
+
+    unique: np.ndarray
+    inverse: np.ndarray
+    counts: np.ndarray
+    order: np.ndarray
+    starts: np.ndarray
+
+    @classmethod
+    def of(cls, labels: np.ndarray) -> "_Identities":
+        unique, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+        order = np.argsort(inverse, kind="stable")
+        return cls(unique, inverse, counts, order, np.concatenate([[0], np.cumsum(counts)[:-1]]))
+
+    def one_image(self, who: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A random image of each identity in ``who`` (any shape)."""
+        return self.order[self.starts[who] + rng.integers(0, self.counts[who])]
+
+    def positive_pairs(self, ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Rows ``(index1, index2, 1)`` of two different images of each identity in ``ids`` (any shape;
+        the rows add a last axis of 3)."""
+        n = self.counts[ids]
+        a = rng.integers(0, n)
+        b = rng.integers(0, n - 1)
+        b = b + (b >= a)  # a second, different image: draw among the n - 1 others
+        first = self.starts[ids]
+        return np.stack([self.order[first + a], self.order[first + b], np.ones_like(ids)], axis=-1)
 
 
 def identity_batch_pair_indices(labels: Sequence[int] | np.ndarray, num_pairs: int, positive_fraction: float,
@@ -169,10 +189,8 @@ def identity_batch_pair_indices(labels: Sequence[int] | np.ndarray, num_pairs: i
                                 f"positive_fraction {positive_fraction} gives {per_batch}")
     if num_pairs < 0 or world < 1:
         raise PairSamplingError(f"num_pairs must be >= 0 and world >= 1, got {num_pairs} and {world}")
-    unique, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    order = np.argsort(inverse, kind="stable")
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    eligible = np.flatnonzero(counts >= 2)
+    groups = _Identities.of(labels)
+    eligible = np.flatnonzero(groups.counts >= 2)
     if eligible.size < per_batch:
         raise PairSamplingError(f"identity batches of {per_batch} identities need {per_batch} identities with two "
                                 f"images; found {eligible.size}")
@@ -181,14 +199,14 @@ def identity_batch_pair_indices(labels: Sequence[int] | np.ndarray, num_pairs: i
     for row in ids:  # a permutation boundary can repeat an identity inside a batch: redraw that batch's ids
         if len(set(row.tolist())) < per_batch:
             row[:] = rng.choice(eligible, per_batch, replace=False)
-    image = lambda who: order[starts[who] + rng.integers(0, counts[who])]  # noqa: E731  one image of each
-    positive = _positive_pairs(ids, counts, order, starts, rng)
+    positive = groups.positive_pairs(ids, rng)
     negatives = batch_size - per_batch
     slot = np.arange(negatives) % per_batch
     shift = 1 + rng.integers(0, per_batch - 1, size=(num_batches, negatives))
     anchor_ids = ids[:, slot]
     partner_ids = np.take_along_axis(ids, (slot + shift) % per_batch, axis=1)
-    negative = np.stack([image(anchor_ids), image(partner_ids), np.zeros_like(anchor_ids)], axis=2)
+    negative = np.stack([groups.one_image(anchor_ids, rng), groups.one_image(partner_ids, rng),
+                         np.zeros_like(anchor_ids)], axis=2)
     batches = np.concatenate([positive, negative], axis=1)  # (batches, batch_size, 3)
     swap = rng.random(batches.shape[:2]) < 0.5
     batches[swap, :2] = batches[swap, 1::-1]
