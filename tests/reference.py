@@ -115,7 +115,8 @@ def reference_casn_distances(model, query_maps, gallery_maps, query_features, ga
         query_map = torch.as_tensor(np.asarray(query_maps[q:q + 1])[0]).double()
         for c, g in enumerate(candidates[q]):
             gallery_map = torch.as_tensor(np.asarray(gallery_maps[int(g):int(g) + 1])[0]).double()
-            attention[q, c] = float(oracle_pair_attention(model64, query_map, gallery_map, threshold)["distance"].detach())
+            pair = oracle_pair_attention(model64, query_map, gallery_map, threshold)
+            attention[q, c] = float(pair["distance"].detach())
         combined = _unit_range(feature[q, candidates[q]]) + weight * _unit_range(attention[q])
         rest = np.setdiff1d(np.arange(num_gallery), candidates[q])
         if len(rest):

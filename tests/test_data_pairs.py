@@ -73,7 +73,8 @@ def records(tmp_path) -> list[ImageRecord]:
 
 
 def test_pair_dataset_epochs_and_items(records):
-    data = PairDataset(records, build_test_transform(32, 16), PairSampling(positive_fraction=0.5, pairs_per_epoch=200, seed=3))
+    data = PairDataset(records, build_test_transform(32, 16),
+                       PairSampling(positive_fraction=0.5, pairs_per_epoch=200, seed=3))
     assert len(data) == 200 and abs(data.positive_count / 200 - 0.5) <= 0.02
     first = list(data.pairs)
     data.set_epoch(1)
