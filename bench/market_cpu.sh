@@ -7,7 +7,8 @@
 #
 # Budget (every run): mobilenet_v2 from ImageNet (the offline wheel), HEIGHT x WIDTH (default 256 x 128),
 # EPOCHS (default 20) epochs of 6,468 pairs (12,936 images, one pass over the training images per epoch),
-# batch 16 pairs, SGD momentum 0.9, lr 0.03, x0.1 after three quarters of the epochs, bf16 autocast,
+# batch 16 pairs, SGD momentum 0.9, lr 0.03, x0.1 after three quarters of the epochs, AMP (default: bf16
+# autocast where the CPU has bf16 kernels, float32 where it has not: emulated bf16 was ~15x slower),
 # channels-last; 100 training identities held out to choose w and K (--val-ids). Each run resumes where
 # it stopped (--save-every 40: a stopped process loses at most 40 steps), so the same command is repeated
 # until every line says "done". The run "ours" continues the finished CASN run for one more epoch at the
@@ -26,9 +27,10 @@ export MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736 OMP_
 PY="${PYTHON:-$(command -v python3 || command -v python)}"
 RUNS=${RUNS:-"ide,ia,sa ours ide"}
 HEIGHT=${HEIGHT:-256} WIDTH=${WIDTH:-128} EPOCHS=${EPOCHS:-20} HEAD_STEPS=${HEAD_STEPS:-3000}
+AMP=${AMP:-$("$PY" -c "from casn_core.engine.extraction import cpu_has_fast_bf16 as fast; print('bf16' if fast() else 'none')")}
 paper=(); [ -n "${PAPER_TOPK:-}" ] && paper=(--paper-topk "$PAPER_TOPK")
 common=(--data "$DATA" --backbone mobilenet_v2 --batch-size 16 --height "$HEIGHT" --width "$WIDTH"
-        --pretrained imagenet --lr 0.03 --amp bf16 --channels-last --seed 0 --device cpu --val-ids 100
+        --pretrained imagenet --lr 0.03 --amp "$AMP" --channels-last --seed 0 --device cpu --val-ids 100
         --decode-cache "$OUT/decoded")
 for run in $RUNS; do
   dir="$OUT/${run//,/-}"
@@ -42,7 +44,7 @@ for run in $RUNS; do
     "$PY" -m casn_core train "${common[@]}" --out "$dir" --losses "$run" --epochs "$EPOCHS" \
         --pairs-per-epoch 6468 --save-every 40 "${resume[@]}"
   fi
-  "$PY" -m casn_core eval --checkpoint "$dir/last.pt" --data "$DATA" --device cpu --amp bf16 \
+  "$PY" -m casn_core eval --checkpoint "$dir/last.pt" --data "$DATA" --device cpu --amp "$AMP" \
       --store-dir "$OUT/store" "${paper[@]}" --json "$dir/eval.json.tmp" > "$dir/eval.txt"
   mv "$dir/eval.json.tmp" "$dir/eval.json"
   "$PY" -c 'import json, sys; r = json.load(open(sys.argv[1]))

@@ -5,10 +5,13 @@ also the differentiable Grad-CAM, the masked-image pass of ``L_ia`` and the Siam
 ``L_sa``) + backward + an SGD step (momentum 0.9, the paper's optimiser). Same backbone, same batch,
 same random data for both. Warm-up steps are not timed; the median step time is reported.
 
-With ``--profile`` a second JSON line splits one CASN step into its parts (forward + L_ide, the
+With ``--amp none,bf16`` one line per precision (autocast around the loss, as ``casn train --amp``),
+each with ``vs_first_amp``: its CASN step time over the first precision's, measured in the same process.
+
+With ``--profile`` a line splits one CASN step into its parts (forward + L_ide, the
 L_ia branch, the L_sa branch, backward, optimiser step).
 
-    python bench/train_step.py [--backbone resnet18 --batch-size 8 --height 128 --width 64 --steps 6]
+    python bench/train_step.py [--backbone resnet18 --batch-size 8 --height 128 --width 64 --steps 6 --amp none,bf16]
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import torch
 from casn_core.losses import (
     LossConfig, casn_loss, identification_attention_loss, ide_loss, siamese_attention_loss,
 )
-from casn_core.engine.inference import resolve_device
+from casn_core.engine.inference import autocast_context, resolve_device
 from casn_core.models import BACKBONES, build_model
 
 
@@ -44,7 +47,7 @@ def _batch(batch: int, height: int, width: int, num_classes: int, device: torch.
     return [t.to(device) for t in (images1, images2, labels1, labels2, same)]
 
 
-def time_steps(losses: str, args, device: torch.device) -> list[float]:
+def time_steps(losses: str, args, device: torch.device, amp: str = "none") -> list[float]:
     torch.manual_seed(0)
     model = build_model(args.backbone, num_classes=args.num_classes, pretrained="none").to(device).train()
     optimiser = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -55,7 +58,8 @@ def time_steps(losses: str, args, device: torch.device) -> list[float]:
         _sync(device)
         start = time.perf_counter()
         optimiser.zero_grad(set_to_none=True)
-        terms = casn_loss(model, *data, config)
+        with autocast_context(device, amp):
+            terms = casn_loss(model, *data, config)
         terms.total.backward()
         optimiser.step()
         _sync(device)
@@ -116,28 +120,40 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--profile", action="store_true", help="also print the split of one CASN step")
+    parser.add_argument("--amp", default="none",
+                        help="comma list of precisions to time, each as `casn train --amp` (none, bf16, fp16)")
+    parser.add_argument("--profile", action="store_true", help="also print the split of one CASN step (float32)")
     args = parser.parse_args()
+    amps = args.amp.split(",")
+    if not amps or any(a not in ("none", "bf16", "fp16") for a in amps):
+        parser.error(f"--amp {args.amp!r}: a comma list of none, bf16, fp16")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
 
-    ide = statistics.median(time_steps("ide", args, device))
-    casn = statistics.median(time_steps("ide,ia,sa", args, device))
-    print(json.dumps({
-        "bench": "train_step",
-        "ide_step_s": round(ide, 4),
-        "casn_step_s": round(casn, 4),
-        "ratio": round(casn / ide, 2),
-        "backbone": args.backbone,
-        "batch": args.batch_size,
-        "images_per_step": 2 * args.batch_size,
-        "height": args.height,
-        "width": args.width,
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "steps": args.steps,
-    }), flush=True)
+    first_casn = None
+    for amp in amps:
+        ide = statistics.median(time_steps("ide", args, device, amp))
+        casn = statistics.median(time_steps("ide,ia,sa", args, device, amp))
+        first_casn = first_casn or casn
+        print(json.dumps({
+            "bench": "train_step",
+            "amp": amp,
+            "ide_step_s": round(ide, 4),
+            "casn_step_s": round(casn, 4),
+            "ratio": round(casn / ide, 2),
+            "vs_first_amp": round(casn / first_casn, 2),
+            "casn_images_per_s": round(2 * args.batch_size / casn, 1),
+            "backbone": args.backbone,
+            "batch": args.batch_size,
+            "images_per_step": 2 * args.batch_size,
+            "height": args.height,
+            "width": args.width,
+            "device": str(device),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads(),
+            "steps": args.steps,
+        }), flush=True)
     if args.profile:
         print(json.dumps({"bench": "train_step_profile", "losses": "ide,ia,sa", "backbone": args.backbone,
                           **profile_casn_step(args, device)}), flush=True)
