@@ -96,13 +96,13 @@ def test_tiny_model_overfits_tiny_batch():
     batch = _pair_batch(1)
     config = LossConfig.from_names("ide,ia,sa")
     losses = []
-    for _ in range(50):
+    for _ in range(15):  # seed 0: a fifth of its first loss by step 10, a thirtieth by step 15
         terms = casn_loss(model, *batch, config)
         optimizer.zero_grad()
         terms.total.backward()
         optimizer.step()
         losses.append(float(terms.total.detach()))
-    assert min(losses[-5:]) < 0.5 * losses[0], losses
+    assert min(losses[-5:]) < 0.2 * losses[0], losses
 
 
 def _terms(config: LossConfig, seed: int = 0):

@@ -84,7 +84,7 @@ def test_explain_with_and_without_the_head(fitted, tmp_path, capsys):
     assert "no trained BCE head" in capsys.readouterr().err
     for pair in raw:  # the null head: p(same) = 0.5, no channel selected, no attention
         assert pair["same_probability"] == 0.5 and not np.asarray(pair["map1"]).any()
-        assert np.asarray(pair["similarity_map1"]).sum() == pytest.approx(pair["similarity"], abs=1e-5)  # cosine
+        assert np.asarray(pair["similarity_map1"]).sum() == pytest.approx(pair["similarity"], rel=1e-5, abs=1e-5)  # cosine
     head = [_explain(["--checkpoint", str(fitted["head"])], tmp_path / f"b{i}.json", fitted["market"], capsys, i)
             for i in range(5)]
     assert all(pair["same_probability"] != 0.5 for pair in head)
@@ -154,7 +154,7 @@ def test_app_answers_every_view(fitted, route, tmp_path):
         explained = [client.predict(handle_file(str(query)), result.get("path", result.get("name")),
                                     api_name="/explain_search") for result in answer["results"]]
         for pair in explained:
-            assert np.asarray(pair["similarity_map1"]).sum() == pytest.approx(pair["similarity"], abs=1e-5)
+            assert np.asarray(pair["similarity_map1"]).sum() == pytest.approx(pair["similarity"], rel=1e-5, abs=1e-5)
         if route == "fit-head":
             # the Siamese map of one pair is empty when its eq. 4 indicator selects no channel, which for a
             # head fitted on a random network depends on float rounding (the thread count of the fit); over
