@@ -8,7 +8,7 @@
 # Budget (every run): mobilenet_v2 from ImageNet (the offline wheel), HEIGHT x WIDTH (default 256 x 128),
 # EPOCHS (default 20) epochs of 6,468 pairs (12,936 images, one pass over the training images per epoch),
 # batch 16 pairs, SGD momentum 0.9, lr 0.03, x0.1 after three quarters of the epochs, AMP (default: bf16
-# autocast where the CPU has bf16 kernels, float32 where it has not: emulated bf16 was ~15x slower),
+# autocast where the CPU has bf16 kernels, float32 where it has not: emulated bf16 was 7-15x slower),
 # channels-last; 100 training identities held out to choose w and K (--val-ids). Each run resumes where
 # it stopped (--save-every 40: a stopped process loses at most 40 steps), so the same command is repeated
 # until every line says "done". The run "ours" continues the finished CASN run for one more epoch at the

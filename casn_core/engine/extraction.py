@@ -52,8 +52,9 @@ def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractConte
 @functools.cache
 def cpu_has_fast_bf16() -> bool:
     """Whether oneDNN has native bf16 kernels on this CPU (AVX-512 BF16 / AMX class). Without them
-    bf16 autocast is emulated: a MobileNetV2 CASN training step on an AVX2-only EPYC took about 15x
-    as long as in float32 (BENCHMARKS.md, "Train step")."""
+    bf16 autocast is emulated: a MobileNetV2 CASN training step on an AVX2-only EPYC took 7x
+    (``bench/train_step.py``) to 15x (``casn train --channels-last``) as long as in float32
+    (BENCHMARKS.md, "Train step")."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a build without oneDNN: assume nothing, warn nothing
