@@ -39,11 +39,15 @@ class Verdict:
 
 @torch.no_grad()
 def _attention_distances(state: AppState, query_index: int, wrong: int, true: int) -> tuple[float, float]:
-    """``d_a`` of (q, W) and (q, T) (both computed here: T may lie beyond the computed prefix)."""
+    """``d_a`` of (q, W) and (q, T) (both computed here: T may lie beyond the computed prefix).
+
+    Computed as the pair panels beside the verdict compute theirs (``explain_maps``): in float32, with eq. 4's
+    features pooled from the maps. With bfloat16 maps the ranking's grid multiplies in bf16 and takes the
+    features extracted before the maps were rounded; its d_a differed from the panels' by up to 0.009 on
+    Market-1501, and the page quoted two values for one pair. With float32 maps the two ways agree."""
     rows = torch.tensor([wrong, true])
-    grid = pair_attention_grid(state.model, state.query.maps[query_index][None], state.gallery.maps[rows],
-                               threshold=state.threshold, query_features=state.query.features[query_index][None],
-                               gallery_features=state.gallery.features[rows], keep_maps=False)
+    query_maps, gallery_maps = state.query.maps[query_index][None].float(), state.gallery.maps[rows].float()
+    grid = pair_attention_grid(state.model, query_maps, gallery_maps, threshold=state.threshold, keep_maps=False)
     values = grid.distance[0].float().tolist()
     return values[0], values[1]
 

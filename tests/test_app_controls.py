@@ -249,3 +249,24 @@ def test_the_default_no_match_threshold_comes_from_the_gallery(served):
     assert "default threshold" in view.markdown and view.query_preview is not None
     buffer = io.BytesIO()
     Image.fromarray(view.query_preview).save(buffer, format="PNG")  # a picture the page can show
+
+
+def test_the_verdict_quotes_the_pair_panels_d_a_on_bf16_maps(served):
+    """The "Why" page shows d_a twice, in the verdict and in the two pair panels: one value, also where the
+    maps are stored in bfloat16 (the app's choice for a gallery the size of Market-1501's)."""
+    import dataclasses
+
+    from app import explain
+    from app.verdict import _attention_distances
+    from casn_core.maps import read_maps
+
+    state = served["service"].state
+
+    def in_bf16(cache):
+        return dataclasses.replace(cache, maps=read_maps(cache.maps, np.arange(len(cache))).bfloat16())
+
+    half = dataclasses.replace(state, query=in_bf16(state.query), gallery=in_bf16(state.gallery))
+    for q, pair in ((0, (1, 5)), (2, (3, 7)), (4, (0, 9))):
+        quoted = _attention_distances(half, q, *pair)
+        panels = [explain.explain_cached(half, q, g).to_json()["attention_distance"] for g in pair]
+        assert quoted == pytest.approx(panels, rel=1e-5, abs=1e-6), (q, pair)
