@@ -68,9 +68,20 @@ def test_pick_query_rank_and_explain(page_url):
     page.goto(url)
     count = len(service.state.query)
     picker = page.locator("#query-gallery")
-    expect(picker.get_by_role("button", name=f"Thumbnail 2 of {count}")).to_be_visible(timeout=20_000)
-    picker.get_by_role("button", name=f"Thumbnail 2 of {count}").click()
-    expect(page.locator("#query-info")).to_contain_text("Query q1", timeout=20_000)
+    second = picker.get_by_role("button", name=f"Thumbnail 2 of {count}")
+    expect(second).to_be_visible(timeout=20_000)
+    # the page's own first ranking (query 0) must be in before the pick: a click while its load event ran was
+    # once lost to it in CI (the page showed q0 afterwards); one more click covers a click made before the
+    # gallery's select handler was bound
+    expect(page.locator("#query-info")).to_contain_text("Query q0", timeout=20_000)
+    for attempt in range(2):
+        second.click()
+        try:
+            expect(page.locator("#query-info")).to_contain_text("Query q1", timeout=15_000)
+            break
+        except AssertionError:
+            if attempt == 1:
+                raise
     strip = page.locator("#ranked-strip")
     expect(strip.get_by_role("button", name=f"Thumbnail 1 of {service.strip_length}")).to_be_visible()
     expect(page.locator("#pair-overlays img")).to_be_visible(timeout=20_000)
