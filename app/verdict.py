@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from app.core import PAPER_WEIGHT, RankingSpec, pair_attention_grid
+from app.core import PAPER_WEIGHT, RankingSpec, pair_attention
 from app.ranking import QueryRanking, rank_with
 from app.reranking import QueryAttention
 from app.state import AppState
@@ -41,14 +41,14 @@ class Verdict:
 def _attention_distances(state: AppState, query_index: int, wrong: int, true: int) -> tuple[float, float]:
     """``d_a`` of (q, W) and (q, T) (both computed here: T may lie beyond the computed prefix).
 
-    Computed as the pair panels beside the verdict compute theirs (``explain_maps``): in float32, with eq. 4's
-    features pooled from the maps. With bfloat16 maps the ranking's grid multiplies in bf16 and takes the
-    features extracted before the maps were rounded; its d_a differed from the panels' by up to 0.009 on
-    Market-1501, and the page quoted two values for one pair. With float32 maps the two ways agree."""
+    By the function the pair panels beside the verdict use (``pair_attention``, inside ``explain_maps``): in
+    float32, with eq. 4's features pooled from the maps. With bfloat16 maps the ranking's grid multiplies in
+    bf16 and takes the features extracted before the maps were rounded; its d_a differed from the panels' by
+    up to 0.009 on Market-1501, and the page quoted two values for one pair."""
     rows = torch.tensor([wrong, true])
-    query_maps, gallery_maps = state.query.maps[query_index][None].float(), state.gallery.maps[rows].float()
-    grid = pair_attention_grid(state.model, query_maps, gallery_maps, threshold=state.threshold, keep_maps=False)
-    values = grid.distance[0].float().tolist()
+    query_maps = state.query.maps[query_index][None].expand(2, -1, -1, -1)
+    attention = pair_attention(state.model, query_maps, state.gallery.maps[rows], state.threshold)
+    values = attention.distance.float().tolist()
     return values[0], values[1]
 
 
