@@ -25,6 +25,7 @@ import torch
 from casn_core.losses import (
     LossConfig, casn_loss, identification_attention_loss, ide_loss, siamese_attention_loss,
 )
+from casn_core.engine.extraction import AMP_CHOICES
 from casn_core.engine.inference import autocast_context, resolve_device
 from casn_core.models import BACKBONES, build_model
 
@@ -125,8 +126,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="also print the split of one CASN step (float32)")
     args = parser.parse_args()
     amps = args.amp.split(",")
-    if not amps or any(a not in ("none", "bf16", "fp16") for a in amps):
-        parser.error(f"--amp {args.amp!r}: a comma list of none, bf16, fp16")
+    if not amps or any(a not in AMP_CHOICES for a in amps):
+        parser.error(f"--amp {args.amp!r}: a comma list of {', '.join(AMP_CHOICES)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

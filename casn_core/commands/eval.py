@@ -13,7 +13,7 @@ from casn_core.checkpoint import CheckpointError, checkpoint_info, load_model
 from casn_core.commands import show_library_log
 from casn_core.engine.evaluate import evaluate_model
 from casn_core.dist import cpu_group, finish_distributed, init_distributed
-from casn_core.engine.extraction import ExtractionConfig, resolve_device
+from casn_core.engine.extraction import AMP_CHOICES, ExtractionConfig, resolve_device
 from casn_core.engine.store_build import Shard
 from casn_core.k_reciprocal import KReciprocalConfig
 from casn_core.models.torchreid_adapter import add_arch_arguments
@@ -62,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
+    parser.add_argument("--amp", choices=AMP_CHOICES, default="none")
     parser.add_argument("--store-dir", default=str(Path(".cache") / "store"),
                         help="map stores on disk (one per split; reused while checkpoint, files, size and dtype "
                              "match; shared with the app); default .cache/store under the working directory")

@@ -27,6 +27,9 @@ from casn_core.models.casn import CASN
 
 log = logging.getLogger(__name__)
 
+AMP_CHOICES = ("none", "bf16", "fp16")
+"""``--amp`` values of every command: float32, bf16 autocast, fp16 autocast (CUDA only)."""
+
 
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` -> CUDA when available, else CPU."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from casn_core.attention.siamese import DEFAULT_THRESHOLD
+from casn_core.engine.extraction import AMP_CHOICES
 from casn_core.losses import LOSS_CHOICES, LossConfig
 from casn_core.models.backbones import BACKBONES
 
@@ -89,7 +90,7 @@ class TrainConfig:
     val_rule: str = _option("one-se", "ours: how --val-ids picks w: one-se (smallest w within one standard error "
                                       "of the best validation mAP) or best", choices=("one-se", "best"), resume=False)
     device: str = _option("auto", "auto, cpu, cuda, cuda:N", resume=False)
-    amp: str = _option("none", "mixed precision", choices=("none", "bf16", "fp16"), resume=False)
+    amp: str = _option("none", "mixed precision", choices=AMP_CHOICES, resume=False)
     channels_last: bool = _option(False, "channels-last memory format", resume=False)
     compile: bool = _option(False, "torch.compile the backbone", resume=False)
     workers: int = _option(0, "DataLoader worker processes", resume=False)
